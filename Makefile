@@ -1,0 +1,32 @@
+# llmlab: `make help` lists the targets.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup run test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install llmlab with its dev tools
+
+# torch is pinned here, not in pyproject: an unpinned torch pulls several GB of CUDA wheels on CPU machines.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## train the default model (tiny, Llama style) on the embedded synthetic language
+	$(BIN)/python -m llmlab.run
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff check
+	$(BIN)/ruff check llmlab tests
+
+clean:  ## remove caches (never outputs/)
+	rm -rf .pytest_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""The one exception a user's mistake becomes, and the small checks that raise it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A user's config or input mistake: printed as one line, never as a traceback."""
+
+
+def check_positive(name: str, value: float) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {'|'.join(allowed)}, got {value!r}")
+
+
+def find_config_error(exc: BaseException) -> ConfigError | None:
+    """OmegaConf wraps errors raised in __post_init__; dig ours out of the chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConfigError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

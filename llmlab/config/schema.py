@@ -1,0 +1,202 @@
+"""Typed schemas for every config group.
+
+Each dataclass is what one group's YAML must fit: Hydra rejects an unknown key or a wrong type
+at composition, and ``__post_init__`` (run by ``OmegaConf.to_object``) rejects values out of range
+with one line naming the field. Library code receives these plain dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from llmlab.config.errors import ConfigError, check_choice, check_positive
+
+
+@dataclass
+class ModelConfig:
+    """One decoder family; sizes live in conf/model/, architecture presets in conf/arch/."""
+
+    name: str = "tiny"
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (MHA); 1 = MQA; in between = GQA
+    d_ff: int | None = None  # None = 4*d_model (gelu) or the Llama 8/3*d_model rounded (swiglu)
+    context_length: int = 128
+    vocab_size: int | None = None  # None = taken from the tokenizer
+    positions: str = "rope"  # learned | rope
+    norm: str = "rmsnorm"  # layernorm | rmsnorm
+    mlp: str = "swiglu"  # gelu | swiglu
+    tie_embeddings: bool = True
+    bias: bool = False
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "context_length"):
+            check_positive(f"model.{name}", getattr(self, name))
+        check_choice("model.positions", self.positions, ("learned", "rope"))
+        check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
+        check_choice("model.mlp", self.mlp, ("gelu", "swiglu"))
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
+            )
+        kv = self.kv_heads
+        if kv < 1 or self.n_heads % kv:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must be divisible by model.n_kv_heads={kv} "
+                f"(allowed: a divisor of {self.n_heads})"
+            )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"model: rope needs an even head dim, got d_model/n_heads={self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_ff is not None:
+            check_positive("model.d_ff", self.d_ff)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":  # keeps the parameter count of a 4x GELU MLP, rounded to 32
+            return 32 * ((8 * self.d_model // 3 + 31) // 32)
+        return 4 * self.d_model
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | byte | bpe | unigram
+    vocab_size: int = 0  # bpe/unigram only: the number of pieces to learn
+    retrain: bool = False  # ignore the cache and train again
+    cache_dir: str = "outputs/.cache/tokenizers"  # trained tokenizers, keyed by content hash
+
+    def __post_init__(self) -> None:
+        check_choice("tokenizer.kind", self.kind, ("char", "byte", "bpe", "unigram"))
+        if self.kind in ("bpe", "unigram") and self.vocab_size < 8:
+            raise ConfigError(
+                f"tokenizer.vocab_size must be >= 8 for tokenizer={self.kind}, got {self.vocab_size}"
+            )
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The embedded artificial language (llmlab/data/synthetic.py)."""
+
+    kind: str = "synthetic"
+    train_docs: int = 20000
+    val_docs: int = 1000
+    seed: int = 1234
+    n_names: int = 400  # size of the name pool names are drawn from
+    max_chars: int | None = None  # None = no cap on generated text size
+
+    def __post_init__(self) -> None:
+        check_positive("data.train_docs", self.train_docs)
+        check_positive("data.val_docs", self.val_docs)
+        if self.n_names < 4:
+            raise ConfigError(f"data.n_names must be >= 4, got {self.n_names}")
+
+
+@dataclass
+class TextDataConfig:
+    """UTF-8 text files; the last val_fraction of each file is validation."""
+
+    kind: str = "text"
+    paths: list[str] = field(default_factory=list)  # files or glob patterns
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise ConfigError("data.paths is empty: give one or more text files, e.g. data.paths=[a.txt]")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class StageConfig:
+    """The training objective. pretrain = next-token loss; later stages start from init_from."""
+
+    name: str = "pretrain"
+    init_from: str | None = None  # a run directory or checkpoint directory to start from
+
+    def __post_init__(self) -> None:
+        check_choice("stage.name", self.name, ("pretrain",))
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 600
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler, CUDA only)
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    sample_tokens: int = 120  # length of the sample generated at each eval
+    sample_prompt: str = ""
+    resume: str = "auto"  # auto | never | <checkpoint or run dir>
+    peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
+    progress: bool = True
+    threads: int | None = None  # torch CPU threads; None = torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
+                     "eval_batches", "checkpoint_every"):
+            check_positive(f"trainer.{name}", getattr(self, name))
+        check_positive("trainer.lr", self.lr)
+        check_positive("trainer.peak_flops", self.peak_flops)
+        check_choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class MonitorsConfig:
+    name: str = "none"
+
+
+@dataclass
+class RunConfig:
+    """The whole run: one node per group plus run-level fields."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig, chosen by the data group
+    stage: StageConfig = field(default_factory=StageConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    out_dir: str = "."  # filled from Hydra's run directory
+    cache_dir: str = "outputs/.cache"  # tokenizers and token streams, shared across runs
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: expected one of auto|cpu|cuda|cuda:N|mps, got {self.device!r}")
+        if self.trainer.precision == "fp16" and self.device in ("cpu", "mps"):
+            raise ConfigError("trainer.precision=fp16 needs CUDA; use fp32 or bf16 on this device")

@@ -1,0 +1,32 @@
+"""Register the schemas in Hydra's ConfigStore, where the YAML options in conf/ find them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from llmlab.config.errors import ConfigError, find_config_error
+from llmlab.config.schema import RunConfig, SyntheticDataConfig, TextDataConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    # data options differ in their fields, so each data YAML names its own schema
+    cs.store(group="data", name="base_synthetic", node=SyntheticDataConfig)
+    cs.store(group="data", name="base_text", node=TextDataConfig)
+
+
+def to_dataclass(cfg: DictConfig):
+    """Validated dataclasses from a composed config; a user's mistake becomes one ConfigError line."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except Exception as exc:
+        found = find_config_error(exc)
+        if found is not None:
+            raise found from None
+        raise ConfigError(str(exc).splitlines()[0]) from None

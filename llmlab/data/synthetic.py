@@ -1,0 +1,126 @@
+"""The embedded artificial language: small, seeded, structured, with an exactly known entropy.
+
+A document introduces two characters, then tells one to three short sentences about them:
+
+    Bako and Tilu went to the lake. Tilu ate the ripe pear. Bako gave the map to Tilu.
+
+Structure a model can learn, by what it takes to learn it:
+- spelling, spacing and punctuation are deterministic (n-gram statistics suffice);
+- a verb selects its noun class and the class its adjectives (a dependency a few words back);
+- names are random syllable pairs met at the start of the document and later copied, and in
+  "X gave the N to Y" Y is always the *other* character: only attention to the introduction can
+  predict them (induction-style copying).
+
+Every document is a sequence of uniform choices and its text determines those choices (names are
+capitalised and never equal; word classes are disjoint), so each text has exactly one derivation and
+the generator knows its exact log-probability. Summed over validation documents and divided by the
+run's token count, that is the entropy floor: no model beats it on average.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+# A chooser picks an index in range(n); the sampler draws it, the enumerator branches on it.
+Chooser = Callable[[int], int]
+
+
+@dataclass(frozen=True)
+class Language:
+    """The lexicon and grammar. The defaults are the embedded language; tests build tiny ones."""
+
+    consonants: str = "bdgklmnprstv"
+    vowels: str = "aeiou"
+    places: tuple[str, ...] = ("lake", "market", "forest", "school", "harbor", "garden")
+    # verb class -> (verbs, nouns, adjectives): a verb takes nouns and adjectives of its own class
+    classes: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+        (("ate", "cooked"), ("pear", "bread", "soup", "plum"), ("ripe", "warm", "sweet")),
+        (("read", "wrote"), ("book", "letter", "poem", "note"), ("long", "short", "old")),
+        (("found", "lost"), ("key", "coin", "ring", "map"), ("small", "shiny", "golden")),
+        (("fed", "washed"), ("dog", "cat", "goat", "horse"), ("big", "sleepy", "young")),
+    )
+    sentence_counts: tuple[int, ...] = (1, 2, 3)
+
+    def name(self, choose: Chooser, exclude: str | None = None) -> str:
+        """A capitalised consonant-vowel-consonant-vowel name, uniform over all names but `exclude`."""
+        c, v = len(self.consonants), len(self.vowels)
+        total = (c * v) ** 2
+        index = choose(total - (exclude is not None))
+        if exclude is not None and index >= self.name_index(exclude):
+            index += 1  # skip the excluded name, keeping the rest uniform
+        s1, s2 = divmod(index, c * v)
+        letters = "".join(self.consonants[s // v] + self.vowels[s % v] for s in (s1, s2))
+        return letters.capitalize()
+
+    def name_index(self, name: str) -> int:
+        c, v = len(self.consonants), len(self.vowels)
+        low = name.lower()
+        syllables = [self.consonants.index(low[i]) * v + self.vowels.index(low[i + 1]) for i in (0, 2)]
+        return syllables[0] * c * v + syllables[1]
+
+    def document(self, choose: Chooser) -> str:
+        first = self.name(choose)
+        second = self.name(choose, exclude=first)
+        cast = (first, second)
+        place = self.places[choose(len(self.places))]
+        sentences = [f"{first} and {second} went to the {place}."]
+        for _ in range(self.sentence_counts[choose(len(self.sentence_counts))]):
+            subject = choose(2)
+            if choose(2) == 0:  # "X <verb> the <adj> <noun>."
+                verbs, nouns, adjectives = self.classes[choose(len(self.classes))]
+                verb, adj, noun = (w[choose(len(w))] for w in (verbs, adjectives, nouns))
+                sentences.append(f"{cast[subject]} {verb} the {adj} {noun}.")
+            else:  # "X gave the <noun> to Y.": Y is the other character, fully determined
+                nouns = [n for _, class_nouns, _ in self.classes for n in class_nouns]
+                noun = nouns[choose(len(nouns))]
+                sentences.append(f"{cast[subject]} gave the {noun} to {cast[1 - subject]}.")
+        return " ".join(sentences)
+
+
+@dataclass
+class _Sampler:
+    rng: random.Random
+    logprob: float = 0.0
+
+    def __call__(self, n: int) -> int:
+        self.logprob -= math.log(n)
+        return self.rng.randrange(n)
+
+
+def sample_documents(language: Language, n: int, seed: int) -> tuple[list[str], list[float]]:
+    """n documents and the natural-log probability of each (the end of a document is the eos token)."""
+    rng = random.Random(seed)
+    docs, logprobs = [], []
+    for _ in range(n):
+        sampler = _Sampler(rng)
+        docs.append(language.document(sampler))
+        logprobs.append(sampler.logprob)
+    return docs, logprobs
+
+
+def enumerate_documents(language: Language) -> Iterator[tuple[str, float]]:
+    """Every document the language can produce with its probability (for tiny languages in tests)."""
+
+    @dataclass
+    class Replay:
+        prefix: list[int]
+        sizes: list[int] = field(default_factory=list)
+
+        def __call__(self, n: int) -> int:
+            i = len(self.sizes)
+            self.sizes.append(n)
+            return self.prefix[i] if i < len(self.prefix) else 0
+
+    stack: list[list[int]] = [[]]
+    while stack:
+        prefix = stack.pop()
+        replay = Replay(prefix)
+        text = language.document(replay)
+        # This run took choice 0 wherever the prefix ended; queue the siblings of each such choice.
+        for depth in range(len(prefix), len(replay.sizes)):
+            for alt in range(1, replay.sizes[depth]):
+                stack.append(prefix + [0] * (depth - len(prefix)) + [alt])
+        yield text, math.exp(-sum(math.log(n) for n in replay.sizes))

@@ -1,0 +1,93 @@
+"""`python -m llmlab.generate run=<run dir> prompt="..."`: sample from a trained run's latest checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.store import CONF_DIR, to_dataclass
+
+
+@dataclass
+class GenerateConfig:
+    run: str = "???"  # a run directory or checkpoint directory
+    prompt: str = ""
+    prompts: list[str] = field(default_factory=list)  # several prompts, batched by length
+    num_samples: int = 1  # samples per prompt
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 50
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    use_cache: bool = True
+    stop_at_eos: bool = True  # stop a sample at the end of its document
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive("max_new_tokens", self.max_new_tokens)
+        check_positive("num_samples", self.num_samples)
+        check_positive("repetition_penalty", self.repetition_penalty)
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+ConfigStore.instance().store(name="base_generate", node=GenerateConfig)
+
+
+def complete(cfg: GenerateConfig) -> list[str]:
+    """Completions, num_samples per prompt, in prompt order (without the prompt text)."""
+    import torch
+
+    from llmlab.load import load_trained
+    from llmlab.model.generation import SamplingConfig, generate
+    from llmlab.runner import pick_device
+
+    device = pick_device(cfg.device)
+    model, tokenizer, _ = load_trained(cfg.run, device)
+    sampling = SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty, use_cache=cfg.use_cache,
+        stop_id=tokenizer.eos_id if cfg.stop_at_eos else None,
+    )
+    prompts = cfg.prompts or [cfg.prompt]
+    encoded = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]  # eos: a document starts
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    outputs: dict[int, list[str]] = {}
+    for length in sorted({len(e) for e in encoded}):  # equal-length prompts share one batch
+        members = [i for i, e in enumerate(encoded) if len(e) == length]
+        batch = torch.tensor([encoded[i] for i in members for _ in range(cfg.num_samples)], device=device)
+        result = generate(model, batch, sampling, generator)[:, length:].tolist()
+        for row, i in enumerate(r for r in members for _ in range(cfg.num_samples)):
+            ids = result[row]
+            if tokenizer.eos_id in ids and cfg.stop_at_eos:
+                ids = ids[: ids.index(tokenizer.eos_id)]
+            outputs.setdefault(i, []).append(tokenizer.decode(ids))
+    return [text for i in range(len(prompts)) for text in outputs[i]]
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
+def main(cfg: DictConfig) -> None:
+    try:
+        gen_cfg: GenerateConfig = to_dataclass(cfg)
+        prompts = gen_cfg.prompts or [gen_cfg.prompt]
+        texts = complete(gen_cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for n, text in enumerate(texts):
+        prompt = prompts[n // gen_cfg.num_samples]
+        print(f"--- sample {n + 1}\n{prompt}{text}")
+
+
+if __name__ == "__main__":
+    main()

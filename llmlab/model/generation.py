@@ -1,0 +1,87 @@
+"""Sampling from a Transformer: greedy or temperature/top-k/top-p, repetition penalty, KV cache.
+
+The next token always depends on at most the last context_length tokens. With the cache, once the
+window is full the cache is rebuilt from the last context_length tokens, so cached and uncached
+generation see exactly the same inputs and agree token for token under greedy decoding. The cache
+therefore pays off until the window fills; past it each token costs a full-window forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmlab.model.transformer import KVCache, Transformer
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 100
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the sequence
+    use_cache: bool = True
+    stop_id: int | None = None  # stop a sequence once it emits this token (e.g. the tokenizer's eos)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask to -inf all but the top-k tokens and the smallest set whose probability reaches top_p."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide positive logits (multiply negative ones) of tokens already present in each sequence."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, -1, seq)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, seq, seen)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer, prompt: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Continue a batch of equal-length prompts (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
+
+    Sequences that emitted stop_id keep emitting it until all have stopped (callers trim after it).
+    """
+    model_was_training = model.training
+    model.eval()
+    window = model.cfg.context_length
+    seq = prompt
+    cache = KVCache.empty(model.cfg.n_layers) if cfg.use_cache else None
+    fed = 0  # how many tokens of seq the cache holds
+    done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+    for _ in range(cfg.max_new_tokens):
+        if cache is None:
+            logits = model(seq[:, -window:])[:, -1]
+        else:
+            if cache.length + (seq.shape[1] - fed) > window:  # window full: rebuild from its last part
+                cache, fed = KVCache.empty(model.cfg.n_layers), max(0, seq.shape[1] - window)
+            logits = model(seq[:, fed:], cache)[:, -1]
+            fed = seq.shape[1]
+        logits = apply_repetition_penalty(logits.float(), seq, cfg.repetition_penalty)
+        if cfg.temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if cfg.stop_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, cfg.stop_id), nxt)
+            done |= nxt == cfg.stop_id
+        seq = torch.cat((seq, nxt[:, None]), dim=1)
+        if cfg.stop_id is not None and bool(done.all()):
+            break
+    model.train(model_was_training)
+    return seq

@@ -1,0 +1,49 @@
+"""The front door: `python -m llmlab.run [overrides]` composes a RunConfig and executes one Run.
+
+Hydra composes and validates the config and picks the run directory; everything after that is
+plain Python on dataclasses (llmlab.runner.Run), which tests build without Hydra.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import RunConfig
+from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
+
+register_configs()
+
+
+def resume_command(out_dir: str) -> str:
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    return " ".join(["python -m llmlab.run", *overrides, f"hydra.run.dir={out_dir}"])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from llmlab.runner import Run  # imported late: torch loads only once the config is valid
+
+    cfg.out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run_cfg: RunConfig = to_dataclass(cfg)
+        result = Run(run_cfg).execute()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"outputs: {run_cfg.out_dir}")
+    if result.status == "interrupted":
+        print(f"{result.message}. Resume with:\n  {resume_command(run_cfg.out_dir)}")
+        sys.exit(130)
+    if result.status == "failed":
+        print(f"error: run failed: {result.message}", file=sys.stderr)
+        sys.exit(1)
+    return result.val_loss
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Run: the object one composed config becomes. It owns the output directory, device, seed and the
+single set of metric sinks, and builds tokenizer -> data -> model -> objective -> trainer in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import ModelConfig, RunConfig
+from llmlab.data.dataset import TrainBatches, cached_token_stream, validation_batches
+from llmlab.data.sources import load_corpus
+from llmlab.data.stats import bigram_loss, entropy_floor, unigram_loss
+from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from llmlab.model.generation import SamplingConfig, generate
+from llmlab.model.transformer import Transformer
+from llmlab.train import checkpoint as ckpt
+from llmlab.train.objectives import build_objective
+from llmlab.train.optim import build_optimizer
+from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
+from llmlab.train.trainer import Trainer, TrainResult
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    stats: dict
+
+
+def tokenizer_fingerprint(directory: Path) -> str:
+    return "-".join(ckpt.sha256_file(p)[:16] for p in sorted(directory.iterdir()) if p.is_file())
+
+
+class Run:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.device = pick_device(cfg.device)
+
+    # ---- parts -----------------------------------------------------------------------------
+    def resume_checkpoint(self) -> Path | None:
+        resume = self.cfg.trainer.resume
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return ckpt.find_checkpoint(self.out_dir / "checkpoints")
+        found = ckpt.find_checkpoint(Path(resume))
+        if found is None:
+            raise ConfigError(f"trainer.resume={resume}: no complete checkpoint found there")
+        return found
+
+    def prepare_data(self, tokenizer_dir: Path | None) -> PreparedData:
+        """Corpus -> tokenizer (trained once, or the one a resumed run already uses) -> token streams."""
+        corpus = load_corpus(self.cfg.data)
+        run_tokenizer_dir = self.out_dir / "tokenizer"
+        if tokenizer_dir is not None:
+            tokenizer, cached = load_tokenizer(tokenizer_dir), True
+        else:
+            tokenizer, cached = build_tokenizer(self.cfg.tokenizer, "\n".join(corpus.train_docs))
+        if tokenizer_dir != run_tokenizer_dir:
+            tokenizer.save(run_tokenizer_dir)
+        key = tokenizer_fingerprint(run_tokenizer_dir)
+        streams = Path(self.cfg.cache_dir) / "tokens"
+        train = cached_token_stream(tokenizer, key, corpus.train_docs, streams)
+        val = cached_token_stream(tokenizer, key, corpus.val_docs, streams)
+        floor = entropy_floor(corpus.val_logprob, len(val))
+        stats = {
+            "sources": [
+                {"name": s.name, "train_documents": len(s.train_docs), "val_documents": len(s.val_docs),
+                 "train_characters": sum(map(len, s.train_docs)), "val_characters": sum(map(len, s.val_docs))}
+                for s in corpus.sources
+            ],
+            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "from_cache": cached},
+            "train_tokens": len(train),
+            "val_tokens": len(val),
+            "unigram_loss": unigram_loss(train, val, tokenizer.vocab_size),
+            "bigram_loss": bigram_loss(train, val, tokenizer.vocab_size),
+            "entropy_floor": floor,
+        }
+        return PreparedData(tokenizer, train, val, stats)
+
+    def build_model(self, vocab_size: int) -> Transformer:
+        model_cfg = dataclasses.replace(self.cfg.model, vocab_size=vocab_size)
+        return Transformer(model_cfg).to(self.device)
+
+    def sampler(self, model: Transformer, tokenizer: Tokenizer):
+        cfg = self.cfg.trainer
+        prompt = [tokenizer.eos_id, *tokenizer.encode(cfg.sample_prompt)]  # eos = "a document starts"
+        sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
+
+        def sample(step: int) -> str:
+            gen = torch.Generator(self.device).manual_seed(self.cfg.seed + step)  # leaves the global RNG alone
+            ids = generate(model, torch.tensor([prompt], device=self.device), sampling, gen)[0].tolist()
+            return decode_documents(tokenizer, ids)
+
+        return sample
+
+    # ---- the run ---------------------------------------------------------------------------
+    def execute(self) -> TrainResult:
+        cfg, out = self.cfg, self.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+
+        resume_from = self.resume_checkpoint()
+        manifest = ckpt.verify_checkpoint(resume_from) if resume_from else None
+        if manifest is not None:
+            check_same_architecture(manifest, cfg.model, resume_from)
+        tokenizer_dir = resume_from.parent.parent / "tokenizer" if resume_from else None
+        data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
+        (out / "dataset_stats.json").write_text(json.dumps(data.stats, indent=2))
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+        model = self.build_model(data.tokenizer.vocab_size)
+        params, params_body = model.num_params(), model.num_params(include_embeddings=False)
+        print(f"model: {params:,} parameters ({params_body:,} without embeddings) on {self.device}")
+
+        seq_len = cfg.model.context_length
+        train_batches = TrainBatches(data.train_tokens, cfg.trainer.batch_size, seq_len, seed=cfg.seed)
+        val_batches = validation_batches(data.val_tokens, cfg.trainer.batch_size, seq_len,
+                                         cfg.trainer.eval_batches)
+        resume_step = manifest["step"] if manifest else None
+        sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
+                             TensorBoardSink(out / "tb", resume_step)])
+        trainer = Trainer(
+            model, build_objective(cfg.stage), build_optimizer(model, cfg.trainer, self.device),
+            train_batches, val_batches, cfg.trainer, sinks, out, self.device,
+            flops_per_token=model.flops_per_token(), sample_fn=self.sampler(model, data.tokenizer),
+            checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name},
+        )
+        try:
+            if resume_from is not None:
+                trainer.resume_from(resume_from)
+                print(f"resumed from {resume_from} (step {trainer.state.step})")
+            else:
+                sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            result = trainer.fit()
+        finally:
+            sinks.close()
+        write_summary(out, result, params, data.stats, peak_memory_mb(self.device),
+                      time.perf_counter() - start, trainer.state.best_val_loss)
+        return result
+
+
+def decode_documents(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Text with one line per document (eos tokens become line breaks)."""
+    docs, current = [], []
+    for i in ids:
+        if i == tokenizer.eos_id:
+            docs.append(current)
+            current = []
+        else:
+            current.append(i)
+    docs.append(current)
+    return "\n".join(tokenizer.decode(d) for d in docs if d)
+
+
+def check_same_architecture(manifest: dict, model_cfg: ModelConfig, path: Path) -> None:
+    saved = manifest.get("model", {})
+    current = dataclasses.asdict(model_cfg)
+    differing = [k for k in current if k != "vocab_size" and k in saved and saved[k] != current[k]]
+    if differing:
+        pairs = ", ".join(f"model.{k}: checkpoint {saved[k]!r} vs config {current[k]!r}" for k in differing)
+        raise ConfigError(f"checkpoint {path} has another architecture ({pairs}); "
+                          "use a new hydra.run.dir or trainer.resume=never")
+
+
+def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
+                  total_s: float, best_val: float) -> dict:
+    floor, bigram = stats["entropy_floor"], stats["bigram_loss"]
+    val = result.val_loss
+    summary = {
+        "status": result.status,
+        "message": result.message,
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "params": params,
+        "val_loss": val,
+        "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "train_loss": result.train_loss,
+        "entropy_floor": floor,
+        "bigram_loss": bigram,
+        "unigram_loss": stats["unigram_loss"],
+        # share of the bigram -> floor gap the model closed (1.0 = at the floor)
+        "gap_closed": (bigram - val) / (bigram - floor) if floor is not None and val is not None else None,
+        "wall_s": result.wall_s,
+        "total_s": total_s,
+        "tokens_per_s": result.tokens_per_s,
+        "peak_mem_mb": peak_mb,
+    }
+    ckpt.write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+    return summary

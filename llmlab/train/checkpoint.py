@@ -1,0 +1,131 @@
+"""Checkpoints that are either complete or invisible.
+
+Layout of one checkpoint, checkpoints/step_<N>/:
+    model.safetensors   the weights (tied tensors stored once)
+    state.pt            optimizer, RNG and data-position state; loads with weights_only=True
+    manifest.json       written last: step, file sizes and sha256 checksums
+
+The directory is assembled under a temporary name and renamed into place, and checkpoints/latest
+(a one-line pointer) is replaced atomically afterwards, so a crash at any moment leaves either the
+old checkpoint or the new one, never a half-written directory that looks complete. Loading verifies
+the checksums, because safetensors loads a flipped byte silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from llmlab.config.errors import ConfigError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+
+
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, meta: dict) -> Checkpoint:
+    """Write checkpoints/step_<step>/ atomically and point checkpoints/latest at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+             for name in ("model.safetensors", "state.pt")}
+    manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
+    write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+    if final.exists():  # a rerun of the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_atomic(root / "latest", final.name + "\n")
+    return Checkpoint(final, step)
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The manifest of a complete, intact checkpoint; ConfigError naming the file otherwise."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ConfigError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"checkpoint {manifest_path} is not valid JSON") from None
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ConfigError(f"checkpoint file {file} is missing")
+        if file.stat().st_size != expected["bytes"]:
+            raise ConfigError(f"checkpoint file {file} is truncated: {file.stat().st_size} of "
+                              f"{expected['bytes']} bytes")
+        if sha256_file(file) != expected["sha256"]:
+            raise ConfigError(f"checkpoint file {file} is corrupt: its sha256 does not match the manifest")
+    return manifest
+
+
+def list_checkpoints(root: Path) -> list[Checkpoint]:
+    """Complete-looking checkpoints (a manifest is present), oldest first."""
+    found = []
+    for path in root.glob("step_*"):
+        if (path / MANIFEST).is_file() and path.name[5:].isdigit():
+            found.append(Checkpoint(path, int(path.name[5:])))
+    return sorted(found, key=lambda c: c.step)
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    """A checkpoint directory from a run directory, a checkpoints/ directory or a step_<N> directory.
+
+    Prefers the `latest` pointer; falls back to the newest complete checkpoint if it is missing.
+    """
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    pointer = root / "latest"
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / MANIFEST).is_file():
+            return target
+    complete = list_checkpoints(root)
+    return complete[-1].path if complete else None
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {path} does not match this model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
+def load_state(path: Path) -> dict:
+    """Trainer state; weights_only=True means a pickle that would run code is refused."""
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)

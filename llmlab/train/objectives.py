@@ -1,0 +1,38 @@
+"""Stage objectives: what loss a batch gives. The trainer is the same loop for every stage."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.config.schema import StageConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective:
+    """A stage's loss. Subclasses add what their stage needs (a loss mask, a reference model, ...)."""
+
+    name = "base"
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokens_in(self, batch: Batch) -> int:
+        return batch["input_ids"].numel()
+
+
+class NextTokenObjective(Objective):
+    """Pretraining: mean cross-entropy of every next token."""
+
+    name = "pretrain"
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = model(batch["input_ids"])  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
+
+
+def build_objective(cfg: StageConfig) -> Objective:
+    objectives = {"pretrain": NextTokenObjective}
+    return objectives[cfg.name]()

@@ -1,0 +1,96 @@
+"""Where metrics go: one interface, a JSONL file and TensorBoard behind it, fanned out by MetricSinks.
+
+The run owns exactly one TensorBoard writer (``MetricSinks.tensorboard``); monitors and the trainer
+write through it rather than opening writers of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class Sink:
+    """A no-op sink; subclasses override what they record."""
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def log_text(self, step: int, tag: str, text: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink(Sink):
+    """metrics.jsonl: one JSON object per logged step."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            self._truncate_after(resume_step)
+        self.file = open(path, "a", encoding="utf-8")
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows past the checkpoint we resume from: the resumed run logs them again."""
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
+        self.file.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink(Sink):
+    def __init__(self, log_dir: Path, resume_step: int | None = None):
+        # purge_step drops events a crashed run logged after its last checkpoint.
+        self.writer = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_text(self, step: int, tag: str, text: str) -> None:
+        # TensorBoard renders text as Markdown; four leading spaces keep it verbatim.
+        self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MetricSinks(Sink):
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = sinks
+
+    @property
+    def tensorboard(self) -> SummaryWriter | None:
+        return next((s.writer for s in self.sinks if isinstance(s, TensorBoardSink)), None)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        for s in self.sinks:
+            s.log_scalars(step, scalars)
+
+    def log_text(self, step: int, tag: str, text: str) -> None:
+        for s in self.sinks:
+            s.log_text(step, tag, text)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

@@ -1,0 +1,257 @@
+"""One training loop for every stage: accumulate, clip, step, log, evaluate, sample, checkpoint.
+
+The loop reads as ``fit()`` (resume -> loop -> final eval and save) and ``train_step()``. Everything
+that decides what happens next (weights, optimizer, RNGs, data position, step) is checkpointed,
+so on CPU an interrupted and resumed run ends bitwise equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from llmlab.config.schema import TrainerConfig
+from llmlab.data.dataset import TrainBatches
+from llmlab.train import checkpoint as ckpt
+from llmlab.train.objectives import Batch, Objective
+from llmlab.train.schedule import lr_at
+from llmlab.train.sinks import MetricSinks
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | interrupted | failed
+    steps: int
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float | None
+    wall_s: float
+    tokens_per_s: float
+    message: str = ""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    tokens_seen: int = 0
+    wall_s: float = 0.0  # training time accumulated across resumes
+    best_val_loss: float = math.inf
+    extra: dict = field(default_factory=dict)
+
+
+class StopRequested:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second signal exits at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:  # second signal: the user means it
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        tqdm.write(f"\n{self.signal_name} received: finishing this step and writing a checkpoint "
+                   "(signal again to exit at once)")
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # signals can only be set from the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+        train_batches: TrainBatches,
+        val_batches: list[Batch],
+        cfg: TrainerConfig,
+        sinks: MetricSinks,
+        out_dir: Path,
+        device: torch.device,
+        flops_per_token: float = 0.0,
+        sample_fn: Callable[[int], str] | None = None,
+        checkpoint_meta: dict | None = None,
+    ):
+        self.model, self.objective, self.optimizer = model, objective, optimizer
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.cfg, self.sinks, self.out_dir, self.device = cfg, sinks, out_dir, device
+        self.flops_per_token = flops_per_token
+        self.sample_fn = sample_fn
+        self.checkpoint_meta = checkpoint_meta or {}
+        self.state = TrainState()
+        self.last_val_loss: float | None = None
+        self.last_train_loss: float | None = None
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.train_batches.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "trainer": {"step": self.state.step, "tokens_seen": self.state.tokens_seen,
+                        "wall_s": self.state.wall_s, "best_val_loss": self.state.best_val_loss},
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        t = state["trainer"]
+        self.state = TrainState(t["step"], t["tokens_seen"], t["wall_s"], t["best_val_loss"])
+
+    def resume_from(self, path: Path) -> None:
+        ckpt.verify_checkpoint(path)
+        ckpt.load_weights(path, self.model)
+        self.load_state_dict(ckpt.load_state(path))
+
+    def save(self) -> Path:
+        saved = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.state.step, self.model,
+                                     self.state_dict(), self.checkpoint_meta)
+        return saved.path
+
+    # ---- the loop --------------------------------------------------------------------------
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimizer step over grad_accum_steps micro-batches: (mean loss, grad norm, tokens)."""
+        cfg = self.cfg
+        lr = lr_at(self.state.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        for _ in range(cfg.grad_accum_steps):
+            inputs, targets = self.train_batches.next()
+            batch = {"input_ids": inputs.to(self.device), "targets": targets.to(self.device)}
+            with self.autocast():
+                loss = self.objective.loss(self.model, batch) / cfg.grad_accum_steps
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total_loss += loss.detach()
+            tokens += self.objective.tokens_in(batch)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, grad_norm, tokens
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = []
+        for inputs, targets in self.val_batches:
+            batch = {"input_ids": inputs.to(self.device), "targets": targets.to(self.device)}
+            with self.autocast():
+                losses.append(self.objective.loss(self.model, batch).float())
+        self.model.train()
+        return torch.stack(losses).mean().item()
+
+    def fit(self, stop: StopRequested | None = None) -> TrainResult:
+        cfg, step0 = self.cfg, self.state.step
+        self.model.train()
+        stop = stop or StopRequested()
+        bar = tqdm(total=cfg.max_steps, initial=step0, disable=not cfg.progress, dynamic_ncols=True,
+                   desc="train")
+        loss_sum = torch.zeros((), device=self.device)
+        interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
+        status, message = "completed", ""
+        try:
+            with stop:
+                while self.state.step < cfg.max_steps:
+                    loss, grad_norm, tokens = self.train_step()
+                    self.state.step += 1
+                    self.state.tokens_seen += tokens
+                    loss_sum += loss
+                    interval_steps += 1
+                    interval_tokens += tokens
+                    step = self.state.step
+                    row: dict[str, float] = {}
+                    if step % cfg.log_every == 0 or step == cfg.max_steps:
+                        elapsed = time.perf_counter() - interval_start
+                        self.state.wall_s += elapsed
+                        train_loss = (loss_sum / interval_steps).item()  # the one host sync per interval
+                        if not math.isfinite(train_loss):
+                            status, message = "failed", f"non-finite training loss at step {step}"
+                            break
+                        tps = interval_tokens / max(elapsed, 1e-9)
+                        row.update({
+                            "train/loss": train_loss,
+                            "train/lr": self.optimizer.param_groups[0]["lr"],
+                            "train/grad_norm": grad_norm.item(),
+                            "perf/tokens_per_s": tps,
+                            "perf/mfu": tps * self.flops_per_token / cfg.peak_flops,
+                        })
+                        self.last_train_loss = train_loss
+                        bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:,.0f}")
+                        loss_sum.zero_()
+                        interval_steps, interval_tokens = 0, 0
+                    if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                        row.update(self.eval_row(step))
+                    if row:
+                        self.sinks.log_scalars(step, row)
+                    bar.update(1)
+                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop.signal_name:
+                        self.sinks.flush()
+                        self.save()
+                    if row:
+                        interval_start = time.perf_counter()  # time spent logging/saving is not training
+                    if stop.signal_name:
+                        status = "interrupted"
+                        message = f"{stop.signal_name} at step {step}; checkpoint written"
+                        break
+        finally:
+            bar.close()
+            self.sinks.flush()
+        if self.last_val_loss is None and status == "completed":
+            self.last_val_loss = self.evaluate()
+        wall = self.state.wall_s
+        return TrainResult(status, self.state.step, self.state.tokens_seen, self.last_train_loss,
+                           self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
+                           message)
+
+    def eval_row(self, step: int) -> dict[str, float]:
+        val_loss = self.evaluate()
+        self.last_val_loss = val_loss
+        self.state.best_val_loss = min(self.state.best_val_loss, val_loss)
+        if self.sample_fn is not None:
+            sample = self.sample_fn(step)
+            self.sinks.log_text(step, "samples", sample)
+            with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(f"--- step {step} (val/loss {val_loss:.4f})\n{sample}\n")
+        return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
