@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -13,7 +14,17 @@ from llmlab.config.schema import RunConfig, SyntheticDataConfig, TextDataConfig
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+def job_dirname(override_dirname: str) -> str:
+    """A multirun job's directory name from its overrides: no path separators, never too long."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name) > 180:
+        name = f"{name[:160]}~{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("llmlab.dirname"):
+        OmegaConf.register_new_resolver("llmlab.dirname", job_dirname)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     # data options differ in their fields, so each data YAML names its own schema

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,9 @@ class TrainState:
     tokens_seen: int = 0
     wall_s: float = 0.0  # training time accumulated across resumes
     best_val_loss: float = math.inf
-    extra: dict = field(default_factory=dict)
+    # the running train-loss mean since the last log step, so a resumed run logs the same means
+    interval_loss_sum: float = 0.0
+    interval_steps: int = 0
 
 
 class StopRequested:
@@ -107,8 +109,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "data": self.train_batches.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "trainer": {"step": self.state.step, "tokens_seen": self.state.tokens_seen,
-                        "wall_s": self.state.wall_s, "best_val_loss": self.state.best_val_loss},
+            "trainer": asdict(self.state),
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -124,8 +125,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        t = state["trainer"]
-        self.state = TrainState(t["step"], t["tokens_seen"], t["wall_s"], t["best_val_loss"])
+        self.state = TrainState(**state["trainer"])
 
     def resume_from(self, path: Path) -> None:
         ckpt.verify_checkpoint(path)
@@ -133,6 +133,8 @@ class Trainer:
         self.load_state_dict(ckpt.load_state(path))
 
     def save(self) -> Path:
+        self.state.interval_loss_sum = self._loss_sum.item()
+        self.state.interval_steps = self._interval_steps
         saved = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.state.step, self.model,
                                      self.state_dict(), self.checkpoint_meta)
         return saved.path
@@ -188,8 +190,9 @@ class Trainer:
         stop = stop or StopRequested()
         bar = tqdm(total=cfg.max_steps, initial=step0, disable=not cfg.progress, dynamic_ncols=True,
                    desc="train")
-        loss_sum = torch.zeros((), device=self.device)
-        interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
+        self._loss_sum = torch.tensor(self.state.interval_loss_sum, device=self.device)
+        self._interval_steps = self.state.interval_steps
+        interval_tokens, interval_start = 0, time.perf_counter()
         status, message = "completed", ""
         try:
             with stop:
@@ -197,15 +200,15 @@ class Trainer:
                     loss, grad_norm, tokens = self.train_step()
                     self.state.step += 1
                     self.state.tokens_seen += tokens
-                    loss_sum += loss
-                    interval_steps += 1
+                    self._loss_sum += loss
+                    self._interval_steps += 1
                     interval_tokens += tokens
                     step = self.state.step
                     row: dict[str, float] = {}
                     if step % cfg.log_every == 0 or step == cfg.max_steps:
                         elapsed = time.perf_counter() - interval_start
                         self.state.wall_s += elapsed
-                        train_loss = (loss_sum / interval_steps).item()  # the one host sync per interval
+                        train_loss = (self._loss_sum / self._interval_steps).item()  # the one host sync per interval
                         if not math.isfinite(train_loss):
                             status, message = "failed", f"non-finite training loss at step {step}"
                             break
@@ -219,8 +222,8 @@ class Trainer:
                         })
                         self.last_train_loss = train_loss
                         bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:,.0f}")
-                        loss_sum.zero_()
-                        interval_steps, interval_tokens = 0, 0
+                        self._loss_sum.zero_()
+                        self._interval_steps, interval_tokens = 0, 0
                     if step % cfg.eval_every == 0 or step == cfg.max_steps:
                         row.update(self.eval_row(step))
                     if row:

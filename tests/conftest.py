@@ -1,0 +1,53 @@
+"""Shared helpers: compose the real config (as the CLI would) with small, fast settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A run small enough to train in a few seconds on CPU.
+FAST = [
+    "model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.context_length=32",
+    "data.train_docs=400", "data.val_docs=40",
+    "trainer.max_steps=12", "trainer.batch_size=8", "trainer.warmup_steps=2", "trainer.log_every=2",
+    "trainer.eval_every=6", "trainer.eval_batches=2", "trainer.checkpoint_every=6",
+    "trainer.sample_tokens=16", "trainer.progress=false", "device=cpu",
+]
+
+
+def compose_config(overrides: list[str]):
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_config(tmp_path: Path, overrides: list[str] = ()):
+    """A validated RunConfig with outputs and caches under tmp_path."""
+    cfg = compose_config([*FAST, f"cache_dir={tmp_path / 'cache'}", *overrides])
+    cfg.out_dir = str(tmp_path / "run")
+    return to_dataclass(cfg)
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fast_args(tmp_path) -> list[str]:
+    return [*FAST, f"cache_dir={tmp_path / 'cache'}"]

@@ -1,0 +1,63 @@
+"""The commands a user types: run, multirun and generate, each in a subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    args = ["model.n_layers=2", "model.d_model=32", "model.context_length=32", "data.train_docs=400",
+            "data.val_docs=40", "trainer.max_steps=10", "trainer.batch_size=8", "trainer.eval_every=5",
+            "trainer.eval_batches=2", "trainer.progress=false", f"cache_dir={root / 'cache'}",
+            f"hydra.run.dir={root / 'run'}"]
+    result = run_cli("llmlab.run", args, cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root, result
+
+
+@pytest.mark.slow
+def test_run_prints_where_its_outputs_are(trained_run):
+    root, result = trained_run
+    assert f"outputs: {root / 'run'}" in result.stdout
+    assert json.loads((root / "run" / "metrics.json").read_text())["status"] == "completed"
+    assert (root / "run" / ".hydra" / "overrides.yaml").exists()
+
+
+@pytest.mark.slow
+def test_generate_continues_a_prompt_from_a_trained_run(trained_run):
+    root, _ = trained_run
+    args = [f"run={root / 'run'}", "prompt=Bako and", "max_new_tokens=20", "temperature=0", "num_samples=2"]
+    result = run_cli("llmlab.generate", args, cwd=root)
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.split("--- sample ")[1:]
+    assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Bako and") for s in samples)
+    assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical
+
+
+def test_generate_on_a_directory_without_checkpoint_is_one_clear_line(tmp_path):
+    (tmp_path / "empty_run").mkdir()
+    result = run_cli("llmlab.generate", [f"run={tmp_path / 'empty_run'}"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "no complete checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_job_multirun_makes_two_run_directories_named_by_override(tmp_path):
+    args = ["-m", "model.n_layers=1,2", "model.d_model=32", "model.context_length=32", "data.train_docs=300",
+            "data.val_docs=40", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_every=4",
+            "trainer.eval_batches=1", "trainer.progress=false", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = run_cli("llmlab.run", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != ".hydra")
+    assert "model.n_layers=1," in jobs[0] and "model.n_layers=2," in jobs[1]
+    assert "cache_dir" not in jobs[0]  # paths and machine settings stay out of job names
+    for job in jobs:
+        summary = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == 4
