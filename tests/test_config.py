@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import CONF_DIR, compose_config, run_cli
+
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import RunConfig, SyntheticDataConfig, TextDataConfig
 from llmlab.config.store import to_dataclass

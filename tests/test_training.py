@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from conftest import run_config
 from safetensors.torch import load_file
 
-from conftest import run_config
 from llmlab.config.errors import ConfigError
 from llmlab.runner import Run
 from llmlab.train import trainer as trainer_module

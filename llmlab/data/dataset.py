@@ -22,8 +22,7 @@ def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
     """Each document's tokens followed by eos, concatenated."""
     eos = np.array([tokenizer.eos_id])
     parts = [p for d in docs for p in (tokenizer.encode_to_array(d), eos)]
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+    return np.concatenate(parts).astype(tokenizer.dtype) if parts else np.zeros(0, dtype=tokenizer.dtype)
 
 
 def cached_token_stream(
@@ -34,7 +33,7 @@ def cached_token_stream(
     for doc in docs:
         digest.update(doc.encode())
         digest.update(b"\x00")
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype = tokenizer.dtype
     path = cache_dir / f"{digest.hexdigest()[:24]}.{np.dtype(dtype).name}.bin"
     if not path.exists():
         tokens = encode_documents(tokenizer, docs)
