@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint clean
+.PHONY: help setup run test bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ run: $(STAMP)  ## train the default model (tiny, Llama style) on the embedded sy
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest
+
+# small model, batch 8 (a step of ~0.6 s on 2 CPU cores): the whole benchmark takes about a quarter of an hour
+BENCH_ARGS ?= --model small --batch-size 8 --steps 300
+
+bench: $(STAMP)  ## measure monitor overhead (none vs light vs full), written to bench/monitors.json
+	$(BIN)/python -m llmlab.bench monitors $(BENCH_ARGS)
 
 lint: $(STAMP)  ## ruff check
 	$(BIN)/ruff check llmlab tests

@@ -24,6 +24,17 @@ def resume_command(out_dir: str) -> str:
     return " ".join(["python -m llmlab.run", *overrides, f"hydra.run.dir={out_dir}"])
 
 
+class JobFailed(RuntimeError):
+    """Raised instead of exiting in a multirun, so Hydra records the job as failed and runs the others."""
+
+
+def fail(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if str(HydraConfig.get().mode).endswith("MULTIRUN"):
+        raise JobFailed(message)
+    sys.exit(code)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from llmlab.runner import Run  # imported late: torch loads only once the config is valid
@@ -33,15 +44,13 @@ def main(cfg: DictConfig) -> float | None:
         run_cfg: RunConfig = to_dataclass(cfg)
         result = Run(run_cfg).execute()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return fail(2, str(err))
     print(f"outputs: {run_cfg.out_dir}")
-    if result.status == "interrupted":
+    if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
         print(f"{result.message}. Resume with:\n  {resume_command(run_cfg.out_dir)}")
         sys.exit(130)
     if result.status == "failed":
-        print(f"error: run failed: {result.message}", file=sys.stderr)
-        sys.exit(1)
+        return fail(1, f"run failed: {result.message}")
     return result.val_loss
 
 

@@ -24,6 +24,11 @@ from llmlab.data.stats import bigram_loss, entropy_floor, unigram_loss
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
+from llmlab.monitors.attention import select_layers
+from llmlab.monitors.base import AlertLog, MonitorContext, MonitorSet
+from llmlab.monitors.build import build_monitors
+from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.worker import BackgroundWorker
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.objectives import build_objective
 from llmlab.train.optim import build_optimizer
@@ -123,53 +128,112 @@ class Run:
 
         return sample
 
+    def build_monitor_set(self, model: Transformer, tokenizer: Tokenizer, val_batches, writer,
+                          resume_step: int | None, steps_per_epoch: float) -> MonitorSet:
+        cfg = self.cfg.monitors
+        monitors = build_monitors(cfg)
+        if not monitors:
+            return MonitorSet([])
+        # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor
+        for node in ("attention", "distribution"):
+            select_layers(getattr(cfg, node).layers, model.cfg.n_layers, f"monitors.{node}.layers")
+        batch_idx = cfg.attention.batch_idx
+        if batch_idx >= len(val_batches):
+            raise ConfigError(f"monitors.attention.batch_idx={batch_idx}: only {len(val_batches)} validation "
+                              "batches (trainer.eval_batches)")
+        # one fixed probe for every monitor that looks inside a forward (attention maps, dead units)
+        probe = val_batches[batch_idx][0][: cfg.attention.probe_sequences, : cfg.attention.probe_tokens]
+        ctx = MonitorContext(
+            model=model, out_dir=self.out_dir / "monitors", writer=writer,
+            worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
+            alerts=AlertLog(self.out_dir / "alerts.jsonl", writer),
+            figures=FigurePool(cfg.max_workers),
+            probe=probe.to(self.device),
+            decode_token=lambda t: tokenizer.decode([t]),
+            steps_per_epoch=steps_per_epoch, resume_step=resume_step,
+        )
+        return MonitorSet(monitors, ctx)
+
     # ---- the run ---------------------------------------------------------------------------
-    def execute(self) -> TrainResult:
+    def setup(self) -> Trainer:
+        """Everything up to the first step: data, model, sinks, monitors, trainer (resumed if there is a checkpoint)."""
         cfg, out = self.cfg, self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         torch.manual_seed(cfg.seed)
-        start = time.perf_counter()
+        self.start = time.perf_counter()
 
         resume_from = self.resume_checkpoint()
         manifest = ckpt.verify_checkpoint(resume_from) if resume_from else None
         if manifest is not None:
             check_same_architecture(manifest, cfg.model, resume_from)
         tokenizer_dir = resume_from.parent.parent / "tokenizer" if resume_from else None
-        data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
+        data = self.data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
         (out / "dataset_stats.json").write_text(json.dumps(data.stats, indent=2))
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
         model = self.build_model(data.tokenizer.vocab_size)
-        params, params_body = model.num_params(), model.num_params(include_embeddings=False)
-        print(f"model: {params:,} parameters ({params_body:,} without embeddings) on {self.device}")
+        self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
+        print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}")
 
         seq_len = cfg.model.context_length
         train_batches = TrainBatches(data.train_tokens, cfg.trainer.batch_size, seq_len, seed=cfg.seed)
         val_batches = validation_batches(data.val_tokens, cfg.trainer.batch_size, seq_len,
                                          cfg.trainer.eval_batches)
         resume_step = manifest["step"] if manifest else None
-        sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
-                             TensorBoardSink(out / "tb", resume_step)])
+        self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
+                                  TensorBoardSink(out / "tb", resume_step)])
+        tokens_per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum_steps * seq_len
+        self.monitors = self.build_monitor_set(model, data.tokenizer, val_batches, self.sinks.tensorboard,
+                                               resume_step, len(data.train_tokens) / tokens_per_step)
         trainer = Trainer(
             model, build_objective(cfg.stage), build_optimizer(model, cfg.trainer, self.device),
-            train_batches, val_batches, cfg.trainer, sinks, out, self.device,
+            train_batches, val_batches, cfg.trainer, self.sinks, out, self.device,
             flops_per_token=model.flops_per_token(), sample_fn=self.sampler(model, data.tokenizer),
             checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name},
+            monitors=self.monitors,
         )
+        if resume_from is not None:
+            trainer.resume_from(resume_from)
+            print(f"resumed from {resume_from} (step {trainer.state.step})")
+        else:
+            self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return trainer
+
+    def execute(self) -> TrainResult:
+        trainer = self.setup()
         try:
-            if resume_from is not None:
-                trainer.resume_from(resume_from)
-                print(f"resumed from {resume_from} (step {trainer.state.step})")
-            else:
-                sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
             result = trainer.fit()
-        finally:
-            sinks.close()
-        write_summary(out, result, params, data.stats, peak_memory_mb(self.device),
-                      time.perf_counter() - start, trainer.state.best_val_loss)
+        except Exception as exc:  # leave a record a sweep report can show, then let it propagate
+            state = trainer.state
+            result = TrainResult("failed", state.step, state.tokens_seen, trainer.last_train_loss,
+                                 trainer.last_val_loss, state.wall_s, 0.0, f"{type(exc).__name__}: {exc}")
+            self.finish(trainer, result)
+            raise
+        self.finish(trainer, result)
         return result
+
+    def close(self) -> dict:
+        """Flush the monitors, then close the sinks, writing no summary (benchmarks stop runs this way)."""
+        try:
+            return self.monitors.close()
+        finally:
+            self.sinks.close()
+
+    def finish(self, trainer: Trainer, result: TrainResult) -> dict:
+        """Flush monitors (their figures need the writer), write metrics.json and the HParams record, close sinks."""
+        try:
+            monitor_summary = self.monitors.close()
+            summary = write_summary(self.out_dir, result, self.params, self.data.stats,
+                                    peak_memory_mb(self.device), time.perf_counter() - self.start,
+                                    trainer.state.best_val_loss,
+                                    {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary})
+            if self.sinks.tensorboard is not None:
+                log_hparams(self.sinks.tensorboard, self.cfg, summary)
+        finally:
+            self.sinks.close()
+        return summary
 
 
 def decode_documents(tokenizer: Tokenizer, ids: list[int]) -> str:
@@ -196,7 +260,7 @@ def check_same_architecture(manifest: dict, model_cfg: ModelConfig, path: Path) 
 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
-                  total_s: float, best_val: float) -> dict:
+                  total_s: float, best_val: float, extra: dict | None = None) -> dict:
     floor, bigram = stats["entropy_floor"], stats["bigram_loss"]
     val = result.val_loss
     summary = {
@@ -216,8 +280,33 @@ def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak
         "gap_closed": (bigram - val) / (bigram - floor) if floor is not None and val is not None else None,
         "wall_s": result.wall_s,
         "total_s": total_s,
-        "tokens_per_s": result.tokens_per_s,
+        "tokens_per_s": result.tokens_per_s or None,  # None: stopped before a step was timed
         "peak_mem_mb": peak_mb,
+        **(extra or {}),
     }
     ckpt.write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
     return summary
+
+
+HPARAM_METRICS = ("val_loss", "best_val_loss", "val_ppl", "gap_closed", "tokens_per_s", "wall_s")
+
+
+def hparams_of(cfg: RunConfig) -> dict:
+    """The settings a sweep compares, flattened: the model, the main trainer knobs, data, tokenizer, seed."""
+    flat = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.model).items()}
+    flat.update({f"trainer.{k}": getattr(cfg.trainer, k) for k in (
+        "lr", "batch_size", "max_steps", "warmup_steps", "weight_decay", "grad_clip", "precision")})
+    flat.update({"tokenizer.kind": cfg.tokenizer.kind, "tokenizer.vocab_size": cfg.tokenizer.vocab_size,
+                 "data.kind": getattr(cfg.data, "kind", "?"), "stage.name": cfg.stage.name, "seed": cfg.seed})
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in flat.items()}
+
+
+def log_hparams(writer, cfg: RunConfig, summary: dict) -> None:
+    """HParams for TensorBoard, in the run's own event file (add_hparams would open a timestamped sub-run)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {f"final/{k}": float(summary[k]) for k in HPARAM_METRICS if summary.get(k) is not None}
+    for record in hparams(hparams_of(cfg), metrics):
+        writer._get_file_writer().add_summary(record)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, summary["steps"])

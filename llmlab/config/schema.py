@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from llmlab.config.errors import ConfigError, check_choice, check_positive
+from llmlab.config.monitors import MonitorsConfig
 
 
 @dataclass
@@ -137,6 +138,18 @@ class StageConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # evaluations without improvement before the run stops (0 = never stop early)
+    min_delta: float = 0.0  # an improvement must lower the best val loss by more than this
+
+    def __post_init__(self) -> None:
+        if self.patience < 0:
+            raise ConfigError(f"trainer.early_stopping.patience must be >= 0, got {self.patience}")
+        if self.min_delta < 0:
+            raise ConfigError(f"trainer.early_stopping.min_delta must be >= 0, got {self.min_delta}")
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 600
     batch_size: int = 32
@@ -159,6 +172,9 @@ class TrainerConfig:
     peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None = torch's default
+    on_nonfinite: str = "skip"  # skip | stop: what a step with non-finite loss or gradients does
+    max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
@@ -167,17 +183,15 @@ class TrainerConfig:
         check_positive("trainer.lr", self.lr)
         check_positive("trainer.peak_flops", self.peak_flops)
         check_choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
+        check_choice("trainer.on_nonfinite", self.on_nonfinite, ("skip", "stop"))
+        if self.max_nonfinite_skips < 0:
+            raise ConfigError(f"trainer.max_nonfinite_skips must be >= 0, got {self.max_nonfinite_skips}")
         if self.warmup_steps < 0:
             raise ConfigError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
-
-
-@dataclass
-class MonitorsConfig:
-    name: str = "none"
 
 
 @dataclass

@@ -41,3 +41,19 @@ def to_dataclass(cfg: DictConfig):
         if found is not None:
             raise found from None
         raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def compose_run_config(overrides: list[str], out_dir: str | Path):
+    """The RunConfig the CLI would build from these overrides, without Hydra running the job (benchmarks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    cfg.out_dir = str(out_dir)
+    return to_dataclass(cfg)

@@ -63,6 +63,10 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.use_rope = cfg.positions == "rope"
+        # Monitors set keep_probs for one probe forward: SDPA never returns its weights, so that
+        # forward computes softmax(q k^T / sqrt(d)) explicitly and leaves it in `probs`.
+        self.keep_probs = False
+        self.probs: torch.Tensor | None = None
 
     def forward(
         self,
@@ -90,11 +94,23 @@ class CausalSelfAttention(nn.Module):
         else:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, hd)
+        if self.keep_probs:
+            y = self._explicit_attention(q, k, v, S - T)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y), present
+
+    def _explicit_attention(self, q, k, v, offset: int) -> torch.Tensor:
+        """What SDPA computes, written out so the probabilities can be kept (no dropout: probes are eval)."""
+        T, S = q.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, T, S)
+        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        self.probs = probs.detach()
+        return probs @ v
 
 
 class MLP(nn.Module):
@@ -202,3 +218,24 @@ class Transformer(nn.Module):
         n = self.num_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model  # lm_head matmul
         attn = 12 * cfg.n_layers * cfg.d_model * cfg.context_length // 2  # causal: half the scores on average
         return 6 * n + attn
+
+
+@torch.no_grad()
+def attention_probabilities(model: Transformer, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One eval-mode forward of idx (B, T) that keeps every layer's attention: (logits, [(B, H, T, T)] per layer).
+
+    The model's train/eval mode is restored afterwards and no random numbers are drawn, so a
+    monitor calling this between training steps leaves training exactly as it was.
+    """
+    layers = [block.attn for block in model.blocks]
+    was_training = model.training
+    model.eval()
+    for attn in layers:
+        attn.keep_probs = True
+    try:
+        logits = model(idx)
+        return logits, [attn.probs for attn in layers]
+    finally:
+        for attn in layers:
+            attn.keep_probs, attn.probs = False, None
+        model.train(was_training)

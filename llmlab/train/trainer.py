@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from llmlab.config.schema import TrainerConfig
 from llmlab.data.dataset import TrainBatches
+from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.objectives import Batch, Objective
 from llmlab.train.schedule import lr_at
@@ -29,7 +30,7 @@ from llmlab.train.sinks import MetricSinks
 
 @dataclass
 class TrainResult:
-    status: str  # completed | interrupted | failed
+    status: str  # completed | interrupted | failed | paused
     steps: int
     tokens_seen: int
     train_loss: float | None
@@ -48,6 +49,9 @@ class TrainState:
     # the running train-loss mean since the last log step, so a resumed run logs the same means
     interval_loss_sum: float = 0.0
     interval_steps: int = 0
+    skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
+    evals_without_improvement: int = 0  # for early stopping
+    consecutive_skips: int = 0
 
 
 class StopRequested:
@@ -90,6 +94,7 @@ class Trainer:
         flops_per_token: float = 0.0,
         sample_fn: Callable[[int], str] | None = None,
         checkpoint_meta: dict | None = None,
+        monitors: MonitorSet | None = None,
     ):
         self.model, self.objective, self.optimizer = model, objective, optimizer
         self.train_batches, self.val_batches = train_batches, val_batches
@@ -97,6 +102,7 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.sample_fn = sample_fn
         self.checkpoint_meta = checkpoint_meta or {}
+        self.monitors = monitors or MonitorSet([])
         self.state = TrainState()
         self.last_val_loss: float | None = None
         self.last_train_loss: float | None = None
@@ -133,8 +139,6 @@ class Trainer:
         self.load_state_dict(ckpt.load_state(path))
 
     def save(self) -> Path:
-        self.state.interval_loss_sum = self._loss_sum.item()
-        self.state.interval_steps = self._interval_steps
         saved = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.state.step, self.model,
                                      self.state_dict(), self.checkpoint_meta)
         return saved.path
@@ -145,9 +149,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimizer step over grad_accum_steps micro-batches: (mean loss, grad norm, tokens)."""
-        cfg = self.cfg
+    def train_step(self) -> StepInfo:
+        """One optimizer step over grad_accum_steps micro-batches, skipped if loss or gradients are not finite."""
+        cfg, step = self.cfg, self.state.step + 1
         lr = lr_at(self.state.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -163,15 +167,27 @@ class Trainer:
             tokens += self.objective.tokens_in(batch)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.monitors.after_backward(step)
+        # the one host sync per step: decides whether this update may be applied
+        loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()
+        # under fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale
+        finite = math.isfinite(loss_value) and (self.scaler is not None or math.isfinite(norm_value))
+        info = StepInfo(step, loss_value, norm_value, lr, self.state.tokens_seen + tokens, finite)
+        if finite:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         else:
-            self.optimizer.step()
+            self.monitors.nonfinite(info)
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, grad_norm, tokens
+        self.state.step, self.state.tokens_seen = step, info.tokens_seen
+        return info
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -184,63 +200,62 @@ class Trainer:
         self.model.train()
         return torch.stack(losses).mean().item()
 
-    def fit(self, stop: StopRequested | None = None) -> TrainResult:
+    def fit(self, stop: StopRequested | None = None, until: int | None = None) -> TrainResult:
+        """Train to cfg.max_steps, or pause after step `until` (status "paused": benchmarks interleave runs)."""
         cfg, step0 = self.cfg, self.state.step
+        last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         self.model.train()
         stop = stop or StopRequested()
         bar = tqdm(total=cfg.max_steps, initial=step0, disable=not cfg.progress, dynamic_ncols=True,
                    desc="train")
-        self._loss_sum = torch.tensor(self.state.interval_loss_sum, device=self.device)
-        self._interval_steps = self.state.interval_steps
-        interval_tokens, interval_start = 0, time.perf_counter()
-        status, message = "completed", ""
+        interval_start = time.perf_counter()
+        self._interval_tokens_start = self.state.tokens_seen
+        status, message = "completed", self.early_stop_reason() or ""  # a resumed run that had stopped early
+        self.monitors.train_start(step0)
         try:
             with stop:
-                while self.state.step < cfg.max_steps:
-                    loss, grad_norm, tokens = self.train_step()
-                    self.state.step += 1
-                    self.state.tokens_seen += tokens
-                    self._loss_sum += loss
-                    self._interval_steps += 1
-                    interval_tokens += tokens
-                    step = self.state.step
+                while self.state.step < last and not message:
+                    info = self.train_step()
+                    step, state = info.step, self.state
+                    failure = self.nonfinite_policy(info)
+                    if failure:
+                        status, message = "failed", failure
+                        tqdm.write(f"stopping: {failure}")
+                        break
+                    if info.finite:
+                        state.interval_loss_sum += info.loss
+                        state.interval_steps += 1
+                    self.monitors.step_end(info)  # before logging, so its cost counts as training time
                     row: dict[str, float] = {}
                     if step % cfg.log_every == 0 or step == cfg.max_steps:
-                        elapsed = time.perf_counter() - interval_start
-                        self.state.wall_s += elapsed
-                        train_loss = (self._loss_sum / self._interval_steps).item()  # the one host sync per interval
-                        if not math.isfinite(train_loss):
-                            status, message = "failed", f"non-finite training loss at step {step}"
-                            break
-                        tps = interval_tokens / max(elapsed, 1e-9)
-                        row.update({
-                            "train/loss": train_loss,
-                            "train/lr": self.optimizer.param_groups[0]["lr"],
-                            "train/grad_norm": grad_norm.item(),
-                            "perf/tokens_per_s": tps,
-                            "perf/mfu": tps * self.flops_per_token / cfg.peak_flops,
-                        })
-                        self.last_train_loss = train_loss
-                        bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:,.0f}")
-                        self._loss_sum.zero_()
-                        self._interval_steps, interval_tokens = 0, 0
+                        row.update(self.log_row(info, interval_start))
+                        bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['perf/tokens_per_s']:,.0f}")
+                    early_stop = None
                     if step % cfg.eval_every == 0 or step == cfg.max_steps:
                         row.update(self.eval_row(step))
+                        early_stop = self.early_stop_reason()
                     if row:
                         self.sinks.log_scalars(step, row)
                     bar.update(1)
-                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop.signal_name:
+                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop.signal_name or early_stop:
                         self.sinks.flush()
                         self.save()
                     if row:
                         interval_start = time.perf_counter()  # time spent logging/saving is not training
+                    if early_stop:
+                        message = early_stop
+                        tqdm.write(early_stop)
+                        break
                     if stop.signal_name:
                         status = "interrupted"
                         message = f"{stop.signal_name} at step {step}; checkpoint written"
                         break
         finally:
             bar.close()
+            self.monitors.train_end(self.state.step)
             self.sinks.flush()
+        if status == "completed" and self.state.step < cfg.max_steps and not message:
+            status = "paused"
         if self.last_val_loss is None and status == "completed":
             self.last_val_loss = self.evaluate()
         wall = self.state.wall_s
@@ -248,13 +263,64 @@ class Trainer:
                            self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
                            message)
 
+    def early_stop_reason(self) -> str | None:
+        early = self.cfg.early_stopping
+        if early.patience and self.state.evals_without_improvement >= early.patience:
+            return (f"early stopping at step {self.state.step}: no val/loss improvement > {early.min_delta} in "
+                    f"{early.patience} evaluations (best {self.state.best_val_loss:.4f})")
+        return None
+
+    def nonfinite_policy(self, info: StepInfo) -> str | None:
+        """Count a skipped step; the failure message when the policy says the run must end."""
+        state, cfg = self.state, self.cfg
+        if info.finite:
+            state.consecutive_skips = 0
+            return None
+        state.skipped_steps += 1
+        state.consecutive_skips += 1
+        what = f"non-finite loss ({info.loss}) or gradient norm ({info.grad_norm}) at step {info.step}"
+        if cfg.on_nonfinite == "stop":
+            return f"{what} (trainer.on_nonfinite=stop); the last checkpoint is from before it"
+        if state.consecutive_skips > cfg.max_nonfinite_skips:
+            return (f"{what}: {state.consecutive_skips} consecutive non-finite steps exceed "
+                    f"trainer.max_nonfinite_skips={cfg.max_nonfinite_skips}")
+        tqdm.write(f"step {info.step}: {what}; update skipped ({state.consecutive_skips} in a row)")
+        return None
+
+    def log_row(self, info: StepInfo, interval_start: float) -> dict[str, float]:
+        """Interval means since the last log step; a resumed run continues the interval it was in."""
+        state = self.state
+        elapsed = time.perf_counter() - interval_start
+        state.wall_s += elapsed
+        tokens = state.tokens_seen - self._interval_tokens_start
+        self._interval_tokens_start = state.tokens_seen
+        train_loss = state.interval_loss_sum / max(state.interval_steps, 1)
+        tps = tokens / max(elapsed, 1e-9)
+        self.last_train_loss = train_loss
+        state.interval_loss_sum, state.interval_steps = 0.0, 0
+        return {
+            "train/loss": train_loss,
+            "train/lr": info.lr,
+            "train/grad_norm": info.grad_norm,
+            "train/skipped_steps": float(state.skipped_steps),
+            "perf/tokens_per_s": tps,
+            "perf/wall_s": state.wall_s,  # training time so far: the x axis for loss against time
+            "perf/mfu": tps * self.flops_per_token / self.cfg.peak_flops,
+        }
+
     def eval_row(self, step: int) -> dict[str, float]:
         val_loss = self.evaluate()
         self.last_val_loss = val_loss
-        self.state.best_val_loss = min(self.state.best_val_loss, val_loss)
+        state, early = self.state, self.cfg.early_stopping
+        if val_loss < state.best_val_loss - early.min_delta:
+            state.evals_without_improvement = 0
+        else:
+            state.evals_without_improvement += 1
+        state.best_val_loss = min(state.best_val_loss, val_loss)
         if self.sample_fn is not None:
             sample = self.sample_fn(step)
             self.sinks.log_text(step, "samples", sample)
             with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(f"--- step {step} (val/loss {val_loss:.4f})\n{sample}\n")
+        self.monitors.eval_end(step, val_loss)
         return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}

@@ -1,0 +1,160 @@
+"""`python -m llmlab.analyze run=<run dir> text="..." layers=[0,1]`: layer statistics of a trained model on one text.
+
+One forward (and backward) of the text through a run's latest checkpoint, observed by the training-time
+DistributionMonitor and AttentionMonitor: the same statistics, JSON and figures a capture step writes, in
+<out>/distribution/step_<N>/ and <out>/attention/step_<N>/ (out defaults to <run>/analysis; N = checkpoint step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.store import CONF_DIR, to_dataclass
+
+
+@dataclass
+class AnalyzeConfig:
+    run: str = "???"  # a run directory or checkpoint directory
+    text: str = ""
+    layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head; negative from the end
+    out: str | None = None  # None = <run>/analysis
+    no_plots: bool = False  # statistics (JSON) only
+    no_heatmaps: bool = False  # histograms without heatmaps of 2-D tensors
+    no_gradients: bool = False  # forward only: weights and activations
+    heatmap_max_dim: int = 256
+    bins: int = 64
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive("heatmap_max_dim", self.heatmap_max_dim)
+        check_positive("bins", self.bins)
+        if self.layers is not None and not self.layers:
+            raise ConfigError("layers: empty list; give layer indices or null for all")
+
+
+ConfigStore.instance().store(name="base_analyze", node=AnalyzeConfig)
+
+
+def train_without_dropout(model) -> None:
+    """Train mode (the distribution monitor's hooks skip eval-mode forwards) but a deterministic forward."""
+    import torch.nn as nn
+
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):  # attention passes it to SDPA
+            module.dropout = 0.0
+
+
+def analyze(cfg: AnalyzeConfig) -> Path:
+    """Run the monitors over one forward/backward of cfg.text; the output directory."""
+    import torch
+    import torch.nn.functional as F
+
+    from llmlab.config.monitors import AttentionMonitorConfig, DistributionMonitorConfig
+    from llmlab.load import load_trained
+    from llmlab.monitors.attention import AttentionMonitor, select_layers
+    from llmlab.monitors.base import AlertLog, MonitorContext, StepInfo
+    from llmlab.monitors.distribution import DistributionMonitor
+    from llmlab.monitors.pool import FigurePool
+    from llmlab.monitors.worker import BackgroundWorker
+    from llmlab.runner import pick_device
+
+    device = pick_device(cfg.device)
+    model, tokenizer, checkpoint = load_trained(cfg.run, device)
+    match = re.fullmatch(r"step_(\d+)", checkpoint.name)
+    if match is None or int(match[1]) < 1:
+        raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
+    step = int(match[1])
+    n_layers = len(model.blocks)
+    layers = None if cfg.layers is None else select_layers(cfg.layers, n_layers, "layers")
+    ids = [tokenizer.eos_id, *tokenizer.encode(cfg.text)][: model.cfg.context_length]  # eos: a document starts
+    if len(ids) < 2:
+        raise ConfigError(f"text: {cfg.text!r} encodes to {len(ids)} token(s) with the leading eos; need >= 2")
+    out = Path(cfg.out) if cfg.out else checkpoint.parent.parent / "analysis"
+
+    plots, grads = not cfg.no_plots, not cfg.no_gradients
+    dist = DistributionMonitor(DistributionMonitorConfig(
+        enabled=True, every=0, steps=[step], layers=layers, gradients=grads, plots=plots,
+        heatmaps=not cfg.no_heatmaps, heatmap_max_dim=cfg.heatmap_max_dim, bins=cfg.bins, histograms=False))
+    dist.track_updates = False  # no optimizer step is taken: no update ratios
+    attn = AttentionMonitor(AttentionMonitorConfig(enabled=True, every=0, steps=[step], layers=layers, images=plots,
+                                                   label_max_tokens=64))
+
+    def job_failed(owner: str, exc: BaseException) -> None:  # inline worker: a failed figure or file is an error
+        raise RuntimeError(f"{owner} monitor could not write its outputs: {exc}") from exc
+
+    few_figures = not plots or (layers is not None and len(layers) == 1)  # a process pool costs ~1 s to start
+    probe = torch.tensor([ids], device=device)
+    ctx = MonitorContext(model, out_dir=out, writer=None, worker=BackgroundWorker(0, on_error=job_failed),
+                         alerts=AlertLog(out / "alerts.jsonl"), figures=FigurePool(0 if few_figures else 2),
+                         probe=probe, decode_token=lambda t: tokenizer.decode([t]), steps_per_epoch=None)
+    train_without_dropout(model)
+    try:
+        dist.on_train_start(ctx, step - 1)  # step N is due: the activation hooks go on now
+        attn.on_train_start(ctx, step - 1)
+        with torch.set_grad_enabled(grads):
+            logits = model(probe[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), probe[:, 1:].flatten())
+        grad_norm = math.nan
+        if grads:
+            loss.backward()
+            norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.stack(norms).norm().item() if norms else math.nan
+        dist.on_after_backward(step)
+        info = StepInfo(step=step, loss=loss.item(), grad_norm=grad_norm, lr=0.0, tokens_seen=len(ids))
+        dist.on_step_end(info)
+        attn.on_step_end(info)
+    finally:
+        dist.on_train_end(step)  # hooks off, whatever happened
+        ctx.worker.close()
+        ctx.figures.close()
+    return out
+
+
+def summary(out: Path) -> list[str]:
+    """Lines for the console: where the files are and one headline per analysed layer."""
+    written = sorted((out / "distribution").glob("step_*/layer_statistics.json"), key=lambda p: p.stat().st_mtime)
+    if not written:
+        return [f"nothing written under {out}"]
+    dist_dir = written[-1].parent  # the latest analysis, when out holds several
+    lines = [f"distribution: {dist_dir}", f"attention: {out / 'attention' / dist_dir.name}"]
+    record = json.loads((dist_dir / "layer_statistics.json").read_text())
+    attn_file = out / "attention" / dist_dir.name / "statistics.json"
+    attention = json.loads(attn_file.read_text())["layers"] if attn_file.exists() else {}
+    lines.append(f"loss {record['loss']:.4f}, grad_norm {record['grad_norm']:.4g}, tokens {record['tokens_seen']}")
+    activations = record.get("activations", {})
+    blocks = sorted({int(m[1]) for n in activations if (m := re.fullmatch(r"blocks\.(\d+)", n))})
+    for i in blocks:
+        act = activations[f"blocks.{i}"]
+        line = f"layer {i}: residual std {act['std']:.4g} kurtosis {act['kurtosis']:.3g}"
+        if f"layer{i}" in attention:
+            heads = attention[f"layer{i}"]["mean"]
+            line += f", attention entropy {heads['entropy']:.3f} nats, sink {heads['sink']:.3f}"
+        lines.append(line)
+    return lines
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    try:
+        out = analyze(to_dataclass(cfg))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(summary(out)))
+
+
+if __name__ == "__main__":
+    main()

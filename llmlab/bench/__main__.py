@@ -1,0 +1,23 @@
+"""`python -m llmlab.bench monitors [--model small] [--rounds 3] ...`: run a benchmark, write its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmlab.bench import monitors
+
+BENCHMARKS = {"monitors": monitors}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llmlab.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="name", required=True)
+    for name, module in BENCHMARKS.items():
+        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    BENCHMARKS[args.name].main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

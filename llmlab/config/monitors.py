@@ -1,0 +1,105 @@
+"""Schemas of the monitors group: one node per monitor, each with its own schedule.
+
+`conf/monitors/{none,light,full}.yaml` are presets of these fields: light keeps statistics
+(scalars and JSON), full adds histograms, heatmaps, attention maps and PNGs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlab.config.errors import ConfigError, check_positive
+
+
+def _check_schedule(prefix: str, every: int, steps: list[int], epochs: list[float]) -> None:
+    if every < 0:
+        raise ConfigError(f"{prefix}.every must be >= 0 (0 = only the listed steps/epochs), got {every}")
+    if any(s < 1 for s in steps):
+        raise ConfigError(f"{prefix}.steps must be steps >= 1, got {steps}")
+    if any(e <= 0 for e in epochs):
+        raise ConfigError(f"{prefix}.epochs must be > 0, got {epochs}")
+
+
+@dataclass
+class AttentionMonitorConfig:
+    enabled: bool = False
+    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
+    steps: list[int] = field(default_factory=list)  # extra capture steps
+    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
+    layers: list[int] | None = None  # None = all; negative counts from the last layer
+    heads: Any = "average"  # average | all | [head indices]: what the per-layer heatmaps show
+    # the probe batch, shared with the health monitor: a fixed slice of one validation batch
+    batch_idx: int = 0  # which validation batch
+    probe_sequences: int = 4  # rows of that batch the statistics average over
+    probe_tokens: int | None = None  # truncate the probe (None = the full context)
+    images: bool = False  # heatmaps, head grids, layer comparison (PNG + TensorBoard images)
+    label_max_tokens: int = 48  # put token labels on the axes when the probe is at most this long
+    save_raw: bool = False  # also write the probabilities as attention.npz
+
+    def __post_init__(self) -> None:
+        _check_schedule("monitors.attention", self.every, self.steps, self.epochs)
+        check_positive("monitors.attention.probe_sequences", self.probe_sequences)
+        if self.probe_tokens is not None:
+            check_positive("monitors.attention.probe_tokens", self.probe_tokens)
+        if self.batch_idx < 0:
+            raise ConfigError(f"monitors.attention.batch_idx must be >= 0, got {self.batch_idx}")
+        ok = self.heads in ("average", "all") or (
+            isinstance(self.heads, list | tuple) and self.heads and all(isinstance(h, int) for h in self.heads))
+        if not ok:
+            raise ConfigError(f"monitors.attention.heads: expected average, all or a list of head indices, "
+                              f"got {self.heads!r}")
+
+
+@dataclass
+class DistributionMonitorConfig:
+    enabled: bool = False
+    every: int = 100
+    steps: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head
+    modules: list[str] | None = None  # fnmatch patterns on names, e.g. ['*mlp*']; None = all
+    weights: bool = True
+    activations: bool = True  # outputs of each block's attn, mlp and the block (residual stream)
+    gradients: bool = True
+    histograms: bool = False  # TensorBoard histograms (counts computed on the device)
+    plots: bool = False  # a histogram PNG per tensor
+    heatmaps: bool = False  # a downsampled heatmap PNG per 2-D tensor (needs plots)
+    heatmap_max_dim: int = 256
+    bins: int = 64
+
+    def __post_init__(self) -> None:
+        _check_schedule("monitors.distribution", self.every, self.steps, self.epochs)
+        check_positive("monitors.distribution.heatmap_max_dim", self.heatmap_max_dim)
+        check_positive("monitors.distribution.bins", self.bins)
+
+
+@dataclass
+class HealthMonitorConfig:
+    enabled: bool = False
+    window: int = 50  # steps in the moving window for loss and gradient-norm z-scores
+    z_threshold: float = 6.0  # a spike is a value this many standard deviations above the window
+    every: int = 100  # how often to probe attention entropy and dead MLP units
+    entropy_collapse: float = 0.05  # alert when a layer's mean attention entropy (nats) falls below this
+    dead_fraction: float = 0.25  # alert when more than this fraction of a layer's MLP units never fire
+
+    def __post_init__(self) -> None:
+        check_positive("monitors.health.window", self.window)
+        check_positive("monitors.health.z_threshold", self.z_threshold)
+        if self.every < 0:
+            raise ConfigError(f"monitors.health.every must be >= 0, got {self.every}")
+
+
+@dataclass
+class MonitorsConfig:
+    name: str = "none"
+    attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)
+    distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)
+    health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)
+    max_workers: int = 2  # background threads for files, plots and TensorBoard images (0 = inline)
+    max_pending: int = 64  # queued jobs beyond this drop the oldest (counted and reported)
+
+    def __post_init__(self) -> None:
+        if self.max_workers < 0:
+            raise ConfigError(f"monitors.max_workers must be >= 0, got {self.max_workers}")
+        check_positive("monitors.max_pending", self.max_pending)

@@ -1,0 +1,235 @@
+"""The monitor contract: when monitors are called, what they receive, and how their failures stay theirs.
+
+The trainer calls a MonitorSet at fixed points (train start, after backward, on a non-finite step,
+step end, eval end, train end) and knows nothing else. Each monitor decides on its own schedule
+whether a step is a capture step; on other steps a call costs one integer comparison. A monitor
+that raises is reported once and switched off; training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
+
+from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.worker import BackgroundWorker
+
+
+@dataclass
+class Schedule:
+    """Capture every `every` steps (0 = never) plus the listed steps and epochs."""
+
+    every: int = 0
+    steps: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    _extra: set[int] = field(default_factory=set, repr=False)
+
+    def resolve(self, steps_per_epoch: float | None) -> None:
+        self._extra = set(self.steps)
+        if steps_per_epoch:
+            self._extra |= {max(1, math.ceil(e * steps_per_epoch)) for e in self.epochs}
+
+    def due(self, step: int) -> bool:
+        return (self.every > 0 and step % self.every == 0) or step in self._extra
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens_seen: int
+    finite: bool = True
+
+    @property
+    def as_dict(self) -> dict:
+        return {"step": self.step, "loss": self.loss, "grad_norm": self.grad_norm, "lr": self.lr,
+                "tokens_seen": self.tokens_seen}
+
+
+class AlertLog:
+    """alerts.jsonl, the console (once per kind and subject) and TensorBoard text `alerts`."""
+
+    def __init__(self, path: Path, writer: SummaryWriter | None = None):
+        self.path, self.writer = path, writer
+        self._said: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def alert(self, step: int, kind: str, subject: str, message: str, **details) -> None:
+        row = {"step": step, "kind": kind, "subject": subject, "message": message, "time": time.time(), **details}
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if (kind, subject) not in self._said:
+                self._said.add((kind, subject))
+                print(f"[llmlab alert] step {step}: {message}", file=sys.stderr, flush=True)
+            if self.writer is not None:
+                self.writer.add_text("alerts", f"**{kind}** ({subject}): {message}", step)
+
+
+@dataclass
+class ProbeResult:
+    """One eval-mode forward of the probe batch, shared by every monitor that captures on that step."""
+
+    step: int
+    attention: list[torch.Tensor]  # per layer (B, H, T, T) probabilities
+    mlp_peaks: list[torch.Tensor]  # per layer (ffn,) peak |activation| of each MLP unit over the probe
+
+
+@torch.no_grad()
+def probe_forward(model: nn.Module, probe: torch.Tensor, step: int) -> ProbeResult:
+    from llmlab.model.transformer import attention_probabilities
+
+    peaks: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        def capture(module, inputs):
+            peaks[i] = inputs[0].detach().abs().amax(dim=(0, 1))  # the MLP's hidden units, (ffn,)
+        return capture
+
+    handles = [block.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, block in enumerate(model.blocks)]
+    try:
+        _, attention = attention_probabilities(model, probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ProbeResult(step, attention, [peaks[i] for i in sorted(peaks)])
+
+
+@dataclass
+class MonitorContext:
+    """What every monitor may use; built once per run by the Run."""
+
+    model: nn.Module
+    out_dir: Path  # <run>/monitors
+    writer: SummaryWriter | None
+    worker: BackgroundWorker
+    alerts: AlertLog
+    figures: FigurePool = field(default_factory=lambda: FigurePool(0))
+    probe: torch.Tensor | None = None  # (B, T) token ids on the model's device, fixed for the run
+    decode_token: Callable[[int], str] | None = None  # token id -> label for axes
+    steps_per_epoch: float | None = None
+    resume_step: int | None = None  # history rows past this step are from a run that crashed
+    _probe: ProbeResult | None = field(default=None, repr=False)
+
+    def probe_forward(self, step: int) -> ProbeResult:
+        """The probe forward of this step, run once however many monitors ask for it."""
+        if self._probe is None or self._probe.step != step:
+            self._probe = probe_forward(self.model, self.probe, step)
+        return self._probe
+
+
+class Monitor:
+    """Base monitor: every hook is a no-op. Subclasses keep `schedule` and override what they need."""
+
+    name = "monitor"
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+        self.ctx: MonitorContext | None = None
+
+    def on_train_start(self, ctx: MonitorContext, step: int) -> None:
+        self.ctx = ctx
+        self.schedule.resolve(ctx.steps_per_epoch)
+
+    def on_after_backward(self, step: int) -> None: ...
+
+    def on_nonfinite(self, info: StepInfo) -> None: ...
+
+    def on_step_end(self, info: StepInfo) -> None: ...
+
+    def on_eval_end(self, step: int, val_loss: float) -> None: ...
+
+    def on_train_end(self, step: int) -> None: ...
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.ctx.worker.submit(self.name, job)
+
+
+class MonitorSet:
+    """Fans each trainer event out to the monitors, isolating failures; owns the worker's lifetime."""
+
+    def __init__(self, monitors: list[Monitor], ctx: MonitorContext | None = None):
+        self.monitors = monitors
+        self.ctx = ctx
+        self.disabled: dict[str, str] = {}
+        if ctx is not None:
+            ctx.worker.on_error = self._job_failed
+
+    def __bool__(self) -> bool:
+        return bool(self.monitors)
+
+    def _call(self, method: str, *args) -> None:
+        for monitor in self.monitors:
+            if monitor.name in self.disabled:
+                continue
+            try:
+                getattr(monitor, method)(*args)
+            except Exception as exc:
+                step = args[0] if isinstance(args[0], int) else getattr(args[0], "step", -1)
+                self._disable(monitor.name, exc, step)
+
+    def _job_failed(self, owner: str, exc: BaseException) -> None:
+        self._disable(owner, exc, -1)
+
+    def _disable(self, name: str, exc: BaseException, step: int) -> None:
+        if name in self.disabled:
+            return
+        self.disabled[name] = f"{type(exc).__name__}: {exc}"
+        detail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        message = f"monitor '{name}' raised {type(exc).__name__}: {exc}; it is disabled, training continues"
+        if self.ctx is not None:
+            self.ctx.alerts.alert(step, "monitor_error", name, message, traceback=detail)
+        else:
+            print(f"[llmlab] {message}", file=sys.stderr)
+
+    def train_start(self, step: int) -> None:
+        for monitor in self.monitors:
+            try:
+                monitor.on_train_start(self.ctx, step)
+            except Exception as exc:
+                self._disable(monitor.name, exc, step)
+
+    def after_backward(self, step: int) -> None:
+        self._call("on_after_backward", step)
+
+    def nonfinite(self, info: StepInfo) -> None:
+        self._call("on_nonfinite", info)
+
+    def step_end(self, info: StepInfo) -> None:
+        self._call("on_step_end", info)
+        if self.ctx is not None:
+            self.ctx._probe = None  # its attention maps are large; each step probes afresh
+
+    def eval_end(self, step: int, val_loss: float) -> None:
+        self._call("on_eval_end", step, val_loss)
+
+    def train_end(self, step: int) -> None:
+        self._call("on_train_end", step)
+
+    def close(self) -> dict:
+        """Flush every pending job (end of run, interruption or exception) and say what was lost."""
+        if self.ctx is None:
+            return {}
+        self.ctx.worker.close()
+        self.ctx.figures.close()
+        summary = {"dropped_jobs": self.ctx.worker.dropped, "completed_jobs": self.ctx.worker.completed,
+                   "disabled": self.disabled}
+        if self.ctx.worker.dropped:
+            self.ctx.alerts.alert(-1, "queue_full", "worker",
+                                  f"{self.ctx.worker.dropped} monitor jobs dropped because the queue was full "
+                                  "(raise monitors.max_pending or capture less often)")
+        return summary

@@ -1,0 +1,86 @@
+"""HealthMonitor: says when training goes wrong, once, in the console, TensorBoard and alerts.jsonl.
+
+- non-finite loss or gradients: the step and the first module (in forward order) whose gradient is
+  not finite; what happens next is the trainer's policy (`trainer.on_nonfinite`);
+- spikes: loss or gradient norm more than `z_threshold` standard deviations above a moving window;
+- attention entropy collapse: a layer's mean attention entropy falling below `entropy_collapse` nats;
+- dead MLP units: units whose activation never reaches 1% of the layer's typical peak on the probe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from llmlab.config.monitors import HealthMonitorConfig
+from llmlab.monitors.attention import attention_stats
+from llmlab.monitors.base import Monitor, MonitorContext, Schedule, StepInfo
+
+DEAD_RELATIVE = 0.01  # a unit is dead if its peak |activation| stays below 1% of the layer's mean peak
+
+
+class HealthMonitor(Monitor):
+    name = "health"
+
+    def __init__(self, cfg: HealthMonitorConfig):
+        super().__init__(Schedule(cfg.every))
+        self.cfg = cfg
+        self.history = {"loss": deque(maxlen=cfg.window), "grad_norm": deque(maxlen=cfg.window)}
+
+    def on_train_start(self, ctx: MonitorContext, step: int) -> None:
+        super().on_train_start(ctx, step)
+        self.probe = ctx.probe
+
+    def on_nonfinite(self, info: StepInfo) -> None:
+        culprit = first_nonfinite_gradient(self.ctx.model)
+        where = f"; first non-finite gradient in {culprit}" if culprit else ""
+        self.ctx.alerts.alert(info.step, "nonfinite", culprit or "loss",
+                              f"non-finite loss ({info.loss}) or gradient norm ({info.grad_norm}) at step "
+                              f"{info.step}{where}", loss=repr(info.loss), grad_norm=repr(info.grad_norm))
+
+    def on_step_end(self, info: StepInfo) -> None:
+        if info.finite:
+            for key, value in (("loss", info.loss), ("grad_norm", info.grad_norm)):
+                z = self._zscore(self.history[key], value)
+                if z is not None and z > self.cfg.z_threshold:
+                    self.ctx.alerts.alert(info.step, "spike", key,
+                                          f"{key} spike at step {info.step}: {value:.4g} is {z:.1f} standard "
+                                          f"deviations above the last {len(self.history[key])} steps", z=z)
+                self.history[key].append(value)
+        if self.probe is not None and self.schedule.due(info.step):
+            self._probe(info.step)
+
+    def _zscore(self, window: deque, value: float) -> float | None:
+        if len(window) < max(10, window.maxlen // 2):
+            return None
+        mean = sum(window) / len(window)
+        std = math.sqrt(sum((v - mean) ** 2 for v in window) / len(window))
+        return (value - mean) / max(std, 1e-12 * max(abs(mean), 1.0))
+
+    def _probe(self, step: int) -> None:
+        probe = self.ctx.probe_forward(step)
+        entropy = torch.stack([attention_stats(p)[:, 0].mean() for p in probe.attention])
+        dead = torch.stack([(peak < DEAD_RELATIVE * peak.mean()).float().mean() for peak in probe.mlp_peaks])
+        entropy, dead = entropy.cpu().tolist(), dead.cpu().tolist()
+        writer = self.ctx.writer
+        for layer, (e, d) in enumerate(zip(entropy, dead, strict=True)):
+            if writer is not None:
+                writer.add_scalar(f"health/layer{layer}/dead_mlp_fraction", d, step)
+            if e < self.cfg.entropy_collapse:
+                self.ctx.alerts.alert(step, "entropy_collapse", f"layer{layer}",
+                                      f"attention entropy collapse in layer {layer} at step {step}: "
+                                      f"mean entropy {e:.3g} nats", entropy=e)
+            if d > self.cfg.dead_fraction:
+                self.ctx.alerts.alert(step, "dead_units", f"layer{layer}",
+                                      f"{d:.0%} of layer {layer}'s MLP units are dead on the probe at step {step}",
+                                      fraction=d)
+
+
+def first_nonfinite_gradient(model: torch.nn.Module) -> str | None:
+    """The first parameter, in registration (roughly forward) order, with a non-finite gradient."""
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None

@@ -1,0 +1,1 @@
+"""Sweeps: turn a multirun directory into one comparison (tables, plots, generations). `python -m llmlab.sweep DIR`."""

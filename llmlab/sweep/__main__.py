@@ -1,0 +1,34 @@
+"""`python -m llmlab.sweep DIR`: (re)build the report of a sweep directory, finished, running or crashed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmlab.sweep.report import write_sweep_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmlab.sweep", description=__doc__)
+    parser.add_argument("sweep_dir", help="outputs/multirun/<date>/<time>")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-generations", action="store_true")
+    parser.add_argument("--prompt", action="append", help="a prompt for the generation comparison (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    generations = None if args.no_generations else {
+        "prompts": args.prompt or [""], "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    try:
+        report = write_sweep_report(args.sweep_dir, plots=not args.no_plots, generations=generations)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    done = sum(row["status"] == "completed" for row in report["jobs"])
+    print(f"{len(report['jobs'])} jobs ({done} completed), swept: {', '.join(report['swept']) or '(nothing)'}")
+    print(f"report: {args.sweep_dir}/sweep_summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The same prompts completed by every job's latest checkpoint, with the same seed and sampling settings.
+
+Each job's completions are cached in its directory (`generations.json`, keyed by the settings and the
+checkpoint), so rebuilding the report after every job costs one generation per new job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+
+from llmlab.generate import GenerateConfig, complete
+from llmlab.sweep.collect import JobRecord
+from llmlab.train import checkpoint as ckpt
+from llmlab.train.checkpoint import write_atomic
+
+DEFAULT_PROMPTS = ("",)  # "" = the start of a document
+
+
+def job_generations(job: JobRecord, settings: GenerateConfig) -> tuple[str, list[str]] | None:
+    """(checkpoint name, completions) for a job with a checkpoint, from its cache when the settings match."""
+    checkpoint = ckpt.find_checkpoint(job.path / "checkpoints")
+    if checkpoint is None:
+        return None
+    key = json.dumps({**asdict(settings), "run": checkpoint.name}, sort_keys=True)
+    cache = job.path / "generations.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return checkpoint.name, cached["completions"]
+    completions = complete(GenerateConfig(**{**asdict(settings), "run": str(checkpoint)}))
+    write_atomic(cache, json.dumps({"key": key, "completions": completions}, indent=1))
+    return checkpoint.name, completions
+
+
+def compare_generations(sweep_dir, jobs: list[JobRecord], labels: dict[str, str] | None = None,
+                        prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS, max_new_tokens: int = 120,
+                        temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0, seed: int = 0,
+                        device: str = "cpu") -> list[dict]:
+    """Rows {job, checkpoint, prompt, completion}; also written as generation_comparison.csv."""
+    settings = GenerateConfig(run="", prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, device=device)
+    rows = []
+    for job in jobs:
+        found = job_generations(job, settings)
+        if found is None:
+            continue
+        checkpoint, completions = found
+        label = (labels or {}).get(job.name, job.name)
+        rows += [{"job": label, "checkpoint": checkpoint, "prompt": p, "completion": c}
+                 for p, c in zip(prompts, completions, strict=True)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["job", "checkpoint", "prompt", "completion"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(sweep_dir / "generation_comparison.csv", buffer.getvalue())
+    return rows
