@@ -288,3 +288,21 @@ def test_overhead_benchmark_writes_its_json_and_the_variants_train_identically(t
     assert set(result["variants"]) == {"none", "light", "full"}
     assert result["variants"]["none"]["ratio"] == 1.0
     assert all(v["seconds"] > 0 and v["dropped_jobs"] == 0 for v in result["variants"].values())
+
+
+def test_health_probe_flags_entropy_collapse_and_dead_mlp_units(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=40))
+    with torch.no_grad():
+        model.blocks[0].attn.q_proj.weight.mul_(1e4)  # scores so large that softmax is one-hot: entropy ~ 0
+        model.blocks[1].mlp.up_proj.weight[: model.cfg.ffn_dim // 2] = 0  # half of layer 1's units never fire
+    monitor = HealthMonitor(HealthMonitorConfig(enabled=True, every=5))
+    ctx = MonitorContext(model=model, out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+                         alerts=AlertLog(tmp_path / "alerts.jsonl"), probe=torch.randint(0, 40, (2, 16)))
+    monitor.on_train_start(ctx, 0)
+    for step in range(1, 6):
+        monitor.on_step_end(StepInfo(step, 2.0, 1.0, 1e-3, step))
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["step"], a["kind"], a["subject"]) for a in alerts] == [
+        (5, "entropy_collapse", "layer0"), (5, "dead_units", "layer1")]
+    assert alerts[1]["fraction"] == pytest.approx(0.5)

@@ -48,8 +48,8 @@ def sync(device: torch.device) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from llmlab.runner import Run
     from llmlab.config.store import compose_run_config
+    from llmlab.runner import Run
 
     if args.steps % args.block:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --block {args.block}")
@@ -107,7 +107,8 @@ def main(args: argparse.Namespace) -> dict:
             "ratio": total / base,
             "ratio_with_backlog": (total + sum(backlog[v])) / (base + sum(backlog["none"])),
             "median_block_ratio": statistics.median(ratios[v]),
-            "block_ratio_std": statistics.stdev(ratios[v]) if len(ratios[v]) > 1 else None,  # spread: noise plus the blocks holding captures
+            # spread of per-block ratios: noise, plus the blocks that hold a capture
+            "block_ratio_std": statistics.stdev(ratios[v]) if len(ratios[v]) > 1 else None,
             "backlog_s": sum(backlog[v]),
             "dropped_jobs": summaries[v].get("dropped_jobs", 0),
         }
