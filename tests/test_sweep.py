@@ -123,3 +123,14 @@ def test_launcher_configs_compose(launcher):
     finally:
         GlobalHydra.instance().clear()
     assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_processes_and_reports(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.n_layers=1,2", *SMALL,
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
+    result = run_cli("llmlab.run", args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert sorted((r["model.n_layers"], r["status"]) for r in rows) == [("1", "completed"), ("2", "completed")]
