@@ -94,7 +94,7 @@ def grouped_markdown(grouped: list[dict], others: list[str]) -> str:
         row = {k: g[k] for k in (*others, "n")}
         for m in GROUPED:
             mean, std = g[f"{m}_mean"], g[f"{m}_std"]
-            spread = f" ± {std:.2g}" if std is not None and abs(std) < 1e3 else f" ± {fmt(std)}" if std else ""
+            spread = "" if not std else f" ± {std:.2g}" if abs(std) < 100 else f" ± {std:,.0f}"
             row[f"{m} (mean ± std)"] = "–" if mean is None else fmt(mean) + spread
         rows.append(row)
     return markdown_table(rows, columns)
