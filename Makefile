@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test bench lint clean
+.PHONY: help setup run test bench soak lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ BENCH_ARGS ?= --model small --batch-size 8 --steps 300
 
 bench: $(STAMP)  ## measure monitor overhead (none vs light vs full), written to bench/monitors.json
 	$(BIN)/python -m llmlab.bench monitors $(BENCH_ARGS)
+
+soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to bench/soak.json
+	$(BIN)/python -m llmlab.bench soak
 
 lint: $(STAMP)  ## ruff check
 	$(BIN)/ruff check llmlab tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,9 +20,15 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"run={path}: no such directory")
-    checkpoint = ckpt.find_checkpoint(path)
-    if checkpoint is None:
-        raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
+    if (path / ckpt.MANIFEST).is_file():  # one checkpoint named explicitly: it must be intact
+        checkpoint = path
+    else:
+        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        checkpoint, skipped = ckpt.newest_intact(root)
+        for reason in skipped:
+            print(f"warning: {reason}; using an earlier checkpoint", file=sys.stderr)
+        if checkpoint is None:
+            raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
     manifest = ckpt.verify_checkpoint(checkpoint)
     known = {f.name for f in fields(ModelConfig)}
     model_cfg = ModelConfig(**{k: v for k, v in manifest["model"].items() if k in known})

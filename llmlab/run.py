@@ -45,6 +45,10 @@ def main(cfg: DictConfig) -> float | None:
         result = Run(run_cfg).execute()
     except ConfigError as err:
         return fail(2, str(err))
+    except KeyboardInterrupt:  # a second signal: stop now; checkpoints are atomic, so the last one is whole
+        print(f"error: stopped at once by a second signal, without a new checkpoint. Resume from the last one "
+              f"with:\n  {resume_command(cfg.out_dir)}", file=sys.stderr)
+        sys.exit(130)
     print(f"outputs: {run_cfg.out_dir}")
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
         print(f"{result.message}. Resume with:\n  {resume_command(run_cfg.out_dir)}")

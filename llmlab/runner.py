@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,10 @@ from llmlab.monitors.build import build_monitors
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
 from llmlab.train import checkpoint as ckpt
+from llmlab.train.logfiles import truncate_samples
 from llmlab.train.objectives import build_objective
 from llmlab.train.optim import build_optimizer
+from llmlab.train.run_dir import check_run_dir
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.trainer import Trainer, TrainResult
 
@@ -72,14 +75,19 @@ class Run:
 
     # ---- parts -----------------------------------------------------------------------------
     def resume_checkpoint(self) -> Path | None:
+        """The verified checkpoint to resume from: resume=auto walks back past corrupt ones and says so."""
         resume = self.cfg.trainer.resume
         if resume == "never":
             return None
         if resume == "auto":
-            return ckpt.find_checkpoint(self.out_dir / "checkpoints")
+            found, skipped = ckpt.newest_intact(self.out_dir / "checkpoints")
+            for reason in skipped:
+                print(f"warning: {reason}; falling back to an earlier checkpoint", file=sys.stderr)
+            return found
         found = ckpt.find_checkpoint(Path(resume))
         if found is None:
             raise ConfigError(f"trainer.resume={resume}: no complete checkpoint found there")
+        ckpt.verify_checkpoint(found)  # an explicit choice is never swapped for another: a bad one stops the run
         return found
 
     def prepare_data(self, tokenizer_dir: Path | None) -> PreparedData:
@@ -165,9 +173,11 @@ class Run:
         self.start = time.perf_counter()
 
         resume_from = self.resume_checkpoint()
-        manifest = ckpt.verify_checkpoint(resume_from) if resume_from else None
+        manifest = ckpt.read_manifest(resume_from) if resume_from else None
         if manifest is not None:
             check_same_architecture(manifest, cfg.model, resume_from)
+        check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
+                      cfg.trainer.allow_config_change)
         tokenizer_dir = resume_from.parent.parent / "tokenizer" if resume_from else None
         data = self.data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
         (out / "dataset_stats.json").write_text(json.dumps(data.stats, indent=2))
@@ -181,7 +191,10 @@ class Run:
         train_batches = TrainBatches(data.train_tokens, cfg.trainer.batch_size, seq_len, seed=cfg.seed)
         val_batches = validation_batches(data.val_tokens, cfg.trainer.batch_size, seq_len,
                                          cfg.trainer.eval_batches)
-        resume_step = manifest["step"] if manifest else None
+        # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
+        resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
+        if resume_step is not None:
+            truncate_samples(out / "samples.txt", resume_step)
         self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
                                   TensorBoardSink(out / "tb", resume_step)])
         tokens_per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum_steps * seq_len

@@ -229,6 +229,48 @@ def test_a_monitor_that_raises_is_reported_once_and_training_goes_on(tmp_path, m
     assert (tmp_path / "run/monitors/distribution/step_12/layer_statistics.json").is_file()  # others unaffected
 
 
+def alerts_of(run_dir) -> list[tuple[str, str]]:
+    return [(a["kind"], a["subject"]) for a in map(json.loads, (run_dir / "alerts.jsonl").read_text().splitlines())]
+
+
+def test_plotting_that_raises_disables_its_monitor_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    from llmlab.monitors import plots
+
+    def broken_render(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots, "render", broken_render)  # figures drawn inline (max_workers=0) see the patch
+    overrides = ["monitors=full", *CAPTURE, "monitors.max_workers=0"]
+    result = Run(run_config(tmp_path, overrides)).execute()
+    assert result.status == "completed" and result.steps == 12
+    assert sorted(alerts_of(tmp_path / "run")) == [("monitor_error", "attention"), ("monitor_error", "distribution")]
+    assert capsys.readouterr().err.count("monitor 'attention' raised OSError: disk full") == 1
+    # what came before the figures was written; the second capture never happened for a disabled monitor
+    assert (tmp_path / "run/monitors/attention/step_6/statistics.json").is_file()
+    assert not (tmp_path / "run/monitors/attention/step_12").exists()
+
+
+def test_a_full_monitor_queue_drops_the_oldest_jobs_and_says_so_once(tmp_path, monkeypatch):
+    from llmlab.monitors.attention import AttentionMonitor
+    from llmlab.monitors.base import MonitorSet
+    from llmlab.monitors.distribution import DistributionMonitor
+
+    disk_back = threading.Event()  # every file job blocks on a stalled disk until training has ended
+    for cls in (AttentionMonitor, DistributionMonitor):
+        write = cls._write
+        monkeypatch.setattr(cls, "_write", lambda self, *a, w=write: (disk_back.wait(60), w(self, *a)))
+    close = MonitorSet.close
+    monkeypatch.setattr(MonitorSet, "close", lambda self: (disk_back.set(), close(self))[1])
+    every = ["monitors.attention.every=1", "monitors.distribution.every=1", "monitors.max_workers=1",
+             "monitors.max_pending=1"]
+    result = Run(run_config(tmp_path, every)).execute()
+    summary = json.loads((tmp_path / "run/metrics.json").read_text())["monitors"]
+    assert result.status == "completed" and result.steps == 12
+    # 24 jobs: one running, one queued, the rest dropped (22, or 23 if the thread started late)
+    assert summary["dropped_jobs"] >= 22 and summary["dropped_jobs"] + summary["completed_jobs"] == 24
+    assert alerts_of(tmp_path / "run").count(("queue_full", "worker")) == 1
+
+
 def poison_step(monkeypatch, steps: set[int]):
     """Make the loss non-finite on the given steps (a poisoned batch)."""
     original = trainer_module.Trainer.train_step

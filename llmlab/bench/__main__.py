@@ -1,13 +1,13 @@
-"""`python -m llmlab.bench monitors [--model small] [--rounds 3] ...`: run a benchmark, write its JSON."""
+"""`python -m llmlab.bench monitors|soak [options]`: run a benchmark, write its JSON (bench/<name>.json)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from llmlab.bench import monitors
+from llmlab.bench import monitors, soak
 
-BENCHMARKS = {"monitors": monitors}
+BENCHMARKS = {"monitors": monitors, "soak": soak}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -166,9 +166,11 @@ class TrainerConfig:
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 200
+    keep_checkpoints: int = 3  # the newest N stay (a corrupt newest one falls back to the one before); 0 = all
     sample_tokens: int = 120  # length of the sample generated at each eval
     sample_prompt: str = ""
     resume: str = "auto"  # auto | never | <checkpoint or run dir>
+    allow_config_change: bool = False  # resume a run directory whose config differs (changed keys are listed)
     peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None = torch's default
@@ -184,6 +186,8 @@ class TrainerConfig:
         check_positive("trainer.peak_flops", self.peak_flops)
         check_choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("trainer.on_nonfinite", self.on_nonfinite, ("skip", "stop"))
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"trainer.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
         if self.max_nonfinite_skips < 0:
             raise ConfigError(f"trainer.max_nonfinite_skips must be >= 0, got {self.max_nonfinite_skips}")
         if self.warmup_steps < 0:

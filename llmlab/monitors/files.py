@@ -6,6 +6,8 @@ import json
 import threading
 from pathlib import Path
 
+from llmlab.train.logfiles import truncate_jsonl
+
 _lock = threading.Lock()  # worker threads append concurrently
 
 
@@ -19,8 +21,5 @@ def append_history(path: Path, record: dict) -> None:
 
 def truncate_history(path: Path, resume_step: int | None) -> None:
     """Drop captures past the checkpoint a run resumes from: the resumed run captures them again."""
-    if resume_step is None or not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    if resume_step is not None:
+        truncate_jsonl(path, resume_step)

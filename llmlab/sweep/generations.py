@@ -11,6 +11,7 @@ import io
 import json
 from dataclasses import asdict
 
+from llmlab.config.errors import ConfigError
 from llmlab.generate import GenerateConfig, complete
 from llmlab.sweep.collect import JobRecord
 from llmlab.train import checkpoint as ckpt
@@ -21,7 +22,10 @@ DEFAULT_PROMPTS = ("",)  # "" = the start of a document
 
 def job_generations(job: JobRecord, settings: GenerateConfig) -> tuple[str, list[str]] | None:
     """(checkpoint name, completions) for a job with a checkpoint, from its cache when the settings match."""
-    checkpoint = ckpt.find_checkpoint(job.path / "checkpoints")
+    try:
+        checkpoint, _ = ckpt.newest_intact(job.path / "checkpoints")
+    except ConfigError:  # every checkpoint of this job is damaged: its row says what it reached, no completions
+        return None
     if checkpoint is None:
         return None
     key = json.dumps({**asdict(settings), "run": checkpoint.name}, sort_keys=True)

@@ -8,7 +8,8 @@ Layout of one checkpoint, checkpoints/step_<N>/:
 The directory is assembled under a temporary name and renamed into place, and checkpoints/latest
 (a one-line pointer) is replaced atomically afterwards, so a crash at any moment leaves either the
 old checkpoint or the new one, never a half-written directory that looks complete. Loading verifies
-the checksums, because safetensors loads a flipped byte silently.
+the checksums, because safetensors loads a flipped byte silently; resuming walks back from the newest
+checkpoint to the first intact one. Nothing is unpickled beyond tensors and plain data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +51,14 @@ class Checkpoint:
     step: int
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, meta: dict) -> Checkpoint:
-    """Write checkpoints/step_<step>/ atomically and point checkpoints/latest at it."""
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, meta: dict,
+                    keep: int = 0) -> Checkpoint:
+    """Write checkpoints/step_<step>/ atomically, point checkpoints/latest at it, keep the newest `keep` (0 = all)."""
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp_step_*"):  # left by a process killed mid-write; never a checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
@@ -66,25 +70,38 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_atomic(root / "latest", final.name + "\n")
+    if keep:
+        older = [c for c in list_checkpoints(root) if c.step < step]
+        for old in older[: max(len(older) - (keep - 1), 0)]:
+            shutil.rmtree(old.path, ignore_errors=True)
     return Checkpoint(final, step)
 
 
-def verify_checkpoint(path: Path) -> dict:
-    """The manifest of a complete, intact checkpoint; ConfigError naming the file otherwise."""
+def read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ConfigError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        return json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
         raise ConfigError(f"checkpoint {manifest_path} is not valid JSON") from None
-    for name, expected in manifest["files"].items():
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The manifest of a complete, intact checkpoint; ConfigError naming the file otherwise."""
+    manifest = read_manifest(path)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ConfigError(f"checkpoint {path / MANIFEST} lists no files")
+    for name, expected in files.items():
         file = path / name
         if not file.is_file():
             raise ConfigError(f"checkpoint file {file} is missing")
-        if file.stat().st_size != expected["bytes"]:
-            raise ConfigError(f"checkpoint file {file} is truncated: {file.stat().st_size} of "
-                              f"{expected['bytes']} bytes")
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            what = "truncated" if size < expected["bytes"] else "longer than written"
+            raise ConfigError(f"checkpoint file {file} is {what}: {size} bytes, the manifest says "
+                              f"{expected['bytes']}")
         if sha256_file(file) != expected["sha256"]:
             raise ConfigError(f"checkpoint file {file} is corrupt: its sha256 does not match the manifest")
     return manifest
@@ -117,6 +134,25 @@ def find_checkpoint(path: Path) -> Path | None:
     return complete[-1].path if complete else None
 
 
+def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under root whose files match its manifest, and why each newer one was passed over.
+
+    ConfigError when there are checkpoints and none is intact: starting afresh would overwrite the run.
+    """
+    skipped = []
+    candidates = list_checkpoints(root)
+    for candidate in reversed(candidates):
+        try:
+            verify_checkpoint(candidate.path)
+        except ConfigError as err:
+            skipped.append(str(err))
+            continue
+        return candidate.path, skipped
+    if candidates:
+        raise ConfigError(f"no intact checkpoint in {root}: {'; '.join(skipped)}")
+    return None, skipped
+
+
 def load_weights(path: Path, model: torch.nn.Module) -> None:
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
@@ -128,4 +164,10 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 
 def load_state(path: Path) -> dict:
     """Trainer state; weights_only=True means a pickle that would run code is refused."""
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    file = path / "state.pt"
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"checkpoint file {file} holds objects other than tensors and plain data; refused to "
+                          f"load it (it could run code): {reason}") from None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from llmlab.train.logfiles import truncate_jsonl
+
 
 class Sink:
     """A no-op sink; subclasses override what they record."""
@@ -30,15 +32,9 @@ class JsonlSink(Sink):
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
-        if resume_step is not None and path.exists():
-            self._truncate_after(resume_step)
+        if resume_step is not None:
+            truncate_jsonl(path, resume_step)  # rows past the checkpoint: the resumed run logs them again
         self.file = open(path, "a", encoding="utf-8")
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop rows past the checkpoint we resume from: the resumed run logs them again."""
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}

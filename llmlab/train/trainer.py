@@ -134,13 +134,13 @@ class Trainer:
         self.state = TrainState(**state["trainer"])
 
     def resume_from(self, path: Path) -> None:
-        ckpt.verify_checkpoint(path)
+        """Load a checkpoint the caller has verified (llmlab.runner checks checksums and architecture)."""
         ckpt.load_weights(path, self.model)
         self.load_state_dict(ckpt.load_state(path))
 
     def save(self) -> Path:
         saved = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.state.step, self.model,
-                                     self.state_dict(), self.checkpoint_meta)
+                                     self.state_dict(), self.checkpoint_meta, keep=self.cfg.keep_checkpoints)
         return saved.path
 
     # ---- the loop --------------------------------------------------------------------------
