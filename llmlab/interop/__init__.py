@@ -1,0 +1,1 @@
+"""Interoperability: llmlab models to and from Hugging Face transformers."""
