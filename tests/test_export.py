@@ -60,6 +60,7 @@ def test_a_trained_run_round_trips_through_the_cli_with_the_same_greedy_continua
     out = tmp_path / "exported"
     done = run_cli("llmlab.export", [f"run={tmp_path / 'run'}", f"out={out}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "export.log").exists()  # Hydra's job log goes to stdout, not into the working directory
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     assert json.loads((out / "llmlab_export.json").read_text())["checkpoint"].endswith("step_6")
 
