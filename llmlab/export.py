@@ -33,7 +33,7 @@ ConfigStore.instance().store(name="base_export", node=ExportConfig)
 
 def export_run(cfg: ExportConfig) -> Path:
     """Write the export; returns its directory."""
-    from llmlab.interop.hf_export import hf_family, to_hf
+    from llmlab.interop.hf import hf_family, to_hf
     from llmlab.load import load_trained
 
     out = Path(cfg.out)

@@ -1,5 +1,6 @@
-"""Export to Hugging Face transformers: the exported directory loads with AutoModelForCausalLM and computes
-the same logits and the same greedy continuation as the llmlab model it came from. Everything is offline."""
+"""Hugging Face transformers interop, offline. Export: the exported directory loads with AutoModelForCausalLM and
+computes the same logits and greedy continuation as the llmlab model. Import: tiny random Llama, Qwen2 and GPT-2
+models built from their configs become llmlab models that compute the same logits."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
 from llmlab.export import ExportConfig, export_run
-from llmlab.interop.hf_export import hf_family, to_hf
+from llmlab.interop.hf import config_from_hf, from_hf, hf_family, to_hf
 from llmlab.load import load_trained
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
@@ -89,3 +90,51 @@ def test_export_of_a_gpt2_style_run(tmp_path):
     assert diff < 1e-5
 
 
+
+
+# ---- import -------------------------------------------------------------------------------------
+def tiny_hf(kind: str, **extra):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    sizes = dict(vocab_size=60, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=32)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**{**sizes, **extra}))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**{**sizes, **extra}))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_embd=64, n_layer=2, n_head=4, n_positions=32,
+                                           bos_token_id=None, eos_token_id=None, **extra))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("llama", {}), ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1, "rope_theta": 500.0}),
+    ("qwen2", {"tie_word_embeddings": False}), ("gpt2", {}), ("gpt2", {"tie_word_embeddings": False}),
+])
+def test_imported_models_compute_the_same_logits(kind, extra):
+    torch.manual_seed(0)
+    hf = tiny_hf(kind, **extra)
+    ours = from_hf(hf)
+    ids = torch.randint(0, 60, (2, 32))
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-5
+
+
+def test_export_then_import_gives_back_the_same_weights():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, context_length=32,
+                                    vocab_size=50, bias=True, tie_embeddings=False))
+    back = from_hf(to_hf(model)).state_dict()
+    assert all(torch.equal(v, back[k]) for k, v in model.state_dict().items())
+
+
+def test_configs_llmlab_cannot_hold_are_refused_by_name():
+    with pytest.raises(ConfigError, match="rope_type=llama3 .* not supported"):
+        config_from_hf(tiny_hf("llama", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                         "original_max_position_embeddings": 16}).config)
+    with pytest.raises(ConfigError, match="model_type='bert' is not supported"):
+        config_from_hf(type("BertConfig", (), {"model_type": "bert"})())

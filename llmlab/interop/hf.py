@@ -1,0 +1,199 @@
+"""llmlab models as Hugging Face `transformers` models (LlamaForCausalLM or GPT2LMHeadModel, no custom code),
+and `transformers` Llama, Qwen2 and GPT-2 models as llmlab models.
+
+A Llama-style model (RoPE, RMSNorm, SwiGLU, any n_kv_heads) maps one to one onto Llama's modules, including
+the rotate-half RoPE layout. A GPT-2-style model (learned positions, LayerNorm, GELU) maps onto GPT-2, whose
+attention is one fused Conv1D (weights stored as (in, out), the transpose of nn.Linear) and whose layers
+always have biases (zeros stand in for the ones llmlab left out). Other mixes have no `transformers` class
+and are refused, naming the option.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import ModelConfig
+
+LLAMA_STYLE = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
+GPT2_STYLE = {"positions": "learned", "norm": "layernorm", "mlp": "gelu"}
+
+
+def hf_family(cfg: ModelConfig) -> str:
+    """'llama' or 'gpt2'; ConfigError naming the options that fit neither."""
+    for family, style in (("llama", LLAMA_STYLE), ("gpt2", GPT2_STYLE)):
+        if all(getattr(cfg, k) == v for k, v in style.items()):
+            if family == "gpt2" and cfg.kv_heads != cfg.n_heads:
+                raise ConfigError(f"model.n_kv_heads={cfg.kv_heads}: GPT-2 has no grouped-query attention; "
+                                  "export a Llama-style model or use n_kv_heads=n_heads")
+            return family
+    closest = LLAMA_STYLE if cfg.positions == "rope" else GPT2_STYLE
+    odd = ", ".join(f"model.{k}={getattr(cfg, k)}" for k, v in closest.items() if getattr(cfg, k) != v)
+    name = "Llama" if closest is LLAMA_STYLE else "GPT-2"
+    raise ConfigError(f"{odd} has no Hugging Face equivalent: {name} needs "
+                      + ", ".join(f"{k}={v}" for k, v in closest.items()))
+
+
+def llama_config(cfg: ModelConfig):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, hidden_act="silu",
+        attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+
+
+def llama_names(cfg: ModelConfig) -> dict[str, str]:
+    """llmlab parameter name -> Llama's, for every parameter a model with cfg can have."""
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+    per_layer = {"attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight"}
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        for p in ("weight", "bias"):
+            per_layer[f"attn.{proj}.{p}"] = f"self_attn.{proj}.{p}"
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        for p in ("weight", "bias"):
+            per_layer[f"mlp.{proj}.{p}"] = f"mlp.{proj}.{p}"
+    for i in range(cfg.n_layers):
+        names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in per_layer.items()})
+    return names
+
+
+def llama_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    return {theirs: state[ours] for ours, theirs in llama_names(cfg).items() if ours in state}
+
+
+def gpt2_config(cfg: ModelConfig):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.d_model, n_layer=cfg.n_layers,
+        n_head=cfg.n_heads, n_inner=cfg.ffn_dim, activation_function="gelu_new",  # the tanh approximation
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None,
+    )
+
+
+def gpt2_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    def bias_of(name: str, size: int) -> torch.Tensor:
+        return state.get(name, torch.zeros(size))
+
+    d = cfg.d_model
+    out = {"transformer.wte.weight": state["tok_emb.weight"], "transformer.wpe.weight": state["pos_emb.weight"],
+           "transformer.ln_f.weight": state["final_norm.weight"],
+           "transformer.ln_f.bias": bias_of("final_norm.bias", d), "lm_head.weight": state["lm_head.weight"]}
+    for i in range(cfg.n_layers):
+        ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for norm, ln in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            out[f"{theirs}{ln}.weight"] = state[f"{ours}{norm}.weight"]
+            out[f"{theirs}{ln}.bias"] = bias_of(f"{ours}{norm}.bias", d)
+        qkv = [f"{ours}attn.{p}_proj" for p in "qkv"]
+        # Conv1D keeps weights as (in, out): the transpose of nn.Linear's (out, in)
+        out[f"{theirs}attn.c_attn.weight"] = torch.cat([state[f"{n}.weight"] for n in qkv]).t()
+        out[f"{theirs}attn.c_attn.bias"] = torch.cat([bias_of(f"{n}.bias", d) for n in qkv])
+        linears = (("attn.o_proj", "attn.c_proj", d), ("mlp.up_proj", "mlp.c_fc", cfg.ffn_dim),
+                   ("mlp.down_proj", "mlp.c_proj", d))
+        for ours_name, theirs_name, size in linears:
+            out[f"{theirs}{theirs_name}.weight"] = state[f"{ours}{ours_name}.weight"].t()
+            out[f"{theirs}{theirs_name}.bias"] = bias_of(f"{ours}{ours_name}.bias", size)
+    return out
+
+
+def to_hf(model) -> torch.nn.Module:
+    """A transformers LlamaForCausalLM or GPT2LMHeadModel holding model's weights (copies, fp32, eval mode)."""
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    cfg = model.cfg
+    family = hf_family(cfg)
+    state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    if family == "llama":
+        hf_model, mapped = LlamaForCausalLM(llama_config(cfg)), llama_state_dict(state, cfg)
+    else:
+        hf_model, mapped = GPT2LMHeadModel(gpt2_config(cfg)), gpt2_state_dict(state, cfg)
+    if cfg.tie_embeddings:
+        mapped.pop("lm_head.weight")  # one tensor, shared with the token embedding
+    missing, unexpected = hf_model.load_state_dict(mapped, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"export to {family}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return hf_model.eval()
+
+
+# ---- import --------------------------------------------------------------------------------------
+def config_from_hf(hf_cfg) -> ModelConfig:
+    """The llmlab ModelConfig of a transformers Llama, Qwen2 or GPT-2 config; ConfigError for what it cannot hold."""
+    kind = hf_cfg.model_type
+    if kind in ("llama", "qwen2"):
+        rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_type": "default",
+                                                            "rope_theta": getattr(hf_cfg, "rope_theta", 1e4)}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{kind}: rope_type={rope['rope_type']} (scaled RoPE) is not supported; only default")
+        if hf_cfg.hidden_act != "silu":
+            raise ConfigError(f"{kind}: hidden_act={hf_cfg.hidden_act} is not supported; only silu (SwiGLU)")
+        head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
+        if head_dim * hf_cfg.num_attention_heads != hf_cfg.hidden_size:
+            raise ConfigError(f"{kind}: head_dim={head_dim} x {hf_cfg.num_attention_heads} heads != hidden_size="
+                              f"{hf_cfg.hidden_size}; llmlab needs d_model = n_heads x head_dim")
+        # Qwen2 has biases on q, k and v only: llmlab's all-linears bias, with zeros where Qwen2 has none
+        bias = kind == "qwen2" or bool(getattr(hf_cfg, "attention_bias", False) or getattr(hf_cfg, "mlp_bias", False))
+        return ModelConfig(
+            name=f"hf-{kind}", n_layers=hf_cfg.num_hidden_layers, d_model=hf_cfg.hidden_size,
+            n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
+            d_ff=hf_cfg.intermediate_size, context_length=hf_cfg.max_position_embeddings,
+            vocab_size=hf_cfg.vocab_size, positions="rope", norm="rmsnorm", mlp="swiglu",
+            tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=bias, rope_theta=float(rope["rope_theta"]),
+            norm_eps=hf_cfg.rms_norm_eps)
+    if kind == "gpt2":
+        if hf_cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigError(f"gpt2: activation_function={hf_cfg.activation_function} is not supported; "
+                              "only the tanh GELU (gelu_new)")
+        return ModelConfig(
+            name="hf-gpt2", n_layers=hf_cfg.n_layer, d_model=hf_cfg.n_embd, n_heads=hf_cfg.n_head,
+            d_ff=hf_cfg.n_inner or 4 * hf_cfg.n_embd, context_length=hf_cfg.n_positions,
+            vocab_size=hf_cfg.vocab_size, positions="learned", norm="layernorm", mlp="gelu",
+            tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=True, norm_eps=hf_cfg.layer_norm_epsilon)
+    raise ConfigError(f"model_type={kind!r} is not supported: llmlab imports llama, qwen2 and gpt2")
+
+
+def state_dict_from_hf(theirs: dict[str, torch.Tensor], cfg: ModelConfig, ours: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+    """llmlab's state dict (names and shapes of `ours`) from a transformers one; zeros for biases it lacks."""
+    if cfg.positions == "rope":
+        names = llama_names(cfg)
+        out = {k: theirs[names[k]] if names[k] in theirs else torch.zeros_like(v) for k, v in ours.items()}
+        if cfg.tie_embeddings:
+            out["lm_head.weight"] = out["tok_emb.weight"]
+        return out
+    # GPT-2: split the fused Conv1D attention, transpose Conv1D weights back to nn.Linear's layout
+    out = {"tok_emb.weight": theirs["transformer.wte.weight"], "pos_emb.weight": theirs["transformer.wpe.weight"],
+           "final_norm.weight": theirs["transformer.ln_f.weight"], "final_norm.bias": theirs["transformer.ln_f.bias"],
+           "lm_head.weight": theirs.get("lm_head.weight", theirs["transformer.wte.weight"])}
+    for i in range(cfg.n_layers):
+        mine, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        for norm, ln in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            for p in ("weight", "bias"):
+                out[f"{mine}{norm}.{p}"] = theirs[f"{hf}{ln}.{p}"]
+        q, k, v = theirs[f"{hf}attn.c_attn.weight"].t().chunk(3)
+        qb, kb, vb = theirs[f"{hf}attn.c_attn.bias"].chunk(3)
+        for name, w, b in (("q_proj", q, qb), ("k_proj", k, kb), ("v_proj", v, vb)):
+            out[f"{mine}attn.{name}.weight"], out[f"{mine}attn.{name}.bias"] = w, b
+        for mine_name, hf_name in (("attn.o_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"),
+                                   ("mlp.down_proj", "mlp.c_proj")):
+            out[f"{mine}{mine_name}.weight"] = theirs[f"{hf}{hf_name}.weight"].t()
+            out[f"{mine}{mine_name}.bias"] = theirs[f"{hf}{hf_name}.bias"]
+    return out
+
+
+def from_hf(hf_model):
+    """An llmlab Transformer computing what a transformers Llama, Qwen2 or GPT-2 causal LM computes (fp32)."""
+    from llmlab.model.transformer import Transformer
+
+    cfg = config_from_hf(hf_model.config)
+    model = Transformer(cfg)
+    theirs = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
+    model.load_state_dict(state_dict_from_hf(theirs, cfg, model.state_dict()), strict=True)
+    return model.eval()
