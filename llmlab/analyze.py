@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.errors import ConfigError, check_positive, exit_on_config_error
 from llmlab.config.store import CONF_DIR, to_dataclass
 
 
@@ -148,11 +147,8 @@ def summary(out: Path) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error():
         out = analyze(to_dataclass(cfg))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print("\n".join(summary(out)))
 
 

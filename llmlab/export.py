@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from llmlab.config.errors import ConfigError
+from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.config.store import CONF_DIR, to_dataclass
 
 
@@ -57,11 +56,8 @@ def export_run(cfg: ExportConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error():
         out = export_run(to_dataclass(cfg))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"exported to {out}: load it with transformers.AutoModelForCausalLM.from_pretrained('{out}')")
 
 

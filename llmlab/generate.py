@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.errors import ConfigError, check_positive, exit_on_config_error
 from llmlab.config.store import CONF_DIR, to_dataclass
 
 
@@ -77,13 +76,10 @@ def complete(cfg: GenerateConfig) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error():
         gen_cfg: GenerateConfig = to_dataclass(cfg)
         prompts = gen_cfg.prompts or [gen_cfg.prompt]
         texts = complete(gen_cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     for n, text in enumerate(texts):
         prompt = prompts[n // gen_cfg.num_samples]
         print(f"--- sample {n + 1}\n{prompt}{text}")

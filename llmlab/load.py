@@ -21,7 +21,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     if not path.exists():
         raise ConfigError(f"run={path}: no such directory")
     if (path / ckpt.MANIFEST).is_file():  # one checkpoint named explicitly: it must be intact
-        checkpoint = path
+        checkpoint, manifest = path, ckpt.verify_checkpoint(path)
     else:
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         checkpoint, skipped = ckpt.newest_intact(root)
@@ -29,7 +29,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
             print(f"warning: {reason}; using an earlier checkpoint", file=sys.stderr)
         if checkpoint is None:
             raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
-    manifest = ckpt.verify_checkpoint(checkpoint)
+        manifest = ckpt.read_manifest(checkpoint)  # newest_intact has verified it
     known = {f.name for f in fields(ModelConfig)}
     model_cfg = ModelConfig(**{k: v for k, v in manifest["model"].items() if k in known})
     model = Transformer(model_cfg)

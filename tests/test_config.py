@@ -53,6 +53,7 @@ def test_llama_and_gpt2_presets_are_one_override_apart():
     (["tokenizer=bpe", "tokenizer.vocab_size=2"], "tokenizer.vocab_size must be >= 8"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["device=tpu"], "device: expected one of"),
+    (["trainer.keep_checkpoints=-1"], "trainer.keep_checkpoints must be >= 0 (0 = keep all), got -1"),
 ])
 def test_cross_field_rules_raise_one_clear_line(overrides, field):
     with pytest.raises(ConfigError) as err:

@@ -171,6 +171,19 @@ def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_the_previou
     assert all(torch.equal(weights[k], again[k]) for k in weights)  # ... to the same weights
 
 
+def test_a_manifest_listing_no_files_or_a_file_grown_since_is_named(tmp_path):
+    Run(run_config(tmp_path, ["trainer.max_steps=2", "trainer.checkpoint_every=2"])).execute()
+    checkpoint = tmp_path / "run/checkpoints/step_2"
+    with open(checkpoint / "state.pt", "ab") as f:
+        f.write(b"extra")
+    with pytest.raises(ConfigError, match=r"state.pt is longer than written: \d+ bytes, the manifest says"):
+        verify_checkpoint(checkpoint)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    (checkpoint / "manifest.json").write_text(json.dumps({**manifest, "files": {}}))
+    with pytest.raises(ConfigError, match="manifest.json lists no files"):
+        verify_checkpoint(checkpoint)
+
+
 def test_when_no_checkpoint_is_intact_the_run_stops_instead_of_starting_over(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=4", "trainer.checkpoint_every=2"])).execute()
     for checkpoint in list_checkpoints(tmp_path / "run/checkpoints"):

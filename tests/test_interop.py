@@ -136,5 +136,11 @@ def test_configs_llmlab_cannot_hold_are_refused_by_name():
         config_from_hf(tiny_hf("llama", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
                                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                          "original_max_position_embeddings": 16}).config)
+    with pytest.raises(ConfigError, match=r"head_dim=32 x 4 heads != hidden_size=64"):
+        config_from_hf(tiny_hf("llama", head_dim=32).config)
+    with pytest.raises(ConfigError, match="hidden_act=gelu is not supported; only silu"):
+        config_from_hf(tiny_hf("llama", hidden_act="gelu").config)
+    with pytest.raises(ConfigError, match="activation_function=relu is not supported"):
+        config_from_hf(tiny_hf("gpt2", activation_function="relu").config)
     with pytest.raises(ConfigError, match="model_type='bert' is not supported"):
         config_from_hf(type("BertConfig", (), {"model_type": "bert"})())
