@@ -1,8 +1,11 @@
 """`python -m llmlab.analyze run=<run dir> text="..." layers=[0,1]`: layer statistics of a trained model on one text.
+`python -m llmlab.analyze model=hf model.path=<transformers model dir> ...`: the same for an imported model.
 
 One forward (and backward) of the text through a run's latest checkpoint, observed by the training-time
 DistributionMonitor and AttentionMonitor: the same statistics, JSON and figures a capture step writes, in
-<out>/distribution/step_<N>/ and <out>/attention/step_<N>/ (out defaults to <run>/analysis; N = checkpoint step).
+<out>/distribution/step_<N>/ and <out>/attention/step_<N>/ (out defaults to <run>/analysis and N is the
+checkpoint's step; for an imported model out defaults to outputs/analysis/<directory name> and N is 0).
+With layers chosen, only those blocks' weights get gradients: a 1B model's other layers cost no gradient memory.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from llmlab.config.errors import ConfigError, check_positive, exit_on_config_error
+from llmlab.config.schema import ModelConfig
 from llmlab.config.store import CONF_DIR, to_dataclass
 
 
 @dataclass
 class AnalyzeConfig:
-    run: str = "???"  # a run directory or checkpoint directory
+    run: str | None = None  # a run directory or checkpoint directory ...
+    model: ModelConfig | None = None  # ... or model=hf model.path=<transformers model directory>
     text: str = ""
     layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head; negative from the end
     out: str | None = None  # None = <run>/analysis
@@ -35,6 +40,8 @@ class AnalyzeConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if (self.run is None) == (self.model is None or self.model.path is None):
+            raise ConfigError("give run=<run dir> or model=hf model.path=<transformers model dir> (one of them)")
         check_positive("heatmap_max_dim", self.heatmap_max_dim)
         check_positive("bins", self.bins)
         if self.layers is not None and not self.layers:
@@ -56,13 +63,41 @@ def train_without_dropout(model) -> None:
             module.dropout = 0.0
 
 
+def load_for_analysis(cfg: AnalyzeConfig, device):
+    """(model, tokenizer, step, default output directory) of a run's checkpoint or an imported model."""
+    if cfg.run is None:
+        from llmlab.interop.hf_import import PretrainedTokenizer, load_pretrained_weights, resolve_model_config
+        from llmlab.model.transformer import Transformer
+
+        model_cfg = resolve_model_config(cfg.model)
+        tokenizer = PretrainedTokenizer.from_model_dir(model_cfg)
+        model = Transformer.uninitialized(model_cfg)
+        load_pretrained_weights(model, model_cfg)
+        return model.to(device), tokenizer, 0, Path("outputs/analysis") / Path(model_cfg.path).name
+
+    from llmlab.load import load_trained
+
+    model, tokenizer, checkpoint = load_trained(cfg.run, device)
+    match = re.fullmatch(r"step_(\d+)", checkpoint.name)
+    if match is None or int(match[1]) < 1:
+        raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
+    return model, tokenizer, int(match[1]), checkpoint.parent.parent / "analysis"
+
+
+def grads_only_for(model, layers: list[int]) -> None:
+    """Weights outside the chosen blocks (embeddings and head included) get no gradient, so no gradient memory;
+    activations still carry the gradient back through later layers to the chosen ones."""
+    chosen = tuple(f"blocks.{i}." for i in layers)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(chosen))
+
+
 def analyze(cfg: AnalyzeConfig) -> Path:
     """Run the monitors over one forward/backward of cfg.text; the output directory."""
     import torch
     import torch.nn.functional as F
 
     from llmlab.config.monitors import AttentionMonitorConfig, DistributionMonitorConfig
-    from llmlab.load import load_trained
     from llmlab.monitors.attention import AttentionMonitor, select_layers
     from llmlab.monitors.base import AlertLog, MonitorContext, StepInfo
     from llmlab.monitors.distribution import DistributionMonitor
@@ -71,25 +106,23 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     from llmlab.runner import pick_device
 
     device = pick_device(cfg.device)
-    model, tokenizer, checkpoint = load_trained(cfg.run, device)
-    match = re.fullmatch(r"step_(\d+)", checkpoint.name)
-    if match is None or int(match[1]) < 1:
-        raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
-    step = int(match[1])
+    model, tokenizer, step, default_out = load_for_analysis(cfg, device)
     n_layers = len(model.blocks)
     layers = None if cfg.layers is None else select_layers(cfg.layers, n_layers, "layers")
-    ids = [tokenizer.eos_id, *tokenizer.encode(cfg.text)][: model.cfg.context_length]  # eos: a document starts
+    ids = [tokenizer.bos_id, *tokenizer.encode(cfg.text)][: model.cfg.context_length]
     if len(ids) < 2:
-        raise ConfigError(f"text: {cfg.text!r} encodes to {len(ids)} token(s) with the leading eos; need >= 2")
-    out = Path(cfg.out) if cfg.out else checkpoint.parent.parent / "analysis"
+        raise ConfigError(f"text: {cfg.text!r} encodes to {len(ids)} token(s) with the leading bos; need >= 2")
+    out = Path(cfg.out) if cfg.out else default_out
 
     plots, grads = not cfg.no_plots, not cfg.no_gradients
     dist = DistributionMonitor(DistributionMonitorConfig(
-        enabled=True, every=0, steps=[step], layers=layers, gradients=grads, plots=plots,
+        enabled=True, every=0, steps=[1], layers=layers, gradients=grads, plots=plots,
         heatmaps=not cfg.no_heatmaps, heatmap_max_dim=cfg.heatmap_max_dim, bins=cfg.bins, histograms=False))
     dist.track_updates = False  # no optimizer step is taken: no update ratios
-    attn = AttentionMonitor(AttentionMonitorConfig(enabled=True, every=0, steps=[step], layers=layers, images=plots,
+    attn = AttentionMonitor(AttentionMonitorConfig(enabled=True, every=0, steps=[1], layers=layers, images=plots,
                                                    label_max_tokens=64))
+    for monitor in (dist, attn):  # the config accepts training steps (>= 1); an imported model is step 0
+        monitor.schedule.steps = [step]
 
     def job_failed(owner: str, exc: BaseException) -> None:  # inline worker: a failed figure or file is an error
         raise RuntimeError(f"{owner} monitor could not write its outputs: {exc}") from exc
@@ -100,6 +133,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
                          alerts=AlertLog(out / "alerts.jsonl"), figures=FigurePool(0 if few_figures else 2),
                          probe=probe, decode_token=lambda t: tokenizer.decode([t]), steps_per_epoch=None)
     train_without_dropout(model)
+    if layers is not None:
+        grads_only_for(model, layers)
     try:
         dist.on_train_start(ctx, step - 1)  # step N is due: the activation hooks go on now
         attn.on_train_start(ctx, step - 1)

@@ -1,7 +1,9 @@
 """`python -m llmlab.export run=<run dir> out=<dir>`: a run's latest checkpoint as a `transformers` model directory.
 
-The directory loads with `AutoModelForCausalLM.from_pretrained(out)` and no custom code. It is written under a
-temporary name and renamed into place, and an existing directory is never replaced unless `overwrite=true`.
+The directory loads with `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)`
+and no custom code; llmlab_export.json says where the tokenizer's ids or text can differ from llmlab's (only
+unigram ties and decoding of invalid byte sequences). It is written under a temporary name and renamed into
+place, and an existing directory is never replaced unless `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -32,22 +34,31 @@ ConfigStore.instance().store(name="base_export", node=ExportConfig)
 
 def export_run(cfg: ExportConfig) -> Path:
     """Write the export; returns its directory."""
+    from transformers.utils import logging
+
     from llmlab.interop.hf import hf_family, to_hf
+    from llmlab.interop.hf_tokenizer import save_hf_tokenizer
     from llmlab.load import load_trained
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"out={out} exists and is not empty; choose another directory or overwrite=true")
-    model, _, checkpoint = load_trained(cfg.run)
+    model, tokenizer, checkpoint = load_trained(cfg.run)
     family = hf_family(model.cfg)
     hf_model = to_hf(model)
+    logging.disable_progress_bar()  # transformers' shard-writing bar
+    for config in (hf_model.config, hf_model.generation_config):  # generate stops where llmlab's does
+        config.bos_token_id, config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
     tmp = out.parent / f".tmp_{out.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    hf_model.save_pretrained(tmp)
-    (tmp / "llmlab_export.json").write_text(json.dumps(
-        {"family": family, "checkpoint": str(checkpoint.resolve()),
-         "tokenizer": "not exported yet: use the run's tokenizer/ (llmlab.data.tokenizers.load_tokenizer)"},
-        indent=2))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer_entry = save_hf_tokenizer(tokenizer, tmp)
+        (tmp / "llmlab_export.json").write_text(json.dumps(
+            {"family": family, "checkpoint": str(checkpoint.resolve()), "tokenizer": tokenizer_entry}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

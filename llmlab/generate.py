@@ -59,7 +59,7 @@ def complete(cfg: GenerateConfig) -> list[str]:
         stop_id=tokenizer.eos_id if cfg.stop_at_eos else None,
     )
     prompts = cfg.prompts or [cfg.prompt]
-    encoded = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]  # eos: a document starts
+    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     generator = torch.Generator(device).manual_seed(cfg.seed)
     outputs: dict[int, list[str]] = {}
     for length in sorted({len(e) for e in encoded}):  # equal-length prompts share one batch

@@ -32,7 +32,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         manifest = ckpt.read_manifest(checkpoint)  # newest_intact has verified it
     known = {f.name for f in fields(ModelConfig)}
     model_cfg = ModelConfig(**{k: v for k, v in manifest["model"].items() if k in known})
-    model = Transformer(model_cfg)
+    model = Transformer.uninitialized(model_cfg)  # every weight comes from the checkpoint
     ckpt.load_weights(checkpoint, model)
     tokenizer_dir = checkpoint.parent.parent / "tokenizer"
     return model.to(device).eval(), load_tokenizer(tokenizer_dir), checkpoint

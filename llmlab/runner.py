@@ -64,11 +64,15 @@ class PreparedData:
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
-    return "-".join(ckpt.sha256_file(p)[:16] for p in sorted(directory.iterdir()) if p.is_file())
+    return "-".join(ckpt.sha256_file(p)[:16] for p in sorted(directory.rglob("*")) if p.is_file())
 
 
 class Run:
     def __init__(self, cfg: RunConfig):
+        if cfg.model.path:  # model=hf: the architecture is the imported model's, known before anything runs
+            from llmlab.interop.hf_import import resolve_model_config
+
+            cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.device = pick_device(cfg.device)
@@ -96,6 +100,10 @@ class Run:
         run_tokenizer_dir = self.out_dir / "tokenizer"
         if tokenizer_dir is not None:
             tokenizer, cached = load_tokenizer(tokenizer_dir), True
+        elif self.cfg.model.path:  # an imported model brings its own tokenizer
+            from llmlab.interop.hf_import import PretrainedTokenizer
+
+            tokenizer, cached = PretrainedTokenizer.from_model_dir(self.cfg.model), False
         else:
             tokenizer, cached = build_tokenizer(self.cfg.tokenizer, "\n".join(corpus.train_docs))
         if tokenizer_dir != run_tokenizer_dir:
@@ -120,13 +128,23 @@ class Run:
         }
         return PreparedData(tokenizer, train, val, stats)
 
-    def build_model(self, vocab_size: int) -> Transformer:
-        model_cfg = dataclasses.replace(self.cfg.model, vocab_size=vocab_size)
-        return Transformer(model_cfg).to(self.device)
+    def build_model(self, vocab_size: int, pretrained: bool = True) -> Transformer:
+        """A new model for the tokenizer's vocabulary; model=hf: the imported one (its weights unless resuming)."""
+        if not self.cfg.model.path:
+            return Transformer(dataclasses.replace(self.cfg.model, vocab_size=vocab_size)).to(self.device)
+        if vocab_size > self.cfg.model.vocab_size:
+            raise ConfigError(f"model.path={self.cfg.model.path}: its tokenizer has {vocab_size} ids but the model "
+                              f"only {self.cfg.model.vocab_size} embeddings")
+        model = Transformer.uninitialized(self.cfg.model)  # every weight is loaded: from path or the checkpoint
+        if pretrained:
+            from llmlab.interop.hf_import import load_pretrained_weights
+
+            load_pretrained_weights(model, self.cfg.model)
+        return model.to(self.device)
 
     def sampler(self, model: Transformer, tokenizer: Tokenizer):
         cfg = self.cfg.trainer
-        prompt = [tokenizer.eos_id, *tokenizer.encode(cfg.sample_prompt)]  # eos = "a document starts"
+        prompt = [tokenizer.bos_id, *tokenizer.encode(cfg.sample_prompt)]
         sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
 
         def sample(step: int) -> str:
@@ -183,7 +201,7 @@ class Run:
         (out / "dataset_stats.json").write_text(json.dumps(data.stats, indent=2))
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
-        model = self.build_model(data.tokenizer.vocab_size)
+        model = self.build_model(data.tokenizer.vocab_size, pretrained=resume_from is None)
         self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
         print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}")
 

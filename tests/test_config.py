@@ -14,7 +14,7 @@ GROUP_OPTIONS = [
     for group in sorted(CONF_DIR.iterdir()) if group.is_dir() and group.name != "experiment"  # test_sweep's
     for option in sorted(group.glob("*.yaml"))
 ]
-NEEDS = {("data", "text"): ["data.paths=[x.txt]"]}
+NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path=models/gpt2"]}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])

@@ -4,19 +4,19 @@ models built from their configs become llmlab models that compute the same logit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from conftest import run_cli, run_config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
 from llmlab.export import ExportConfig, export_run
 from llmlab.interop.hf import config_from_hf, from_hf, hf_family, to_hf
 from llmlab.load import load_trained
-from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
 
@@ -65,14 +65,21 @@ def test_a_trained_run_round_trips_through_the_cli_with_the_same_greedy_continua
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     assert json.loads((out / "llmlab_export.json").read_text())["checkpoint"].endswith("step_6")
 
-    model, tokenizer, _ = load_trained(tmp_path / "run")
-    hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    prompt = torch.tensor([[tokenizer.eos_id, *tokenizer.encode("Dubo and ")]])
-    ours = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0.0), torch.Generator())
+    assert json.loads((out / "llmlab_export.json").read_text())["tokenizer"]["parity"] == "exact"  # char
+
+    # the same greedy continuation as `python -m llmlab.generate`, through transformers alone
+    shown = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt='Dubo and '", "temperature=0",
+                                        "max_new_tokens=20"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    ours = shown.stdout.split("--- sample 1\n", 1)[1].rstrip("\n")
+    hf, hf_tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    prompt = torch.tensor([[hf.config.bos_token_id, *hf_tokenizer.encode("Dubo and ")]])
     # an explicit mask: the prompt starts with id 0, which generate would otherwise take for padding
     theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    assert ours.tolist() == theirs.tolist()
+                         pad_token_id=hf.config.eos_token_id)
+    assert "Dubo and " + hf_tokenizer.decode(theirs[0, prompt.shape[1]:], skip_special_tokens=True) == ours
+    model, tokenizer, _ = load_trained(tmp_path / "run")
+    assert prompt[0].tolist() == [tokenizer.eos_id, *tokenizer.encode("Dubo and ")]
 
     again = run_cli("llmlab.export", [f"run={tmp_path / 'run'}", f"out={out}"], cwd=tmp_path)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr  # never replaced by accident
@@ -110,8 +117,14 @@ def tiny_hf(kind: str, **extra):
     return model.eval()
 
 
+# with head_dim 16 and original context 64, the frequency bands kept, interpolated and stretched all occur
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
 @pytest.mark.parametrize("kind,extra", [
     ("llama", {}), ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1, "rope_theta": 500.0}),
+    ("llama", {"rope_parameters": LLAMA3_ROPE}),  # Llama 3.1/3.2's scaled RoPE
     ("qwen2", {"tie_word_embeddings": False}), ("gpt2", {}), ("gpt2", {"tie_word_embeddings": False}),
 ])
 def test_imported_models_compute_the_same_logits(kind, extra):
@@ -131,11 +144,18 @@ def test_export_then_import_gives_back_the_same_weights():
     assert all(torch.equal(v, back[k]) for k, v in model.state_dict().items())
 
 
+def test_scaled_rope_survives_export_and_import():
+    cfg = ModelConfig(n_layers=1, d_model=64, n_heads=4, context_length=32, vocab_size=50, rope_theta=5e5,
+                      rope_scaling="llama3", rope_factor=8.0, rope_original_context=16)
+    hf = to_hf(Transformer(cfg))
+    assert hf.config.rope_parameters["rope_type"] == "llama3"
+    assert from_hf(hf).cfg == dataclasses.replace(cfg, name="hf-llama", d_ff=cfg.ffn_dim, n_kv_heads=4)
+
+
 def test_configs_llmlab_cannot_hold_are_refused_by_name():
-    with pytest.raises(ConfigError, match="rope_type=llama3 .* not supported"):
-        config_from_hf(tiny_hf("llama", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
-                                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                                         "original_max_position_embeddings": 16}).config)
+    with pytest.raises(ConfigError, match="rope_type=linear is not supported"):
+        config_from_hf(tiny_hf("llama", rope_parameters={"rope_type": "linear", "rope_theta": 5e5,
+                                                         "factor": 8.0}).config)
     with pytest.raises(ConfigError, match=r"head_dim=32 x 4 heads != hidden_size=64"):
         config_from_hf(tiny_hf("llama", head_dim=32).config)
     with pytest.raises(ConfigError, match="hidden_act=gelu is not supported; only silu"):

@@ -1,13 +1,13 @@
-"""`python -m llmlab.bench monitors|soak [options]`: run a benchmark, write its JSON (bench/<name>.json)."""
+"""`python -m llmlab.bench <name> [options]`: run a benchmark, write its JSON (bench/<name>.json)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from llmlab.bench import monitors, soak
+from llmlab.bench import analyze_memory, monitors, soak
 
-BENCHMARKS = {"monitors": monitors, "soak": soak}
+BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory}
 
 
 def main(argv: list[str] | None = None) -> None:

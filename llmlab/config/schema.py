@@ -26,7 +26,7 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int | None = None  # None = n_heads (MHA); 1 = MQA; in between = GQA
     d_ff: int | None = None  # None = 4*d_model (gelu) or the Llama 8/3*d_model rounded (swiglu)
-    context_length: int = 128
+    context_length: int | None = 128  # None only with path: the imported model's own, at most 1024
     vocab_size: int | None = None  # None = taken from the tokenizer
     positions: str = "rope"  # learned | rope
     norm: str = "rmsnorm"  # layernorm | rmsnorm
@@ -35,15 +35,30 @@ class ModelConfig:
     bias: bool = False
     dropout: float = 0.0
     rope_theta: float = 10000.0
+    rope_scaling: str = "none"  # none | llama3 (Llama 3.1+ frequencies; the four rope_* fields below)
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # A local transformers model directory (Llama, Qwen2 or GPT-2 style): its architecture and weights replace
+    # the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
+    path: str | None = None
+    local_files_only: bool = True  # false: path may be a hub id, fetched when online
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "context_length"):
+        if self.context_length is None and self.path is None:
+            raise ConfigError("model.context_length: null is only for an imported model (model.path); give a length")
+        for name in ("n_layers", "d_model", "n_heads", *(("context_length",) if self.context_length else ())):
             check_positive(f"model.{name}", getattr(self, name))
         check_choice("model.positions", self.positions, ("learned", "rope"))
         check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
         check_choice("model.mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice("model.rope_scaling", self.rope_scaling, ("none", "llama3"))
+        if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+            raise ConfigError(f"model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                              f"model.rope_low_freq_factor={self.rope_low_freq_factor}")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"

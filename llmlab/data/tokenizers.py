@@ -67,6 +67,11 @@ class Tokenizer(ABC):
     def _from_saved(cls, directory: Path, manifest: dict[str, Any]) -> Tokenizer: ...
 
     @property
+    def bos_id(self) -> int:
+        """The id a document starts with: eos, the separator the data pipeline puts between documents."""
+        return self.eos_id
+
+    @property
     def dtype(self) -> type[np.integer]:
         return np.uint16 if self.vocab_size <= 1 << 16 else np.int32
 
@@ -291,6 +296,14 @@ _KINDS: dict[str, type[Tokenizer]] = {
 }
 
 
+def _tokenizer_class(kind: str) -> type[Tokenizer]:
+    if kind == "hf":  # an imported transformers tokenizer (model=hf); imported here: transformers is slow to load
+        from llmlab.interop.hf_import import PretrainedTokenizer
+
+        return PretrainedTokenizer
+    return _KINDS[kind]
+
+
 def train_tokenizer(cfg: TokenizerConfig, train_text: str) -> Tokenizer:
     """A new tokenizer of ``cfg.kind`` learnt from ``train_text`` (no cache)."""
     if cfg.kind == "char":
@@ -307,7 +320,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {manifest.get('format')!r}, this llmlab reads {FORMAT_VERSION!r}")
-        tokenizer = _KINDS[manifest["kind"]]._from_saved(directory, manifest)
+        tokenizer = _tokenizer_class(manifest["kind"])._from_saved(directory, manifest)
         if tokenizer.vocab_size != manifest["vocab_size"]:
             raise ValueError(f"vocab_size {tokenizer.vocab_size}, the manifest says {manifest['vocab_size']}")
     except FileNotFoundError as e:

@@ -41,10 +41,35 @@ def llama_config(cfg: ModelConfig):
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, hidden_act="silu",
+        rope_parameters=rope_parameters(cfg), hidden_act="silu",
         attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
         attention_dropout=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
+
+
+def rope_parameters(cfg: ModelConfig) -> dict:
+    """transformers' rope_parameters for cfg's RoPE."""
+    if cfg.rope_scaling == "none":
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return {"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": cfg.rope_factor,
+            "low_freq_factor": cfg.rope_low_freq_factor, "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_position_embeddings": cfg.rope_original_context}
+
+
+def rope_fields(kind: str, hf_cfg) -> dict:
+    """ModelConfig's rope_* fields from a transformers Llama or Qwen2 config."""
+    rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_type": "default",
+                                                        "rope_theta": getattr(hf_cfg, "rope_theta", 1e4)}
+    fields = {"rope_theta": float(rope["rope_theta"])}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "llama3":
+        fields.update(rope_scaling="llama3", rope_factor=float(rope["factor"]),
+                      rope_low_freq_factor=float(rope["low_freq_factor"]),
+                      rope_high_freq_factor=float(rope["high_freq_factor"]),
+                      rope_original_context=int(rope["original_max_position_embeddings"]))
+    elif rope_type != "default":
+        raise ConfigError(f"{kind}: rope_type={rope_type} is not supported; llmlab has default and llama3 RoPE")
+    return fields
 
 
 def llama_names(cfg: ModelConfig) -> dict[str, str]:
@@ -128,10 +153,6 @@ def config_from_hf(hf_cfg) -> ModelConfig:
     """The llmlab ModelConfig of a transformers Llama, Qwen2 or GPT-2 config; ConfigError for what it cannot hold."""
     kind = hf_cfg.model_type
     if kind in ("llama", "qwen2"):
-        rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_type": "default",
-                                                            "rope_theta": getattr(hf_cfg, "rope_theta", 1e4)}
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"{kind}: rope_type={rope['rope_type']} (scaled RoPE) is not supported; only default")
         if hf_cfg.hidden_act != "silu":
             raise ConfigError(f"{kind}: hidden_act={hf_cfg.hidden_act} is not supported; only silu (SwiGLU)")
         head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
@@ -145,8 +166,8 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
             d_ff=hf_cfg.intermediate_size, context_length=hf_cfg.max_position_embeddings,
             vocab_size=hf_cfg.vocab_size, positions="rope", norm="rmsnorm", mlp="swiglu",
-            tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=bias, rope_theta=float(rope["rope_theta"]),
-            norm_eps=hf_cfg.rms_norm_eps)
+            tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=bias, norm_eps=hf_cfg.rms_norm_eps,
+            **rope_fields(kind, hf_cfg))
     if kind == "gpt2":
         if hf_cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ConfigError(f"gpt2: activation_function={hf_cfg.activation_function} is not supported; "
@@ -169,7 +190,8 @@ def state_dict_from_hf(theirs: dict[str, torch.Tensor], cfg: ModelConfig, ours: 
             out["lm_head.weight"] = out["tok_emb.weight"]
         return out
     # GPT-2: split the fused Conv1D attention, transpose Conv1D weights back to nn.Linear's layout
-    out = {"tok_emb.weight": theirs["transformer.wte.weight"], "pos_emb.weight": theirs["transformer.wpe.weight"],
+    positions = theirs["transformer.wpe.weight"][: cfg.context_length]  # a shorter run context keeps the first rows
+    out = {"tok_emb.weight": theirs["transformer.wte.weight"], "pos_emb.weight": positions,
            "final_norm.weight": theirs["transformer.ln_f.weight"], "final_norm.bias": theirs["transformer.ln_f.bias"],
            "lm_head.weight": theirs.get("lm_head.weight", theirs["transformer.wte.weight"])}
     for i in range(cfg.n_layers):
@@ -193,7 +215,12 @@ def from_hf(hf_model):
     from llmlab.model.transformer import Transformer
 
     cfg = config_from_hf(hf_model.config)
-    model = Transformer(cfg)
-    theirs = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
-    model.load_state_dict(state_dict_from_hf(theirs, cfg, model.state_dict()), strict=True)
+    model = Transformer.uninitialized(cfg)
+    load_hf_state(model, hf_model.state_dict())
     return model.eval()
+
+
+def load_hf_state(model, theirs: dict[str, torch.Tensor]) -> None:
+    """Copy a transformers state dict into an llmlab model built from its config (cast to the model's dtype)."""
+    mapped = state_dict_from_hf(theirs, model.cfg, model.state_dict())
+    model.load_state_dict(mapped, strict=True)  # copy_ casts: bf16 weights need no fp32 copy of their own

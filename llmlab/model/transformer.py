@@ -39,10 +39,24 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for rotary embeddings, each (max_len, head_dim // 2)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """The rotation frequency of each feature pair, (head_dim // 2,)."""
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+    if cfg.rope_scaling == "llama3":
+        # Llama 3.1's long-context recipe: wavelengths longer than original_context / low_freq_factor are
+        # stretched by factor, those shorter than original_context / high_freq_factor are kept, and the band
+        # between is interpolated linearly in original_context / wavelength.
+        wavelength = 2 * math.pi / inv_freq
+        ratio = cfg.rope_original_context / wavelength
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        smooth = ((ratio - low) / (high - low)).clamp(0.0, 1.0)  # 0: stretch, 1: keep
+        inv_freq = (1 - smooth) * inv_freq / cfg.rope_factor + smooth * inv_freq
+    return inv_freq
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for rotary embeddings, each (context_length, head_dim // 2)."""
+    angles = torch.outer(torch.arange(cfg.context_length, dtype=torch.float32), rope_frequencies(cfg))
     return angles.cos(), angles.sin()
 
 
@@ -164,7 +178,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.positions == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
+            cos, sin = rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -172,6 +186,19 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+
+    @classmethod
+    def uninitialized(cls, cfg: ModelConfig) -> Transformer:
+        """Weights allocated but never initialised, for a caller that loads every one of them: a 1B model's
+        random init alone takes ~40 s on 2 CPU cores."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device="cpu")
+        if cfg.tie_embeddings:  # to_empty gives the two names two tensors
+            model.lm_head.weight = model.tok_emb.weight
+        if cfg.positions == "rope":  # computed buffers, not loaded ones
+            model.rope_cos, model.rope_sin = rope_tables(cfg)
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
