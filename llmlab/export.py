@@ -44,6 +44,9 @@ def export_run(cfg: ExportConfig) -> Path:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"out={out} exists and is not empty; choose another directory or overwrite=true")
     model, tokenizer, checkpoint = load_trained(cfg.run)
+    if model.cfg.lora.rank:
+        raise ConfigError(f"run={cfg.run} holds LoRA adapters: merge them first "
+                          "(python -m llmlab.merge_lora run=... out=...), then export the merged run")
     family = hf_family(model.cfg)
     hf_model = to_hf(model)
     logging.disable_progress_bar()  # transformers' shard-writing bar

@@ -24,7 +24,7 @@ class GenerateConfig:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     use_cache: bool = True
-    stop_at_eos: bool = True  # stop a sample at the end of its document
+    stop_at_eos: bool = True  # stop a sample at the end of its document (a chat run: of its reply)
     seed: int = 0
     device: str = "auto"
 
@@ -47,19 +47,27 @@ def complete(cfg: GenerateConfig) -> list[str]:
     """Completions, num_samples per prompt, in prompt order (without the prompt text)."""
     import torch
 
+    from llmlab.data.chat import Message
+    from llmlab.data.chat_template import ChatTemplate
     from llmlab.load import load_trained
     from llmlab.model.generation import SamplingConfig, generate
     from llmlab.runner import pick_device
+    from llmlab.train.checkpoint import read_manifest
 
     device = pick_device(cfg.device)
-    model, tokenizer, _ = load_trained(cfg.run, device)
+    model, tokenizer, checkpoint = load_trained(cfg.run, device)
+    prompts = cfg.prompts or [cfg.prompt]
+    if read_manifest(checkpoint).get("stage") in ("sft", "dpo"):  # a chat model: the prompt is a user message
+        template = ChatTemplate(tokenizer)
+        stop, decode = template.end_id, template.decode
+        encoded = [template.prompt([Message("user", p)]) for p in prompts]
+    else:
+        stop, decode = tokenizer.eos_id, tokenizer.decode
+        encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty, use_cache=cfg.use_cache,
-        stop_id=tokenizer.eos_id if cfg.stop_at_eos else None,
+        repetition_penalty=cfg.repetition_penalty, use_cache=cfg.use_cache, stop_id=stop if cfg.stop_at_eos else None,
     )
-    prompts = cfg.prompts or [cfg.prompt]
-    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     generator = torch.Generator(device).manual_seed(cfg.seed)
     outputs: dict[int, list[str]] = {}
     for length in sorted({len(e) for e in encoded}):  # equal-length prompts share one batch
@@ -68,9 +76,9 @@ def complete(cfg: GenerateConfig) -> list[str]:
         result = generate(model, batch, sampling, generator)[:, length:].tolist()
         for row, i in enumerate(r for r in members for _ in range(cfg.num_samples)):
             ids = result[row]
-            if tokenizer.eos_id in ids and cfg.stop_at_eos:
-                ids = ids[: ids.index(tokenizer.eos_id)]
-            outputs.setdefault(i, []).append(tokenizer.decode(ids))
+            if stop in ids and cfg.stop_at_eos:
+                ids = ids[: ids.index(stop)]
+            outputs.setdefault(i, []).append(decode(ids))
     return [text for i in range(len(prompts)) for text in outputs[i]]
 
 

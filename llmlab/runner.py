@@ -10,6 +10,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,26 @@ def peak_memory_mb(device: torch.device) -> float:
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
+    train_tokens: np.ndarray | None  # token streams: text stages only
+    val_tokens: np.ndarray | None
     stats: dict
+
+
+@dataclass
+class StageParts:
+    """What a stage trains on and with; the rest of a run (sinks, monitors, trainer) is the same for every stage."""
+
+    model: Transformer
+    data: PreparedData
+    train_batches: object  # .next() -> batch, state_dict(), load_state_dict()
+    val_batches: list
+    objective: object
+    sample_fn: Callable[[int], str] | None
+    steps_per_epoch: float
+    eval_fn: Callable[[int], dict[str, float]] | None = None
+    describe_batch: Callable[[dict], str] | None = None
+    decode_ids: Callable[[list[int]], str] | None = None  # None: the tokenizer's decode
+    base: str | None = None  # chat stages: the checkpoint (or hf:<path>) they start from
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
@@ -154,7 +172,7 @@ class Run:
 
         return sample
 
-    def build_monitor_set(self, model: Transformer, tokenizer: Tokenizer, val_batches, writer,
+    def build_monitor_set(self, model: Transformer, decode_ids: Callable[[list[int]], str], val_batches, writer,
                           resume_step: int | None, steps_per_epoch: float) -> MonitorSet:
         cfg = self.cfg.monitors
         monitors = build_monitors(cfg)
@@ -168,17 +186,46 @@ class Run:
             raise ConfigError(f"monitors.attention.batch_idx={batch_idx}: only {len(val_batches)} validation "
                               "batches (trainer.eval_batches)")
         # one fixed probe for every monitor that looks inside a forward (attention maps, dead units)
-        probe = val_batches[batch_idx][0][: cfg.attention.probe_sequences, : cfg.attention.probe_tokens]
+        first = val_batches[batch_idx]
+        ids = first["input_ids"] if isinstance(first, dict) else first[0]
+        probe = ids[: cfg.attention.probe_sequences, : cfg.attention.probe_tokens]
         ctx = MonitorContext(
             model=model, out_dir=self.out_dir / "monitors", writer=writer,
             worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
             alerts=AlertLog(self.out_dir / "alerts.jsonl", writer),
             figures=FigurePool(cfg.max_workers),
             probe=probe.to(self.device),
-            decode_token=lambda t: tokenizer.decode([t]),
+            decode_token=lambda t: decode_ids([t]),
             steps_per_epoch=steps_per_epoch, resume_step=resume_step,
         )
         return MonitorSet(monitors, ctx)
+
+    def pretrain_parts(self, resume_from: Path | None) -> StageParts:
+        """Text -> tokenizer (trained once, or the one a resumed run already uses) -> token windows."""
+        cfg = self.cfg
+        tokenizer_dir = resume_from.parent.parent / "tokenizer" if resume_from else None
+        data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
+        model = self.build_model(data.tokenizer.vocab_size, pretrained=resume_from is None)
+        seq_len, trainer = cfg.model.context_length, cfg.trainer
+        train_batches = TrainBatches(data.train_tokens, trainer.batch_size, seq_len, seed=cfg.seed)
+        val_batches = validation_batches(data.val_tokens, trainer.batch_size, seq_len, trainer.eval_batches)
+        tokens_per_step = trainer.batch_size * trainer.grad_accum_steps * seq_len
+        return StageParts(model, data, train_batches, val_batches, build_objective(cfg.stage),
+                          self.sampler(model, data.tokenizer), len(data.train_tokens) / tokens_per_step)
+
+    def chat_parts(self) -> StageParts:
+        """sft / dpo: the starting model and tokenizer (stage.init_from or model=hf), encoded conversations or
+        pairs; a resumed run builds the same and then loads its own checkpoint over it."""
+        from llmlab.train.chat_stage import build_chat_stage
+
+        stage = build_chat_stage(self.cfg, self.device)
+        if not (self.out_dir / "tokenizer").is_dir():  # load_trained finds the run's tokenizer here
+            stage.tokenizer.save(self.out_dir / "tokenizer")
+        data = PreparedData(stage.tokenizer, None, None, stage.stats)
+        per_epoch = stage.train_batches.batches_per_epoch / self.cfg.trainer.grad_accum_steps
+        return StageParts(stage.model, data, stage.train_batches, stage.val_batches, stage.objective,
+                          stage.sample_fn, per_epoch, stage.eval_fn, stage.describe_batch, stage.template.render,
+                          stage.base)
 
     # ---- the run ---------------------------------------------------------------------------
     def setup(self) -> Trainer:
@@ -192,38 +239,34 @@ class Run:
 
         resume_from = self.resume_checkpoint()
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
-        if manifest is not None:
+        if manifest is not None and cfg.stage.name == "pretrain":  # chat stages check against init_from instead
             check_same_architecture(manifest, cfg.model, resume_from)
         check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
                       cfg.trainer.allow_config_change)
-        tokenizer_dir = resume_from.parent.parent / "tokenizer" if resume_from else None
-        data = self.data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
-        (out / "dataset_stats.json").write_text(json.dumps(data.stats, indent=2))
+        if cfg.stage.name == "pretrain":
+            parts = self.pretrain_parts(resume_from)
+        else:
+            parts = self.chat_parts()
+        model, self.data = parts.model, parts.data
+        (out / "dataset_stats.json").write_text(json.dumps(self.data.stats, indent=2))
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-
-        model = self.build_model(data.tokenizer.vocab_size, pretrained=resume_from is None)
         self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
         print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}")
-
-        seq_len = cfg.model.context_length
-        train_batches = TrainBatches(data.train_tokens, cfg.trainer.batch_size, seq_len, seed=cfg.seed)
-        val_batches = validation_batches(data.val_tokens, cfg.trainer.batch_size, seq_len,
-                                         cfg.trainer.eval_batches)
+        train_batches, val_batches = parts.train_batches, parts.val_batches
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
         if resume_step is not None:
             truncate_samples(out / "samples.txt", resume_step)
         self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
                                   TensorBoardSink(out / "tb", resume_step)])
-        tokens_per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum_steps * seq_len
-        self.monitors = self.build_monitor_set(model, data.tokenizer, val_batches, self.sinks.tensorboard,
-                                               resume_step, len(data.train_tokens) / tokens_per_step)
+        self.monitors = self.build_monitor_set(model, parts.decode_ids or self.data.tokenizer.decode, val_batches,
+                                               self.sinks.tensorboard, resume_step, parts.steps_per_epoch)
         trainer = Trainer(
-            model, build_objective(cfg.stage), build_optimizer(model, cfg.trainer, self.device),
+            model, parts.objective, build_optimizer(model, cfg.trainer, self.device),
             train_batches, val_batches, cfg.trainer, self.sinks, out, self.device,
-            flops_per_token=model.flops_per_token(), sample_fn=self.sampler(model, data.tokenizer),
-            checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name},
-            monitors=self.monitors,
+            flops_per_token=model.flops_per_token(), sample_fn=parts.sample_fn,
+            checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name, "base": parts.base},
+            monitors=self.monitors, eval_fn=parts.eval_fn, describe_batch=parts.describe_batch,
         )
         if resume_from is not None:
             trainer.resume_from(resume_from)
@@ -292,7 +335,7 @@ def check_same_architecture(manifest: dict, model_cfg: ModelConfig, path: Path) 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
                   total_s: float, best_val: float, extra: dict | None = None) -> dict:
-    floor, bigram = stats["entropy_floor"], stats["bigram_loss"]
+    floor, bigram = stats.get("entropy_floor"), stats.get("bigram_loss")  # text stages only
     val = result.val_loss
     summary = {
         "status": result.status,
@@ -306,9 +349,9 @@ def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak
         "train_loss": result.train_loss,
         "entropy_floor": floor,
         "bigram_loss": bigram,
-        "unigram_loss": stats["unigram_loss"],
+        "unigram_loss": stats.get("unigram_loss"),
         # share of the bigram -> floor gap the model closed (1.0 = at the floor)
-        "gap_closed": (bigram - val) / (bigram - floor) if floor is not None and val is not None else None,
+        "gap_closed": (bigram - val) / (bigram - floor) if None not in (floor, bigram, val) else None,
         "wall_s": result.wall_s,
         "total_s": total_s,
         "tokens_per_s": result.tokens_per_s or None,  # None: stopped before a step was timed

@@ -6,7 +6,7 @@ import pytest
 from conftest import CONF_DIR, compose_config, run_cli
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import RunConfig, SyntheticDataConfig, TextDataConfig
+from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
 from llmlab.config.store import to_dataclass
 
 GROUP_OPTIONS = [
@@ -14,21 +14,26 @@ GROUP_OPTIONS = [
     for group in sorted(CONF_DIR.iterdir()) if group.is_dir() and group.name != "experiment"  # test_sweep's
     for option in sorted(group.glob("*.yaml"))
 ]
-NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path=models/gpt2"]}
+SFT, DPO = ["stage=sft", "stage.init_from=x"], ["stage=dpo", "stage.init_from=x"]
+NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path=models/gpt2"],
+         ("data", "tasks"): SFT, ("data", "chat"): [*SFT, "data.paths=[x.jsonl]"], ("data", "task_prefs"): DPO,
+         ("data", "prefs"): [*DPO, "data.paths=[x.jsonl]"], ("stage", "sft"): ["data=tasks", "stage.init_from=x"],
+         ("stage", "dpo"): ["data=task_prefs", "stage.init_from=x"]}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_into_dataclasses(group, option):
     cfg = to_dataclass(compose_config([f"{group}={option}", *NEEDS.get((group, option), [])]))
     assert isinstance(cfg, RunConfig)
-    assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig))
+    assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig))
 
 
 def test_groups_cover_what_the_design_promises():
     names = {f"{g}={o}" for g, o in GROUP_OPTIONS}
     for expected in ["model=tiny", "model=small", "model=medium", "stage=pretrain", "data=synthetic", "data=text",
                      "tokenizer=char", "tokenizer=byte", "tokenizer=bpe", "tokenizer=unigram", "arch=gpt2",
-                     "arch=llama", "monitors=none", "trainer=default"]:
+                     "arch=llama", "monitors=none", "trainer=default", "stage=sft", "stage=dpo", "data=tasks",
+                     "data=task_prefs", "data=chat", "data=prefs", "model=hf"]:
         assert expected in names
 
 

@@ -278,7 +278,7 @@ def poison_step(monkeypatch, steps: set[int]):
     def train_step(self):
         if self.state.step + 1 in steps:
             objective_loss = self.objective.loss
-            self.objective.loss = lambda model, batch: objective_loss(model, batch) * float("nan")
+            self.objective.loss = lambda *args: objective_loss(*args) * float("nan")
             try:
                 return original(self)
             finally:

@@ -17,6 +17,24 @@ from llmlab.config.monitors import MonitorsConfig
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters on the chosen projections (llmlab/model/lora.py); rank 0 = off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # ["all"]: every projection
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"model.lora.rank must be >= 0 (0 = no LoRA), got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank and not self.targets:
+            raise ConfigError("model.lora.targets is empty: name projections, e.g. [q_proj,v_proj] or [all]")
+
+
+@dataclass
 class ModelConfig:
     """One decoder family; sizes live in conf/model/, architecture presets in conf/arch/."""
 
@@ -46,8 +64,11 @@ class ModelConfig:
     # the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
     path: str | None = None
     local_files_only: bool = True  # false: path may be a hub id, fetched when online
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):  # a checkpoint manifest holds plain dicts
+            self.lora = LoRAConfig(**self.lora)
         if self.context_length is None and self.path is None:
             raise ConfigError("model.context_length: null is only for an imported model (model.path); give a length")
         for name in ("n_layers", "d_model", "n_heads", *(("context_length",) if self.context_length else ())):
@@ -142,14 +163,58 @@ class TextDataConfig:
 
 
 @dataclass
-class StageConfig:
-    """The training objective. pretrain = next-token loss; later stages start from init_from."""
+class TasksDataConfig:
+    """Embedded instruction tasks with verifiable answers (llmlab/data/tasks.py): conversations for SFT
+    (kind tasks) or preference pairs, chosen = the answer and rejected = a plausible wrong one (task_prefs)."""
 
-    name: str = "pretrain"
-    init_from: str | None = None  # a run directory or checkpoint directory to start from
+    kind: str = "tasks"
+    train_tasks: int = 4000
+    val_tasks: int = 200  # held out: the validation loss
+    eval_tasks: int = 100  # held out: eval/task_accuracy, greedy replies scored by exact match
+    seed: int = 0
+    families: list[str] | None = None  # None = all: copy, reverse, count, recall, pattern
 
     def __post_init__(self) -> None:
-        check_choice("stage.name", self.name, ("pretrain",))
+        from llmlab.data.tasks import FAMILIES
+
+        check_choice("data.kind", self.kind, ("tasks", "task_prefs"))
+        for family in self.families or ():
+            check_choice("data.families", family, FAMILIES)
+        for name in ("train_tasks", "val_tasks"):
+            check_positive(f"data.{name}", getattr(self, name))
+        if self.eval_tasks < 0:
+            raise ConfigError(f"data.eval_tasks must be >= 0, got {self.eval_tasks}")
+
+
+@dataclass
+class ChatDataConfig:
+    """Your conversations (kind chat: Alpaca, ShareGPT or messages records) or preference pairs (kind prefs:
+    prompt, chosen, rejected) as JSON or JSONL (llmlab/data/chat.py); the last val_fraction validates."""
+
+    kind: str = "chat"
+    paths: list[str] = field(default_factory=list)
+    val_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_choice("data.kind", self.kind, ("chat", "prefs"))
+        if not self.paths:
+            raise ConfigError("data.paths is empty: give one or more .json/.jsonl files, e.g. data.paths=[a.jsonl]")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class StageConfig:
+    """The training objective: pretrain = next-token loss on text; sft = next-token loss on the assistant's
+    tokens of conversations; dpo = preference loss against the frozen starting model."""
+
+    name: str = "pretrain"
+    init_from: str | None = None  # a run directory or checkpoint directory to start from (sft and dpo)
+    beta: float = 0.1  # dpo: how far the policy may move from the reference
+
+    def __post_init__(self) -> None:
+        check_choice("stage.name", self.name, ("pretrain", "sft", "dpo"))
+        check_positive("stage.beta", self.beta)
 
 
 @dataclass
@@ -192,6 +257,7 @@ class TrainerConfig:
     on_nonfinite: str = "skip"  # skip | stop: what a step with non-finite loss or gradients does
     max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
@@ -213,13 +279,16 @@ class TrainerConfig:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
 
 
+STAGE_DATA = {"pretrain": ("synthetic", "text"), "sft": ("tasks", "chat"), "dpo": ("task_prefs", "prefs")}
+
+
 @dataclass
 class RunConfig:
     """The whole run: one node per group plus run-level fields."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig, chosen by the data group
+    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig | TasksDataConfig | ChatDataConfig (data group)
     stage: StageConfig = field(default_factory=StageConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
@@ -233,3 +302,11 @@ class RunConfig:
             raise ConfigError(f"device: expected one of auto|cpu|cuda|cuda:N|mps, got {self.device!r}")
         if self.trainer.precision == "fp16" and self.device in ("cpu", "mps"):
             raise ConfigError("trainer.precision=fp16 needs CUDA; use fp32 or bf16 on this device")
+        stage, kind = self.stage.name, self.data.kind
+        if kind not in STAGE_DATA[stage]:
+            raise ConfigError(f"stage={stage} trains on data={'|'.join(STAGE_DATA[stage])}, got data={kind}")
+        if stage != "pretrain" and not self.stage.init_from and not self.model.path:
+            raise ConfigError(f"stage={stage} starts from a trained model: give stage.init_from=<run dir> "
+                              "(or model=hf model.path=<transformers model dir>)")
+        if self.model.lora.rank and stage == "pretrain":
+            raise ConfigError("model.lora.rank: LoRA adapts a trained model; use it with stage=sft or stage=dpo")

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.config.errors import ConfigError, find_config_error
-from llmlab.config.schema import RunConfig, SyntheticDataConfig, TextDataConfig
+from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -30,6 +30,8 @@ def register_configs() -> None:
     # data options differ in their fields, so each data YAML names its own schema
     cs.store(group="data", name="base_synthetic", node=SyntheticDataConfig)
     cs.store(group="data", name="base_text", node=TextDataConfig)
+    cs.store(group="data", name="base_tasks", node=TasksDataConfig)
+    cs.store(group="data", name="base_chat", node=ChatDataConfig)
 
 
 def to_dataclass(cfg: DictConfig):

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from llmlab.config.errors import ConfigError
+from llmlab.model.lora import load_lora_state_dict, lora_state_dict
+
+ADAPTERS_ONLY = "lora_adapters"  # manifest["weights"] of a LoRA run: model.safetensors holds the adapters only
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -60,7 +63,12 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}_{os.getpid()}"
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    adapters = lora_state_dict(model)
+    if adapters:  # a LoRA run: the adapters alone, beside meta["base"], the weights they adapt
+        save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp / "model.safetensors"))
+        meta = {**meta, "weights": ADAPTERS_ONLY}
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
              for name in ("model.safetensors", "state.pt")}
@@ -154,6 +162,13 @@ def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """The checkpoint's weights into model; an adapters-only checkpoint needs the base weights in model already."""
+    if read_manifest(path).get("weights") == ADAPTERS_ONLY:
+        try:
+            load_lora_state_dict(model, load_file(str(path / "model.safetensors")))
+        except ValueError as e:
+            raise ConfigError(f"checkpoint {path}: {e}") from None
+        return
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ConfigError(

@@ -16,7 +16,8 @@ class Objective:
 
     name = "base"
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
+        """The batch's loss; extra metrics go into record[name] as detached tensors (the trainer averages them)."""
         raise NotImplementedError
 
     def tokens_in(self, batch: Batch) -> int:
@@ -24,13 +25,14 @@ class Objective:
 
 
 class NextTokenObjective(Objective):
-    """Pretraining: mean cross-entropy of every next token."""
+    """Pretraining and SFT: mean cross-entropy of the next tokens; targets of -100 (SFT's padding and
+    non-assistant tokens) are left out."""
 
-    name = "pretrain"
+    name = "next_token"
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         logits = model(batch["input_ids"])  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
 
 
 def build_objective(cfg: StageConfig) -> Objective:

@@ -95,6 +95,8 @@ class Trainer:
         sample_fn: Callable[[int], str] | None = None,
         checkpoint_meta: dict | None = None,
         monitors: MonitorSet | None = None,
+        eval_fn: Callable[[int], dict[str, float]] | None = None,
+        describe_batch: Callable[[Batch], str] | None = None,
     ):
         self.model, self.objective, self.optimizer = model, objective, optimizer
         self.train_batches, self.val_batches = train_batches, val_batches
@@ -103,6 +105,10 @@ class Trainer:
         self.sample_fn = sample_fn
         self.checkpoint_meta = checkpoint_meta or {}
         self.monitors = monitors or MonitorSet([])
+        self.eval_fn = eval_fn  # more metrics at each eval (task accuracy)
+        self.describe_batch = describe_batch  # trainer.debug_first_batch's view
+        self.objective_metrics: dict[str, list[torch.Tensor]] = {}  # what the objective reports, since the last log
+        self.val_metrics: dict[str, list[torch.Tensor]] = {}  # ... and at the last evaluation
         self.state = TrainState()
         self.last_val_loss: float | None = None
         self.last_train_loss: float | None = None
@@ -158,10 +164,12 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         for _ in range(cfg.grad_accum_steps):
-            inputs, targets = self.train_batches.next()
-            batch = {"input_ids": inputs.to(self.device), "targets": targets.to(self.device)}
+            batch = self.on_device(self.train_batches.next())
+            if cfg.debug_first_batch and self.describe_batch is not None:
+                tqdm.write(self.describe_batch(batch))
+                self.describe_batch = None
             with self.autocast():
-                loss = self.objective.loss(self.model, batch) / cfg.grad_accum_steps
+                loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.detach()
             tokens += self.objective.tokens_in(batch)
@@ -189,14 +197,19 @@ class Trainer:
         self.state.step, self.state.tokens_seen = step, info.tokens_seen
         return info
 
+    def on_device(self, batch) -> Batch:
+        if isinstance(batch, tuple):  # token windows: (inputs, next-token targets)
+            batch = {"input_ids": batch[0], "targets": batch[1]}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean validation loss; what the objective reports on the way is kept for eval_row."""
         self.model.eval()
-        losses = []
-        for inputs, targets in self.val_batches:
-            batch = {"input_ids": inputs.to(self.device), "targets": targets.to(self.device)}
+        losses, self.val_metrics = [], {}
+        for batch in self.val_batches:
             with self.autocast():
-                losses.append(self.objective.loss(self.model, batch).float())
+                losses.append(self.objective.loss(self.model, self.on_device(batch), self.val_metrics).float())
         self.model.train()
         return torch.stack(losses).mean().item()
 
@@ -298,7 +311,10 @@ class Trainer:
         tps = tokens / max(elapsed, 1e-9)
         self.last_train_loss = train_loss
         state.interval_loss_sum, state.interval_steps = 0.0, 0
+        reported = mean_metrics(self.objective_metrics)
+        self.objective_metrics.clear()
         return {
+            **reported,
             "train/loss": train_loss,
             "train/lr": info.lr,
             "train/grad_norm": info.grad_norm,
@@ -323,4 +339,16 @@ class Trainer:
             with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(f"--- step {step} (val/loss {val_loss:.4f})\n{sample}\n")
         self.monitors.eval_end(step, val_loss)
-        return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+        row = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+        row.update({f"val/{k}": v for k, v in mean_metrics(self.val_metrics).items()})
+        if self.eval_fn is not None:
+            row.update(self.eval_fn(step))
+        return row
+
+
+def mean_metrics(record: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Means of what an objective recorded, in one host transfer."""
+    if not record:
+        return {}
+    means = torch.stack([torch.stack(v).float().mean() for v in record.values()]).tolist()
+    return dict(zip(record, means, strict=True))
