@@ -31,6 +31,7 @@ from llmlab.monitors.base import AlertLog, MonitorContext, MonitorSet
 from llmlab.monitors.build import build_monitors
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
+from llmlab.plots import write_training_curves
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.logfiles import truncate_samples
 from llmlab.train.objectives import build_objective
@@ -307,6 +308,10 @@ class Run:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)
         finally:
             self.sinks.close()
+        try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
+            write_training_curves(self.out_dir)
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: plots/training_curves.png not written: {type(exc).__name__}: {exc}", file=sys.stderr)
         return summary
 
 

@@ -103,6 +103,7 @@ def test_a_signal_mid_run_writes_a_checkpoint_and_says_how_to_resume(tmp_path, c
     assert "Resume with:" in stopped.stdout and f"hydra.run.dir={tmp_path / 'run'}" in stopped.stdout
     verify_checkpoint(tmp_path / "run/checkpoints/step_6")
     assert json.loads((tmp_path / "run/metrics.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "run/plots/training_curves.png").stat().st_size > 10_000  # drawn on interruption too
     again = run_cli("llmlab.run", args, cwd=tmp_path)
     assert again.returncode == 0 and "step_6 (step 6)" in again.stdout
     assert_same_run(reference, tmp_path / "run")

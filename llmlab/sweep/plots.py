@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from llmlab.monitors.plots import render
+from llmlab.plots import plot_series
 from llmlab.sweep.collect import JobRecord
 from llmlab.sweep.report import SEED
 
@@ -55,11 +56,7 @@ def loss_curves(jobs: list[JobRecord], labels: dict[str, str], x_key: str, x_lab
     fig = Figure(figsize=(6, 4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for job in jobs:
-        points = [(row[x_key] if x_key != "step" else row["step"], row["val/loss"]) for row in job.curve
-                  if row.get("val/loss") is not None and (x_key == "step" or row.get(x_key) is not None)]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker=".", label=labels.get(job.name, job.name))
+        plot_series(ax, job.curve, "val/loss", x_key, label=labels.get(job.name, job.name), marker=".")
     ax.set_xlabel(x_label)
     ax.set_ylabel("val loss (nats/token)")
     ax.set_title(f"validation loss against {x_label}")

@@ -1,0 +1,112 @@
+"""A run's own plots, as public functions (matplotlib Agg, no pyplot state): loss and perplexity against steps
+and training time with the entropy floor and bigram baseline where known, learning rate and gradient norm, and
+throughput. Every run writes plots/training_curves.png when it ends, interrupted or not; the sweep report
+draws its curves with the same functions.
+
+    from llmlab.plots import read_metrics, training_curves
+    training_curves(read_metrics("outputs/<run>"), baselines={"entropy floor": 0.33}).savefig("curves.png")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from llmlab.monitors.plots import render
+
+X_AXES = {"step": "steps", "perf/wall_s": "training time (s)"}
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of <run_dir>/metrics.jsonl, up to a torn last line (a run killed mid-write)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def run_baselines(run_dir: str | Path) -> dict[str, float]:
+    """The entropy floor and bigram loss of a run's data (dataset_stats.json), where it has them."""
+    path = Path(run_dir) / "dataset_stats.json"
+    stats = json.loads(path.read_text()) if path.exists() else {}
+    named = {"entropy floor": stats.get("entropy_floor"), "bigram baseline": stats.get("bigram_loss")}
+    return {k: v for k, v in named.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def series(rows: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    """(xs, ys) of the rows that have both x and key; a wall-time axis reuses the last logged time for eval rows."""
+    xs, ys, wall = [], [], None
+    for row in rows:
+        wall = row.get("perf/wall_s", wall)
+        x_value = wall if x == "perf/wall_s" else row.get(x)
+        if row.get(key) is not None and x_value is not None:
+            xs.append(x_value)
+            ys.append(row[key])
+    return xs, ys
+
+
+def plot_series(ax: Axes, rows: list[dict], key: str, x: str = "step", label: str | None = None, **style) -> bool:
+    """One metric against x on ax; False when the rows hold none of it."""
+    xs, ys = series(rows, key, x)
+    if xs:
+        ax.plot(xs, ys, label=label or key, **style)
+    ax.set_xlabel(X_AXES.get(x, x))
+    return bool(xs)
+
+
+def plot_loss(ax: Axes, rows: list[dict], x: str = "step", baselines: dict[str, float] | None = None,
+              perplexity: bool = False) -> None:
+    """Train and validation loss (or perplexity) against x, with horizontal baselines."""
+    transform = math.exp if perplexity else (lambda v: v)
+    for key, style in (("train/loss", {"alpha": 0.8}), ("val/loss", {"marker": "o", "markersize": 3})):
+        xs, ys = series(rows, key, x)
+        if xs:
+            label = key.replace("loss", "ppl") if perplexity else key
+            ax.plot(xs, [transform(min(y, 50.0)) for y in ys], label=label, **style)
+    for (name, value), color in zip((baselines or {}).items(), ("gray", "tab:red"), strict=False):
+        ax.axhline(transform(value), color=color, linestyle="--", linewidth=1, label=name)
+    ax.set_xlabel(X_AXES.get(x, x))
+    ax.set_ylabel("perplexity" if perplexity else "loss (nats/token)")
+    if perplexity:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def training_curves(rows: list[dict], baselines: dict[str, float] | None = None, title: str = "") -> Figure:
+    """A 2 x 3 grid: loss against steps and time, perplexity, learning rate, gradient norm, throughput."""
+    fig = Figure(figsize=(13, 7), dpi=100, layout="constrained")
+    axes = fig.subplots(2, 3)
+    plot_loss(axes[0, 0], rows, "step", baselines)
+    axes[0, 0].set_title("loss against steps")
+    plot_loss(axes[0, 1], rows, "perf/wall_s", baselines)
+    axes[0, 1].set_title("loss against training time")
+    plot_loss(axes[0, 2], rows, "step", baselines, perplexity=True)
+    axes[0, 2].set_title("perplexity")
+    for ax, key, name in ((axes[1, 0], "train/lr", "learning rate"), (axes[1, 1], "train/grad_norm", "gradient norm"),
+                          (axes[1, 2], "perf/tokens_per_s", "throughput (tokens/s)")):
+        plot_series(ax, rows, key)
+        ax.set_title(name)
+    axes[1, 1].set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def write_training_curves(run_dir: str | Path) -> Path | None:
+    """<run_dir>/plots/training_curves.png from its metrics; None when nothing was logged yet."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        return None
+    path = run_dir / "plots" / "training_curves.png"
+    render(training_curves(rows, run_baselines(run_dir), title=run_dir.name), path)
+    return path
