@@ -179,3 +179,20 @@ def test_lora_sft_on_chat_files_saves_only_adapters_and_merges_to_the_same_logit
         assert (adapted(ids) - plain(ids)).abs().max().item() < 1e-4
         vocab = base.cfg.vocab_size
         assert (adapted(ids)[..., :vocab] - base(ids)).abs().max().item() > 1e-3  # the adapters did change it
+
+
+@pytest.mark.slow
+def test_a_resumed_sft_run_ends_where_an_uninterrupted_one_does(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    Run(run_config(tmp_path / "base")).execute()
+    common = ["stage=sft", "data=tasks", f"stage.init_from={tmp_path / 'base' / 'run'}", "data.eval_tasks=4",
+              "data.val_tasks=8", "trainer.eval_batches=1", "trainer.batch_size=8", "trainer.warmup_steps=20",
+              "trainer.eval_every=4", "trainer.checkpoint_every=4"]  # warmup past the end: the same lr either way
+    Run(make_config(tmp_path / "whole", [*common, "trainer.max_steps=8"])).execute()
+    Run(make_config(tmp_path / "parts", [*common, "trainer.max_steps=4"])).execute()
+    resumed = Run(make_config(tmp_path / "parts", [*common, "trainer.max_steps=8", "trainer.allow_config_change=true"]))
+    resumed.execute()
+    assert "checkpoints/step_4 (step 4)" in capsys.readouterr().out  # it resumed, it did not start over
+    whole, parts = (load_file(tmp_path / d / "run/checkpoints/step_8/model.safetensors") for d in ("whole", "parts"))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
