@@ -1,5 +1,20 @@
 """Monitors observe training and never steer it: attention, distributions, health.
 
-Nothing is imported here on purpose: figure-rendering processes import llmlab.monitors.plots and
-must not pay for torch.
+Nothing is imported here eagerly: figure-rendering processes import llmlab.monitors.plots and must not
+pay for torch. `from llmlab.monitors import AttentionMonitor, DistributionMonitor` imports on demand.
 """
+
+from __future__ import annotations
+
+
+def __getattr__(name: str):
+    """`from llmlab.monitors import AttentionMonitor, DistributionMonitor`, imported only when asked for."""
+    if name == "AttentionMonitor":
+        from llmlab.monitors.attention import AttentionMonitor
+
+        return AttentionMonitor
+    if name == "DistributionMonitor":
+        from llmlab.monitors.distribution import DistributionMonitor
+
+        return DistributionMonitor
+    raise AttributeError(f"module 'llmlab.monitors' has no attribute {name!r}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import AttentionMonitorConfig
-from llmlab.monitors.base import Monitor, MonitorContext, Schedule, StepInfo
+from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo, input_ids
 from llmlab.monitors.files import append_history, truncate_history
 
 HEAD_STATS = ("entropy", "max", "mean", "std", "sink", "distance")
@@ -61,19 +62,33 @@ def token_label(text: str) -> str:
 
 
 class AttentionMonitor(Monitor):
+    """In llmlab's trainer: built from monitors.attention. In any loop (llmlab models, transformers Llama, Qwen2,
+    GPT-2 causal LMs): AttentionMonitor(save_dir="attn", every=100, layers=[0, -1]) as a context manager, with
+    attn.log(model, batch, step, loss=...) after each step; the first batch's first rows become the fixed probe."""
+
     name = "attention"
 
-    def __init__(self, cfg: AttentionMonitorConfig):
-        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)))
+    def __init__(self, cfg: AttentionMonitorConfig | None = None, *, save_dir: str | Path | None = None,
+                 tensorboard: bool = False, decode_token=None, **fields):
+        cfg = cfg or AttentionMonitorConfig(enabled=True, **fields)
+        door = Door(Path(save_dir), tensorboard, decode_token) if save_dir is not None else None
+        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door)
         self.cfg = cfg
         self.layers: list[int] = []
+
+    def probe_of(self, batch) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        return input_ids(batch)[: self.cfg.probe_sequences, : self.cfg.probe_tokens].detach()
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
         if ctx.probe is None:
             raise ValueError("AttentionMonitor needs a probe batch")
-        self.layers = select_layers(self.cfg.layers, len(ctx.model.blocks), "monitors.attention.layers")
-        self.dir = ctx.out_dir / "attention"
+        if ctx.view.attention is None:
+            raise ValueError(f"AttentionMonitor: {type(ctx.model).__name__} has no decoder layers it knows")
+        self.layers = select_layers(self.cfg.layers, len(ctx.view.layers), "monitors.attention.layers")
+        self.dir = self.output_dir(ctx)
         self.probe = ctx.probe  # the run cut it to probe_sequences x probe_tokens
         self.labels = None
         if ctx.decode_token is not None and self.probe.shape[1] <= self.cfg.label_max_tokens:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
+from llmlab.monitors.models import ModelView, view_of
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
 
@@ -90,9 +91,10 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def probe_forward(model: nn.Module, probe: torch.Tensor, step: int) -> ProbeResult:
-    from llmlab.model.transformer import attention_probabilities
-
+def probe_forward(model: nn.Module, probe: torch.Tensor, step: int, view: ModelView | None = None) -> ProbeResult:
+    view = view or view_of(model)
+    if view.attention is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layers with attention found to probe")
     peaks: dict[int, torch.Tensor] = {}
 
     def hook(i):
@@ -100,9 +102,9 @@ def probe_forward(model: nn.Module, probe: torch.Tensor, step: int) -> ProbeResu
             peaks[i] = inputs[0].detach().abs().amax(dim=(0, 1))  # the MLP's hidden units, (ffn,)
         return capture
 
-    handles = [block.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, block in enumerate(model.blocks)]
+    handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(view.hidden_units())]
     try:
-        _, attention = attention_probabilities(model, probe)
+        attention = view.attention(model, probe)
     finally:
         for handle in handles:
             handle.remove()
@@ -124,26 +126,52 @@ class MonitorContext:
     steps_per_epoch: float | None = None
     resume_step: int | None = None  # history rows past this step are from a run that crashed
     _probe: ProbeResult | None = field(default=None, repr=False)
+    view: ModelView = field(init=False, repr=False)  # the model's layers, attention and MLPs, as monitors see them
+
+    def __post_init__(self) -> None:
+        self.view = view_of(self.model)
 
     def probe_forward(self, step: int) -> ProbeResult:
         """The probe forward of this step, run once however many monitors ask for it."""
         if self._probe is None or self._probe.step != step:
-            self._probe = probe_forward(self.model, self.probe, step)
+            self._probe = probe_forward(self.model, self.probe, step, self.view)
         return self._probe
 
 
+@dataclass
+class Door:
+    """How a monitor used in a user's own loop is set up: where it writes and what it shows."""
+
+    save_dir: Path
+    tensorboard: bool = False  # TensorBoard events in <save_dir>/tb
+    decode_token: Callable[[int], str] | None = None  # token labels on attention maps
+    max_workers: int = 2
+    max_pending: int = 64
+
+
 class Monitor:
-    """Base monitor: every hook is a no-op. Subclasses keep `schedule` and override what they need."""
+    """Base monitor: every hook is a no-op. Subclasses keep `schedule` and override what they need.
+
+    Two doors, one implementation: llmlab's trainer calls the on_* hooks through a MonitorSet; in any other
+    loop the monitor is a context manager whose after_backward(model, step) and log(model, batch, step) build
+    the same context on first use and call the same hooks, through a MonitorSet of its own.
+    """
 
     name = "monitor"
 
-    def __init__(self, schedule: Schedule):
+    def __init__(self, schedule: Schedule, door: Door | None = None):
         self.schedule = schedule
         self.ctx: MonitorContext | None = None
+        self.door = door
+        self._own: MonitorSet | None = None
+        self._last_step, self._tokens = -1, 0
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         self.ctx = ctx
         self.schedule.resolve(ctx.steps_per_epoch)
+
+    def output_dir(self, ctx: MonitorContext) -> Path:
+        return self.door.save_dir if self.door else ctx.out_dir / self.name
 
     def on_after_backward(self, step: int) -> None: ...
 
@@ -157,6 +185,66 @@ class Monitor:
 
     def submit(self, job: Callable[[], None]) -> None:
         self.ctx.worker.submit(self.name, job)
+
+    # ---- the door for any PyTorch loop ------------------------------------------------------------
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self, model: nn.Module, step: int, batch=None) -> MonitorSet:
+        if self._own is None:
+            if self.door is None:
+                raise ValueError(f"{type(self).__name__}: give save_dir=... to use it outside llmlab's trainer")
+            door = self.door
+            writer = SummaryWriter(str(door.save_dir / "tb")) if door.tensorboard else None
+            ctx = MonitorContext(model, out_dir=door.save_dir, writer=writer,
+                                 worker=BackgroundWorker(door.max_workers, door.max_pending),
+                                 alerts=AlertLog(door.save_dir / "alerts.jsonl", writer),
+                                 figures=FigurePool(door.max_workers), probe=self.probe_of(batch),
+                                 decode_token=door.decode_token)
+            self._own = MonitorSet([self], ctx)
+            self._own.train_start(step - 1)
+        return self._own
+
+    def probe_of(self, batch) -> torch.Tensor | None:
+        """The fixed probe a monitor takes from the first batch it is given (None: it needs none)."""
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Call after loss.backward() and before optimizer.step(): gradients are read here."""
+        self._start(model, step).after_backward(step)
+
+    def log(self, model: nn.Module, batch=None, step: int = 0, loss: float | None = None) -> None:
+        """Call once per step, after optimizer.step(): captures when the schedule says so."""
+        own = self._start(model, step, batch)
+        self._tokens += int(input_ids(batch).numel()) if batch is not None else 0
+        self._last_step = step
+        own.step_end(StepInfo(step, math.nan if loss is None else float(loss), math.nan, math.nan, self._tokens))
+
+    def close(self) -> dict:
+        """Flush what is pending (files, figures, TensorBoard); the summary of dropped and completed jobs."""
+        if self._own is None:
+            return {}
+        own, self._own = self._own, None
+        own.train_end(self._last_step)
+        summary = own.close()
+        if own.ctx.writer is not None:
+            own.ctx.writer.close()
+        return summary
+
+
+def input_ids(batch) -> torch.Tensor:
+    """The token ids of a batch: a tensor, a dict with input_ids, or a tuple/list whose first item they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, dict) and "input_ids" in batch:
+        return batch["input_ids"]
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(f"a batch must be token ids, a dict with input_ids or an (input_ids, ...) tuple; "
+                    f"got {type(batch).__name__}")
 
 
 class MonitorSet:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from llmlab.config.monitors import DistributionMonitorConfig
 from llmlab.monitors.attention import select_layers
-from llmlab.monitors.base import Monitor, MonitorContext, Schedule, StepInfo
+from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo
 from llmlab.monitors.files import append_history, truncate_history
 from llmlab.monitors.stats import downsample_2d, tensor_histograms, tensor_stats
 
@@ -30,26 +30,17 @@ SCALARS = {"weights": ("std", "abs_max", "update_ratio"), "gradients": ("l2_norm
            "activations": ("std", "abs_max", "kurtosis", "sparsity")}
 
 
-def chosen_names(names: list[str], layers: list[int] | None, patterns: list[str] | None) -> list[str]:
-    """Names inside the chosen blocks (all names when layers is None) that match any pattern."""
+def chosen_names(names: list[str], layers: list[int] | None, patterns: list[str] | None,
+                 prefix: str | None = "blocks") -> list[str]:
+    """Names inside the chosen layers (all names when layers is None) that match any pattern."""
     keep = []
     for name in names:
-        if layers is not None and not any(name.startswith(f"blocks.{i}.") or name == f"blocks.{i}" for i in layers):
+        if layers is not None and not any(name.startswith(f"{prefix}.{i}.") or name == f"{prefix}.{i}" for i in layers):
             continue
         if patterns and not any(fnmatch.fnmatch(name, p) for p in patterns):
             continue
         keep.append(name)
     return keep
-
-
-def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Each block's attention output, MLP output and the block output (the residual stream)."""
-    found = {}
-    for i, block in enumerate(model.blocks):
-        found[f"blocks.{i}.attn"] = block.attn
-        found[f"blocks.{i}.mlp"] = block.mlp
-        found[f"blocks.{i}"] = block
-    return found
 
 
 class TensorCapture:
@@ -73,11 +64,25 @@ class TensorCapture:
 
 
 class DistributionMonitor(Monitor):
+    """In llmlab's trainer: built from monitors.distribution. In any loop: DistributionMonitor(save_dir="dist",
+    every=100, tensorboard=True) as a context manager, with dist.after_backward(model, step) before the
+    optimizer step and dist.log(model, batch, step, loss=...) after it. A model with decoder layers (llmlab,
+    transformers Llama/Qwen2/GPT-2) has its layers' attention, MLP and output watched; for any other nn.Module
+    give `modules` patterns or an `activation_filter(name, module)` to choose the modules whose outputs count.
+    Activations are caught by hooks during the forward of a capture step, registered at the log() before it
+    (the very first step's activations are only caught by a forward after its log() call)."""
+
     name = "distribution"
 
-    def __init__(self, cfg: DistributionMonitorConfig):
-        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)))
+    def __init__(self, cfg: DistributionMonitorConfig | None = None, *, save_dir: str | Path | None = None,
+                 tensorboard: bool = False, activation_filter=None, **fields):
+        if cfg is None:
+            fields.setdefault("histograms", tensorboard)
+            cfg = DistributionMonitorConfig(enabled=True, **fields)
+        door = Door(Path(save_dir), tensorboard) if save_dir is not None else None
+        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door)
         self.cfg = cfg
+        self.activation_filter = activation_filter
         self._hooks: list = []
         self._captures: dict[str, TensorCapture] = {}
         self._before_step: dict[str, torch.Tensor] = {}
@@ -85,14 +90,22 @@ class DistributionMonitor(Monitor):
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
-        model, cfg = ctx.model, self.cfg
-        layers = None if cfg.layers is None else select_layers(cfg.layers, len(model.blocks),
+        model, cfg, view = ctx.model, self.cfg, ctx.view
+        if cfg.layers is not None and view.prefix is None:
+            raise ValueError(f"layers: {type(model).__name__} has no decoder layers llmlab knows; choose with modules")
+        layers = None if cfg.layers is None else select_layers(cfg.layers, len(view.layers),
                                                                  "monitors.distribution.layers")
         params = dict(model.named_parameters())
-        self.params = {n: params[n] for n in chosen_names(list(params), layers, cfg.modules)}
-        modules = activation_modules(model)
-        self.modules = {n: modules[n] for n in chosen_names(list(modules), layers, cfg.modules)}
-        self.dir = ctx.out_dir / "distribution"
+        self.params = {n: params[n] for n in chosen_names(list(params), layers, cfg.modules, view.prefix)}
+        if view.prefix is not None:
+            modules = view.activation_modules()
+            self.modules = {n: modules[n] for n in chosen_names(list(modules), layers, cfg.modules, view.prefix)}
+        else:  # a plain module: only the modules the user names or picks
+            named = dict(model.named_modules())
+            chosen = chosen_names([n for n in named if n], None, cfg.modules) if cfg.modules else []
+            picked = [n for n, m in named.items() if n and self.activation_filter and self.activation_filter(n, m)]
+            self.modules = {n: named[n] for n in dict.fromkeys([*chosen, *picked])}
+        self.dir = self.output_dir(ctx)
         truncate_history(self.dir / "history.jsonl", ctx.resume_step)
         if self.schedule.due(step + 1):
             self._register_hooks()
