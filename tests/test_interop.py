@@ -164,3 +164,14 @@ def test_configs_llmlab_cannot_hold_are_refused_by_name():
         config_from_hf(tiny_hf("gpt2", activation_function="relu").config)
     with pytest.raises(ConfigError, match="model_type='bert' is not supported"):
         config_from_hf(type("BertConfig", (), {"model_type": "bert"})())
+
+
+def test_the_benchmark_against_transformers_times_the_same_work(tmp_path):
+    """A smoke run of `python -m llmlab.bench vs-transformers`: both models start from the same logits."""
+    from llmlab.bench.__main__ import main as bench
+
+    out = tmp_path / "vs.json"
+    bench(["vs-transformers", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    tiny = json.loads(out.read_text())["sizes"]["tiny"]
+    assert tiny["max_logit_difference"] < 1e-5
+    assert tiny["ratio"] == tiny["ms_per_step"]["llmlab"] / tiny["ms_per_step"]["transformers"] > 0
