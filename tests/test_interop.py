@@ -175,3 +175,14 @@ def test_the_benchmark_against_transformers_times_the_same_work(tmp_path):
     tiny = json.loads(out.read_text())["sizes"]["tiny"]
     assert tiny["max_logit_difference"] < 1e-5
     assert tiny["ratio"] == tiny["ms_per_step"]["llmlab"] / tiny["ms_per_step"]["transformers"] > 0
+
+
+def test_the_generation_benchmark_compares_the_same_tokens(tmp_path):
+    """A smoke run of `python -m llmlab.bench generation`: cached, uncached and transformers agree token for token."""
+    from llmlab.bench.__main__ import main as bench
+
+    out = tmp_path / "gen.json"
+    bench(["generation", "--batches", "2", "--prompt", "8", "--new", "8", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())["results"]["batch_2"]
+    assert result["same_tokens_as_transformers"] and result["same_tokens_cached_and_not"]
+    assert result["cache_speedup"] > 0 and result["vs_transformers"] > 0
