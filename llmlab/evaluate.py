@@ -40,8 +40,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     from llmlab.data.chat_batches import fixed_batches
     from llmlab.data.chat_template import ChatTemplate, resize_vocab
-    from llmlab.data.post_training import encode_items, task_conversation
-    from llmlab.data.tasks import make_tasks
+    from llmlab.data.post_training import encode_items, held_out_tasks, task_conversation
     from llmlab.load import load_trained
     from llmlab.runner import pick_device
     from llmlab.train.task_eval import task_accuracy
@@ -52,9 +51,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     resize_vocab(model, template.vocab_size)  # a pretrained run: the markers SFT would add
     model = model.to(device).eval()
     data = cfg.data
-    families = {"families": tuple(data.families)} if data.families else {}
-    held_out = make_tasks(data.val_tasks + data.eval_tasks, "test", seed=data.seed, **families)
-    val_tasks, eval_tasks = held_out[: data.val_tasks], held_out[data.val_tasks:]
+    val_tasks, eval_tasks = held_out_tasks(data)  # the held-out tasks a chat run scores itself on
     items, _ = encode_items(template, [task_conversation(t) for t in val_tasks], model.cfg.context_length)
     total, count = 0.0, 0
     with torch.no_grad():

@@ -131,3 +131,21 @@ def test_cli_missing_directory_is_exit_2(tmp_path):
     done = run_cli("llmlab.analyze", ["model=hf", f"model.path={tmp_path / 'nope'}", "text=hi"], cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: model.path=")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_tokenizer_the_model_cannot_hold_or_without_eos_is_one_line(model_dirs, tmp_path):
+    import shutil
+
+    from llmlab.data.tokenizers import CharTokenizer
+
+    small = tmp_path / "small"
+    shutil.copytree(model_dirs["llama"], small)
+    save_hf_tokenizer(CharTokenizer("".join(map(chr, range(0x4E00, 0x4E00 + 300)))), small)  # 302 ids > 260
+    cfg = run_config(tmp_path, ["model=hf", f"model.path={small}"])
+    with pytest.raises(ConfigError, match=r"its tokenizer has 302 ids but the model only 260 embeddings"):
+        Run(cfg).setup()
+    config = json.loads((small / "tokenizer_config.json").read_text())
+    config["eos_token"] = None
+    (small / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="has no eos token; llmlab separates documents with it"):
+        PretrainedTokenizer.from_model_dir(ModelConfig(path=str(small)))

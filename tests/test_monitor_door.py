@@ -145,3 +145,8 @@ def test_a_transformers_gpt2_has_its_layers_and_attention_found(tmp_path):
     assert all(name.startswith("transformer.h.1.") for name in record["gradients"])
     maps = np.load(tmp_path / "attn/step_1/attention.npz")["layer1"]  # (heads, T, T): causal rows that sum to 1
     assert maps.shape == (4, 16, 16) and np.abs(maps.sum(-1) - 1).max() < 1e-5 and np.abs(np.triu(maps, 1)).max() == 0
+
+
+def test_a_batch_without_token_ids_is_named(tmp_path):
+    with pytest.raises(TypeError, match="a batch must be token ids, a dict with input_ids .*; got str"):
+        AttentionMonitor(save_dir=tmp_path, every=1).log(tiny_llama(), "not a batch", 1)

@@ -114,6 +114,24 @@ def test_chat_stages_need_a_start_and_matching_data(tmp_path):
         run_config(tmp_path, ["model.lora.rank=4"])
 
 
+SFT = ["stage=sft", "data=tasks", "stage.init_from=x"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([*SFT, "model.lora.rank=-1"], r"model.lora.rank must be >= 0 \(0 = no LoRA\), got -1"),
+    ([*SFT, "model.lora.rank=4", "model.lora.dropout=1.0"], r"model.lora.dropout must be in \[0, 1\), got 1.0"),
+    ([*SFT, "model.lora.rank=4", "model.lora.targets=[]"], "model.lora.targets is empty"),
+    ([*SFT, "data.families=[copy,sing]"], r"data.families: expected one of copy\|reverse\|count\|recall\|pattern"),
+    ([*SFT, "data.eval_tasks=-1"], "data.eval_tasks must be >= 0, got -1"),
+    (["stage=sft", "data=chat", "stage.init_from=x", "data.paths=[]"], "data.paths is empty: give one or more .json"),
+    (["model.context_length=null"], "model.context_length: null is only for an imported model"),
+    (["model.rope_scaling=llama3", "model.rope_low_freq_factor=4.0"], "model.rope_high_freq_factor=4.0 must exceed"),
+])
+def test_new_config_mistakes_are_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(tmp_path, overrides)
+
+
 @pytest.mark.slow
 def test_pretrain_sft_dpo_pipeline_on_the_embedded_tasks(tmp_path):
     """SFT lifts task accuracy above the pretrained model's; DPO lifts reward accuracy above 0.5.
@@ -169,6 +187,10 @@ def test_lora_sft_on_chat_files_saves_only_adapters_and_merges_to_the_same_logit
     assert names and all(n.endswith((".lora_A", ".lora_B")) for n in names)  # the base is named, not copied
     with pytest.raises(ConfigError, match="holds LoRA adapters: merge them first"):
         export_run(ExportConfig(run=str(run), out=str(tmp_path / "hf")))
+    with pytest.raises(ConfigError, match="no LoRA adapters to merge"):
+        merge_run(MergeConfig(run=str(tmp_path / "base" / "run"), out=str(tmp_path / "nothing")))
+    with pytest.raises(ConfigError, match="has LoRA adapters: merge them first"):
+        Run(make_config(tmp_path / "on_lora", ["stage=sft", "data=tasks", f"stage.init_from={run}"])).setup()
     merged = merge_run(MergeConfig(run=str(run), out=str(tmp_path / "merged")))
     adapted, _, _ = load_trained(run)
     plain, _, _ = load_trained(merged)
@@ -179,6 +201,28 @@ def test_lora_sft_on_chat_files_saves_only_adapters_and_merges_to_the_same_logit
         assert (adapted(ids) - plain(ids)).abs().max().item() < 1e-4
         vocab = base.cfg.vocab_size
         assert (adapted(ids)[..., :vocab] - base(ids)).abs().max().item() > 1e-3  # the adapters did change it
+    (tmp_path / "base").rename(tmp_path / "moved")  # the adapters' base is gone
+    with pytest.raises(ConfigError, match=r"adapts .*base/run/checkpoints/step_12, which cannot be loaded"):
+        load_trained(run)
+
+
+@pytest.mark.slow
+def test_chat_data_that_cannot_train_is_one_line(tmp_path):
+    Run(run_config(tmp_path / "base")).execute()
+    start = f"stage.init_from={tmp_path / 'base' / 'run'}"
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"instruction": "Name the lake.", "output": "the lake"}))
+    with pytest.raises(ConfigError, match="1 records cannot be split into train and validation"):
+        Run(make_config(tmp_path / "a", ["stage=sft", "data=chat", f"data.paths=[{one}]", start])).setup()
+    long = tmp_path / "long.jsonl"  # every reply starts after the 32-token context
+    long.write_text("\n".join(json.dumps({"instruction": "a" * 40, "output": "b"}) for _ in range(20)))
+    with pytest.raises(ConfigError, match="no training or validation sample has a reply within"):
+        Run(make_config(tmp_path / "b", ["stage=sft", "data=chat", f"data.paths=[{long}]", start])).setup()
+    with pytest.raises(ConfigError, match="trainer.batch_size=8 is more than the 2 training samples"):
+        short = tmp_path / "short.jsonl"
+        short.write_text("\n".join(json.dumps({"instruction": "Name it.", "output": "it"}) for _ in range(3)))
+        Run(make_config(tmp_path / "c", ["stage=sft", "data=chat", f"data.paths=[{short}]", start,
+                                         "data.val_fraction=0.3"])).setup()
 
 
 @pytest.mark.slow

@@ -26,6 +26,16 @@ class ChatItems:
     stats: dict
 
 
+def tasks_of(data: TasksDataConfig, split: str, n: int) -> list[Task]:
+    return make_tasks(n, split, seed=data.seed, **({"families": tuple(data.families)} if data.families else {}))
+
+
+def held_out_tasks(data: TasksDataConfig) -> tuple[list[Task], list[Task]]:
+    """(validation, eval) tasks, both from the test split; the eval ones are scored by generation."""
+    held_out = tasks_of(data, "test", data.val_tasks + data.eval_tasks)
+    return held_out[: data.val_tasks], held_out[data.val_tasks:]
+
+
 def task_conversation(task: Task) -> tuple[Message, ...]:
     return Message("user", task.prompt), Message("assistant", task.answer)
 
@@ -62,10 +72,8 @@ def prepare_chat_items(data, template: ChatTemplate, max_len: int) -> ChatItems:
     kind = data.kind  # RunConfig has checked it fits the stage
     eval_tasks: list[Task] = []
     if isinstance(data, TasksDataConfig):
-        families = {"families": tuple(data.families)} if data.families else {}
-        train_tasks = make_tasks(data.train_tasks, "train", seed=data.seed, **families)
-        held_out = make_tasks(data.val_tasks + data.eval_tasks, "test", seed=data.seed, **families)
-        val_tasks, eval_tasks = held_out[: data.val_tasks], held_out[data.val_tasks:]
+        train_tasks = tasks_of(data, "train", data.train_tasks)
+        val_tasks, eval_tasks = held_out_tasks(data)
         convert = task_preference if kind == "task_prefs" else task_conversation
         train_records, val_records = [convert(t) for t in train_tasks], [convert(t) for t in val_tasks]
     else:
