@@ -16,7 +16,7 @@ from llmlab.config.store import CONF_DIR, to_dataclass
 class GenerateConfig:
     run: str = "???"  # a run directory or checkpoint directory
     prompt: str = ""
-    prompts: list[str] = field(default_factory=list)  # several prompts, batched by length
+    prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
     num_samples: int = 1  # samples per prompt
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 = greedy
@@ -50,7 +50,7 @@ def complete(cfg: GenerateConfig) -> list[str]:
     from llmlab.data.chat import Message
     from llmlab.data.chat_template import ChatTemplate
     from llmlab.load import load_trained
-    from llmlab.model.generation import SamplingConfig, generate
+    from llmlab.model.generation import SamplingConfig, generate, pad_prompts
     from llmlab.runner import pick_device
     from llmlab.train.checkpoint import read_manifest
 
@@ -69,17 +69,14 @@ def complete(cfg: GenerateConfig) -> list[str]:
         repetition_penalty=cfg.repetition_penalty, use_cache=cfg.use_cache, stop_id=stop if cfg.stop_at_eos else None,
     )
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    outputs: dict[int, list[str]] = {}
-    for length in sorted({len(e) for e in encoded}):  # equal-length prompts share one batch
-        members = [i for i, e in enumerate(encoded) if len(e) == length]
-        batch = torch.tensor([encoded[i] for i in members for _ in range(cfg.num_samples)], device=device)
-        result = generate(model, batch, sampling, generator)[:, length:].tolist()
-        for row, i in enumerate(r for r in members for _ in range(cfg.num_samples)):
-            ids = result[row]
-            if stop in ids and cfg.stop_at_eos:
-                ids = ids[: ids.index(stop)]
-            outputs.setdefault(i, []).append(decode(ids))
-    return [text for i in range(len(prompts)) for text in outputs[i]]
+    # one left-padded batch, num_samples rows per prompt in prompt order; the pad id is masked, so any will do
+    batch, mask = pad_prompts([e for e in encoded for _ in range(cfg.num_samples)], stop or 0, device)
+    texts = []
+    for ids in generate(model, batch, sampling, generator, mask)[:, batch.shape[1]:].tolist():
+        if stop in ids and cfg.stop_at_eos:
+            ids = ids[: ids.index(stop)]
+        texts.append(decode(ids))
+    return texts
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")

@@ -4,6 +4,9 @@ The next token always depends on at most the last context_length tokens. With th
 window is full the cache is rebuilt from the last context_length tokens, so cached and uncached
 generation see exactly the same inputs and agree token for token under greedy decoding. The cache
 therefore pays off until the window fills; past it each token costs a full-window forward.
+
+Prompts of different lengths share a batch left-padded (pad_prompts): the attention mask keeps padding out
+of attention and positions, so each row gets exactly what generating it alone gives, window included.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def pad_prompts(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts to one batch: (ids, attention_mask), both (B, max length), mask 1 on real tokens."""
+    if not all(prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, penalty: float) -> torch.Tensor:
     """Divide positive logits (multiply negative ones) of tokens already present in each sequence."""
     if penalty == 1.0:
@@ -48,30 +61,42 @@ def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, penalty: f
     return logits.scatter(-1, seq, seen)
 
 
+def real_tokens(seq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """seq with padding replaced by each row's last token, which is real: the penalty then sees no pad id."""
+    return seq if mask is None else torch.where(mask, seq, seq[:, -1:])
+
+
 @torch.no_grad()
 def generate(
-    model: Transformer, prompt: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+    model: Transformer,
+    prompt: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Continue a batch of equal-length prompts (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
+    """Continue a batch of prompts (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
 
+    Prompts of different lengths come left-padded with attention_mask (B, T0), 1 on real tokens (pad_prompts).
     Sequences that emitted stop_id keep emitting it until all have stopped (callers trim after it).
     """
     model_was_training = model.training
     model.eval()
     window = model.cfg.context_length
     seq = prompt
+    # None unless some row is padded: equal-length prompts keep SDPA's causal kernel
+    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
     cache = KVCache.empty(model.cfg.n_layers) if cfg.use_cache else None
     fed = 0  # how many tokens of seq the cache holds
     done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
     for _ in range(cfg.max_new_tokens):
         if cache is None:
-            logits = model(seq[:, -window:])[:, -1]
+            logits = model(seq[:, -window:], attention_mask=None if mask is None else mask[:, -window:])[:, -1]
         else:
             if cache.length + (seq.shape[1] - fed) > window:  # window full: rebuild from its last part
                 cache, fed = KVCache.empty(model.cfg.n_layers), max(0, seq.shape[1] - window)
-            logits = model(seq[:, fed:], cache)[:, -1]
+            logits = model(seq[:, fed:], cache, None if mask is None else mask[:, fed:])[:, -1]
             fed = seq.shape[1]
-        logits = apply_repetition_penalty(logits.float(), seq, cfg.repetition_penalty)
+        logits = apply_repetition_penalty(logits.float(), real_tokens(seq, mask), cfg.repetition_penalty)
         if cfg.temperature <= 0:
             nxt = logits.argmax(-1)
         else:
@@ -81,6 +106,8 @@ def generate(
             nxt = torch.where(done, torch.full_like(nxt, cfg.stop_id), nxt)
             done |= nxt == cfg.stop_id
         seq = torch.cat((seq, nxt[:, None]), dim=1)
+        if mask is not None:
+            mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
         if cfg.stop_id is not None and bool(done.all()):
             break
     model.train(model_was_training)

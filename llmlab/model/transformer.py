@@ -13,15 +13,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from llmlab.config.schema import ModelConfig
 
 
 @dataclass
 class KVCache:
-    """Keys and values of the tokens seen so far, one (k, v) pair per layer."""
+    """Keys and values of the tokens seen so far, one (k, v) pair per layer.
+
+    mask (B, S) marks which cached tokens are real; None while no padding was ever fed (all real).
+    """
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | None]
+    mask: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layers: int) -> KVCache:
@@ -63,8 +68,18 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (first half, second half) of each head's features; x is (B, H, T, head_dim)."""
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, head_dim // 2), broadcast over B and H
+    # (T, head_dim // 2) broadcast over B and H, or per row (B, 1, T, head_dim // 2) when padded
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def padded_attention_mask(keys: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, 1, T, S) for the last T of S keys (B, S) marked real: each query sees the real keys up to itself,
+    and always itself, since a padding query would otherwise see no key and softmax over nothing is NaN."""
+    S = keys.shape[1]
+    causal = torch.ones(T, S, dtype=torch.bool, device=keys.device).tril(diagonal=S - T)
+    itself = torch.arange(S, device=keys.device) == torch.arange(S - T, S, device=keys.device)[:, None]
+    return ((causal & keys[:, None, :]) | itself)[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -87,7 +102,9 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        padding_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """padding_mask: None (no padding) or padded_attention_mask's (B, 1, T, S), which replaces causality."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
@@ -103,13 +120,15 @@ class CausalSelfAttention(nn.Module):
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         # With a cache the T new queries sit at the end of S keys: query i may see keys <= S - T + i.
         S = k.shape[2]
-        if past is None or T == 1:
+        if padding_mask is not None:
+            mask, causal = padding_mask, False
+        elif past is None or T == 1:
             mask, causal = None, past is None and T > 1
         else:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             causal = False
         if self.keep_probs:
-            y = self._explicit_attention(q, k, v, S - T)
+            y = self._explicit_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
@@ -117,11 +136,11 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y), present
 
-    def _explicit_attention(self, q, k, v, offset: int) -> torch.Tensor:
+    def _explicit_attention(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """What SDPA computes, written out so the probabilities can be kept (no dropout: probes are eval)."""
         T, S = q.shape[2], k.shape[2]
         scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, T, S)
-        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        visible = mask if mask is not None else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
         self.probs = probs.detach()
         return probs @ v
@@ -156,11 +175,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, past=None):
-        a, present = self.attn(self.attn_norm(x), rope, past)
+    def forward(self, x, rope, past=None, padding_mask=None, keep_kv=True):
+        """keep_kv=False (training): no keys and values returned, so nothing of the attention outlives it."""
+        a, present = self.attn(self.attn_norm(x), rope, past, padding_mask)
         x = x + self.dropout(a)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x, present
+        return x, present if keep_kv else None
 
 
 class Transformer(nn.Module):
@@ -174,6 +194,7 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = make_norm(cfg)
+        self.activation_checkpointing = False  # trainer.activation_checkpointing: memory for ~1/3 more compute
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -209,26 +230,58 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None
+        self, idx: torch.Tensor, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids idx (B, T); with a cache, idx are the new tokens only."""
+        """Logits (B, T, vocab) for token ids idx (B, T); with a cache, idx are the new tokens only.
+
+        attention_mask (B, T), 1 for real tokens and 0 for left padding, covers idx only (the cache keeps
+        the earlier ones). With padding, a row's positions count its real tokens and no query sees a padding key.
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context_length:
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds model.context_length={self.cfg.context_length}"
             )
+        padding_mask = None
+        if attention_mask is not None or (cache is not None and cache.mask is not None):
+            pos, padding_mask = self._padded_positions(idx, cache, attention_mask)  # pos (B, T): per row
         x = self.tok_emb(idx)  # (B, T, d_model)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if self.pos_emb is None else None
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device) if padding_mask is None else pos)
+            rope = None
+        elif padding_mask is None:  # every row at start..start + T - 1
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        else:
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, hd // 2): over heads
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            if recompute:  # keep only each block's input; backward runs the block again (same dropout masks)
+                x, _ = checkpoint(block, x, rope, None, padding_mask, False, use_reentrant=False)
+                continue
             past = cache.layers[i] if cache is not None else None
-            x, present = block(x, rope, past)
+            x, present = block(x, rope, past, padding_mask, keep_kv=cache is not None)
             if cache is not None:
                 cache.layers[i] = present
         return self.lm_head(self.final_norm(x))
+
+    def _padded_positions(
+        self, idx: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, T) of idx counting real tokens only, and padded_attention_mask over cache + idx.
+
+        Positions start at 0 at each row's first real token of the cache (or of idx without one), which is
+        what that row fed alone would get; padding before it clamps to position 0 and is never attended to.
+        """
+        B, T = idx.shape
+        new = idx.new_ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        keys = new
+        if cache is not None:
+            past = cache.mask if cache.mask is not None else idx.new_ones(B, cache.length, dtype=torch.bool)
+            keys = cache.mask = torch.cat((past, new), dim=1)  # (B, S)
+        pos = (keys.cumsum(dim=1) - 1).clamp(min=0)[:, -T:]
+        return pos, padded_attention_mask(keys, T)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameters counted once (tied weights once); without embeddings drops token/position tables."""
