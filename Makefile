@@ -25,10 +25,15 @@ run: $(STAMP)  ## train the default model (tiny, Llama style) on the embedded sy
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-# small model, batch 8 (a step of ~0.6 s on 2 CPU cores): the whole benchmark takes about a quarter of an hour
+# monitors: small model, batch 8 (a step of ~0.6 s on 2 CPU cores), about a quarter of an hour
 BENCH_ARGS ?= --model small --batch-size 8 --steps 300
 
-bench: $(STAMP)  ## measure monitor overhead (none vs light vs full), written to bench/monitors.json
+bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSON under bench/
+	$(BIN)/python -m llmlab.bench vs-transformers
+	$(BIN)/python -m llmlab.bench vs-transformers --arch gpt2 --out bench/vs_transformers_gpt2.json
+	$(BIN)/python -m llmlab.bench generation
+	$(BIN)/python -m llmlab.bench data
+	$(BIN)/python -m llmlab.bench scaling
 	$(BIN)/python -m llmlab.bench monitors $(BENCH_ARGS)
 
 soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to bench/soak.json

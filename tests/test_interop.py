@@ -177,6 +177,18 @@ def test_the_benchmark_against_transformers_times_the_same_work(tmp_path):
     assert tiny["ratio"] == tiny["ms_per_step"]["llmlab"] / tiny["ms_per_step"]["transformers"] > 0
 
 
+def test_the_benchmark_against_gpt2_times_the_same_work_and_reports_mfu(tmp_path):
+    from llmlab.bench.__main__ import main as bench
+
+    out = tmp_path / "vs.json"
+    bench(["vs-transformers", "--sizes", "tiny", "--arch", "gpt2", "--repeats", "1", "--warmup", "0",
+           "--peak-flops", "1e12", "--out", str(out)])
+    report = json.loads(out.read_text())
+    tiny = report["sizes"]["tiny"]
+    assert report["arch"] == "gpt2" and tiny["max_logit_difference"] < 1e-5
+    assert 0 < tiny["mfu"]["llmlab"] < 1
+
+
 def test_the_generation_benchmark_compares_the_same_tokens(tmp_path):
     """A smoke run of `python -m llmlab.bench generation`: cached, uncached and transformers agree token for token."""
     from llmlab.bench.__main__ import main as bench

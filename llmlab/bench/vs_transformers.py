@@ -1,9 +1,10 @@
-"""Training step against transformers: llmlab's model vs `LlamaForCausalLM` holding the same weights, on the
-same batch, forward + backward + AdamW step, in one process with the two interleaved.
+"""Training step against transformers: llmlab's model vs `LlamaForCausalLM` (`--arch gpt2`: `GPT2LMHeadModel`)
+holding the same weights, on the same batch, forward + backward + AdamW step, in one process, interleaved.
 
-For each size preset the llmlab model is built (Llama style), exported with `to_hf` (so both start from the
-same weights), and both take `--repeats` steps of the same batch, alternating which goes first; the figure is
-the ratio of median step times (< 1: llmlab is faster). Both compute the loss the same way, from logits.
+For each size preset the llmlab model is built, exported with `to_hf` (so both start from the same weights),
+and both take `--repeats` steps of the same batch, alternating which goes first; the figure is the ratio of
+median step times (< 1: llmlab is faster). Both compute the loss the same way, from logits. On a GPU:
+`--device cuda --precision bf16` (autocast), `--compile` (torch.compile both) and `--peak-flops` for MFU.
 Written to bench/vs_transformers.json.
 """
 
@@ -31,47 +32,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=12, help="timed steps per model and size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--vocab", type=int, default=256)
+    parser.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, for GPUs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--peak-flops", type=float, default=0.0, help="the device's peak FLOP/s: adds MFU")
     parser.add_argument("--out", default="bench/vs_transformers.json")
 
 
-def step_time(model, optimizer, ids: torch.Tensor, hf: bool) -> float:
+GPT2_STYLE = dict(positions="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+
+
+def step_time(model, optimizer, ids: torch.Tensor, hf: bool, dtype: torch.dtype | None) -> float:
+    synchronize(ids.device)
     start = time.perf_counter()
-    logits = model(ids).logits if hf else model(ids)
+    with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(ids).logits if hf else model(ids)
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    synchronize(ids.device)
     return time.perf_counter() - start
 
 
-def compare(size: str, repeats: int, warmup: int, vocab: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compare(size: str, args: argparse.Namespace) -> dict:
     from llmlab.config.schema import ModelConfig
     from llmlab.interop.hf import to_hf
     from llmlab.model.transformer import Transformer
 
     shape = dict(SIZES[size])
     batch = shape.pop("batch")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)
-    ours = Transformer(ModelConfig(name=size, vocab_size=vocab, **shape)).train()
+    style = GPT2_STYLE if args.arch == "gpt2" else {}
+    ours = Transformer(ModelConfig(name=size, vocab_size=args.vocab, **shape, **style)).train()
     theirs = to_hf(ours).train()  # the same weights, copied
-    ids = torch.randint(0, vocab, (batch, shape["context_length"]))
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("llmlab", ours),
-                                                                                   ("transformers", theirs))}
-    models = {"llmlab": (ours, False), "transformers": (theirs, True)}
+    ours, theirs = ours.to(device), theirs.to(device)
+    ids = torch.randint(0, args.vocab, (batch, shape["context_length"]), device=device)
     with torch.no_grad():  # the same work: both give the same logits before any step
         logit_gap = (ours(ids) - theirs(ids).logits).abs().max().item()
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("llmlab", ours),
+                                                                                   ("transformers", theirs))}
+    if args.compile:
+        ours, theirs = torch.compile(ours), torch.compile(theirs)
+    models = {"llmlab": (ours, False), "transformers": (theirs, True)}
     times: dict[str, list[float]] = {"llmlab": [], "transformers": []}
-    for i in range(warmup + repeats):
+    for i in range(args.warmup + args.repeats):
         order = ["llmlab", "transformers"] if i % 2 == 0 else ["transformers", "llmlab"]
         for name in order:
             model, hf = models[name]
-            seconds = step_time(model, optimizers[name], ids, hf)
-            if i >= warmup:
+            seconds = step_time(model, optimizers[name], ids, hf, dtype)
+            if i >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    return {"batch": batch, **shape, "params": ours.num_params(), "max_logit_difference": logit_gap,
-            "ms_per_step": median,
-            "ratio": median["llmlab"] / median["transformers"]}
+    result = {"batch": batch, **shape, "params": sum(p.numel() for p in ours.parameters()),
+              "max_logit_difference": logit_gap, "ms_per_step": median,
+              "ratio": median["llmlab"] / median["transformers"]}
+    if args.peak_flops:  # model FLOPs utilisation of each, from llmlab's count of training FLOPs per token
+        flops = getattr(ours, "_orig_mod", ours).flops_per_token() * batch * shape["context_length"]
+        result["mfu"] = {name: flops / (ms / 1000) / args.peak_flops for name, ms in median.items()}
+    return result
 
 
 def main(args: argparse.Namespace) -> None:
@@ -79,13 +106,14 @@ def main(args: argparse.Namespace) -> None:
 
     results = {}
     for size in args.sizes:
-        results[size] = compare(size, args.repeats, args.warmup, args.vocab)
+        results[size] = compare(size, args)
         r = results[size]
         print(f"{size}: llmlab {r['ms_per_step']['llmlab']:.1f} ms, transformers "
               f"{r['ms_per_step']['transformers']:.1f} ms, ratio {r['ratio']:.3f}")
-    report = {"what": "forward + backward + AdamW step, same weights and batch, fp32, median of interleaved steps",
-              "device": "cpu", "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(),
+    report = {"what": "forward + backward + AdamW step, same weights and batch, median of interleaved steps",
+              "arch": args.arch, "device": args.device, "precision": args.precision, "compile": args.compile,
+              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, "transformers": transformers.__version__, "repeats": args.repeats,
               "sizes": results}
     out = Path(args.out)
