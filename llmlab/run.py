@@ -6,6 +6,7 @@ plain Python on dataclasses (llmlab.runner.Run), which tests build without Hydra
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -13,7 +14,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import RunConfig
 from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
 
 register_configs()
@@ -41,22 +41,34 @@ def main(cfg: DictConfig) -> float | None:
 
     cfg.out_dir = HydraConfig.get().runtime.output_dir
     try:
-        run_cfg: RunConfig = to_dataclass(cfg)
-        result = Run(run_cfg).execute()
+        run = Run(to_dataclass(cfg))  # under torchrun every rank takes rank 0's directory here
+        cfg.out_dir = str(run.out_dir)
+        result = run.execute()
     except ConfigError as err:
         return fail(2, str(err))
     except KeyboardInterrupt:  # a second signal: stop now; checkpoints are atomic, so the last one is whole
         print(f"error: stopped at once by a second signal, without a new checkpoint. Resume from the last one "
               f"with:\n  {resume_command(cfg.out_dir)}", file=sys.stderr)
         sys.exit(130)
-    print(f"outputs: {run_cfg.out_dir}")
+    if not run.place.is_main:
+        return result.val_loss
+    print(f"outputs: {run.out_dir}")
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
-        print(f"{result.message}. Resume with:\n  {resume_command(run_cfg.out_dir)}")
+        print(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
         sys.exit(130)
     if result.status == "failed":
         return fail(1, f"run failed: {result.message}")
     return result.val_loss
 
 
+def quiet_other_ranks() -> None:
+    """torchrun ranks other than 0 write nothing of their own: no .hydra/ record, no log file, no sweep report.
+    (Their clocks may resolve another timestamped directory; llmlab.runner.Run moves them into rank 0's.)"""
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+                     "~hydra.callbacks.sweep_report"]
+
+
 if __name__ == "__main__":
+    quiet_other_ranks()
     main()

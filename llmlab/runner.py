@@ -4,6 +4,7 @@ single set of metric sinks, and builds tokenizer -> data -> model -> objective -
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,6 +34,7 @@ from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
 from llmlab.plots import write_training_curves
 from llmlab.train import checkpoint as ckpt
+from llmlab.train import distributed
 from llmlab.train.logfiles import truncate_samples
 from llmlab.train.objectives import build_objective
 from llmlab.train.optim import build_optimizer
@@ -92,9 +94,17 @@ class Run:
             from llmlab.interop.hf_import import resolve_model_config
 
             cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
+        device = pick_device(cfg.device)
+        self.place = distributed.init(device)  # one process, or one rank of a torchrun / SLURM job
+        self.device = distributed.local_device(device, self.place)
+        if self.place.enabled:  # every rank writes into rank 0's directory (Hydra resolved one per rank)
+            shared = distributed.broadcast_object(cfg.out_dir, self.place)
+            if shared != cfg.out_dir:
+                with contextlib.suppress(OSError):  # this rank's own directory, if Hydra made it and it is empty
+                    Path(cfg.out_dir).rmdir()
+                cfg = dataclasses.replace(cfg, out_dir=shared)
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
-        self.device = pick_device(cfg.device)
 
     # ---- parts -----------------------------------------------------------------------------
     def resume_checkpoint(self) -> Path | None:
@@ -125,7 +135,7 @@ class Run:
             tokenizer, cached = PretrainedTokenizer.from_model_dir(self.cfg.model), False
         else:
             tokenizer, cached = build_tokenizer(self.cfg.tokenizer, "\n".join(corpus.train_docs))
-        if tokenizer_dir != run_tokenizer_dir:
+        if tokenizer_dir != run_tokenizer_dir and self.place.is_main:
             tokenizer.save(run_tokenizer_dir)
         key = tokenizer_fingerprint(run_tokenizer_dir)
         streams = Path(self.cfg.cache_dir) / "tokens"
@@ -208,9 +218,12 @@ class Run:
         data = self.prepare_data(tokenizer_dir if tokenizer_dir and tokenizer_dir.is_dir() else None)
         model = self.build_model(data.tokenizer.vocab_size, pretrained=resume_from is None)
         seq_len, trainer = cfg.model.context_length, cfg.trainer
-        train_batches = TrainBatches(data.train_tokens, trainer.batch_size, seq_len, seed=cfg.seed)
-        val_batches = validation_batches(data.val_tokens, trainer.batch_size, seq_len, trainer.eval_batches)
-        tokens_per_step = trainer.batch_size * trainer.grad_accum_steps * seq_len
+        train_batches = TrainBatches(data.train_tokens, trainer.batch_size, seq_len, seed=cfg.seed,
+                                     rank=self.place.rank, world_size=self.place.world_size)
+        # every rank evaluates the whole validation set, batched as one process with the global batch would
+        val_batches = validation_batches(data.val_tokens, trainer.batch_size * self.place.world_size, seq_len,
+                                         trainer.eval_batches)
+        tokens_per_step = trainer.batch_size * self.place.world_size * trainer.grad_accum_steps * seq_len
         return StageParts(model, data, train_batches, val_batches, build_objective(cfg.stage),
                           self.sampler(model, data.tokenizer), len(data.train_tokens) / tokens_per_step)
 
@@ -219,8 +232,9 @@ class Run:
         pairs; a resumed run builds the same and then loads its own checkpoint over it."""
         from llmlab.train.chat_stage import build_chat_stage
 
-        stage = build_chat_stage(self.cfg, self.device)
-        if not (self.out_dir / "tokenizer").is_dir():  # load_trained finds the run's tokenizer here
+        stage = build_chat_stage(self.cfg, self.device, self.place)
+        # load_trained finds the run's tokenizer here
+        if self.place.is_main and not (self.out_dir / "tokenizer").is_dir():
             stage.tokenizer.save(self.out_dir / "tokenizer")
         data = PreparedData(stage.tokenizer, None, None, stage.stats)
         per_epoch = stage.train_batches.batches_per_epoch / self.cfg.trainer.grad_accum_steps
@@ -231,7 +245,7 @@ class Run:
     # ---- the run ---------------------------------------------------------------------------
     def setup(self) -> Trainer:
         """Everything up to the first step: data, model, sinks, monitors, trainer (resumed if there is a checkpoint)."""
-        cfg, out = self.cfg, self.out_dir
+        cfg, out, place = self.cfg, self.out_dir, self.place
         out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
@@ -242,39 +256,72 @@ class Run:
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
         if manifest is not None and cfg.stage.name == "pretrain":  # chat stages check against init_from instead
             check_same_architecture(manifest, cfg.model, resume_from)
-        check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
-                      cfg.trainer.allow_config_change)
+        if manifest is not None:
+            check_same_processes(manifest, place.world_size, cfg.trainer.strategy, resume_from)
+        if place.enabled and cfg.trainer.strategy == "fsdp" and build_monitors(cfg.monitors):
+            raise ConfigError("trainer.strategy=fsdp shards the weights, so no rank sees them whole for the "
+                              "monitors: use monitors=none, or trainer.strategy=ddp")
+        if place.is_main:
+            check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
+                          cfg.trainer.allow_config_change)
+        else:
+            distributed.barrier(place)  # rank 0 trains the tokenizer and fills the caches first
         if cfg.stage.name == "pretrain":
             parts = self.pretrain_parts(resume_from)
         else:
             parts = self.chat_parts()
+        if place.is_main:
+            distributed.barrier(place)
         model, self.data = parts.model, parts.data
-        (out / "dataset_stats.json").write_text(json.dumps(self.data.stats, indent=2))
-        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        if place.is_main:
+            (out / "dataset_stats.json").write_text(json.dumps(self.data.stats, indent=2))
+            (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
-        print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}")
+        if place.is_main:
+            ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
+            print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}{ranks}")
         train_batches, val_batches = parts.train_batches, parts.val_batches
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
-        if resume_step is not None:
-            truncate_samples(out / "samples.txt", resume_step)
-        self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
-                                  TensorBoardSink(out / "tb", resume_step)])
-        self.monitors = self.build_monitor_set(model, parts.decode_ids or self.data.tokenizer.decode, val_batches,
-                                               self.sinks.tensorboard, resume_step, parts.steps_per_epoch)
+        if place.is_main:
+            if resume_step is not None:
+                truncate_samples(out / "samples.txt", resume_step)
+            self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
+                                      TensorBoardSink(out / "tb", resume_step)])
+            self.monitors = self.build_monitor_set(model, parts.decode_ids or self.data.tokenizer.decode,
+                                                   val_batches, self.sinks.tensorboard, resume_step,
+                                                   parts.steps_per_epoch)
+        else:  # rank 0 alone writes logs, TensorBoard and monitors
+            self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
+        flops_per_token = model.flops_per_token()
+        if resume_from is not None and place.enabled:  # weights go in before the model is copied or sharded
+            ckpt.load_weights(resume_from, model)
+        trained = self.prepare_model(model)
         trainer = Trainer(
-            model, parts.objective, build_optimizer(model, cfg.trainer, self.device),
+            trained, parts.objective, build_optimizer(trained, cfg.trainer, self.device),
             train_batches, val_batches, cfg.trainer, self.sinks, out, self.device,
-            flops_per_token=model.flops_per_token(), sample_fn=parts.sample_fn,
-            checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name, "base": parts.base},
+            flops_per_token=flops_per_token, sample_fn=parts.sample_fn,
+            checkpoint_meta={"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name, "base": parts.base,
+                             "processes": place.world_size, "strategy": cfg.trainer.strategy},
             monitors=self.monitors, eval_fn=parts.eval_fn, describe_batch=parts.describe_batch,
+            place=place, strategy=cfg.trainer.strategy,
         )
         if resume_from is not None:
             trainer.resume_from(resume_from)
-            print(f"resumed from {resume_from} (step {trainer.state.step})")
+            if place.is_main:
+                print(f"resumed from {resume_from} (step {trainer.state.step})")
         else:
             self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return trainer
+
+    def prepare_model(self, model: Transformer) -> torch.nn.Module:
+        """What trains: the model with activation checkpointing, DDP-wrapped or sharded under torchrun, then
+        compiled. Checkpoints, samples and monitors use the model itself, so no compile or DDP prefix reaches a
+        checkpoint and generation (new shapes at every token) never triggers a recompile."""
+        trainer = self.cfg.trainer
+        model.activation_checkpointing = trainer.activation_checkpointing
+        trained = distributed.wrap(model, trainer.strategy, self.place, self.device)
+        return torch.compile(trained) if trainer.compile else trained
 
     def execute(self) -> TrainResult:
         trainer = self.setup()
@@ -298,6 +345,8 @@ class Run:
 
     def finish(self, trainer: Trainer, result: TrainResult) -> dict:
         """Flush monitors (their figures need the writer), write metrics.json and the HParams record, close sinks."""
+        if not self.place.is_main:
+            return {}
         try:
             monitor_summary = self.monitors.close()
             summary = write_summary(self.out_dir, result, self.params, self.data.stats,
@@ -336,6 +385,15 @@ def check_same_architecture(manifest: dict, model_cfg: ModelConfig, path: Path) 
         pairs = ", ".join(f"model.{k}: checkpoint {saved[k]!r} vs config {current[k]!r}" for k in differing)
         raise ConfigError(f"checkpoint {path} has another architecture ({pairs}); "
                           "use a new hydra.run.dir or trainer.resume=never")
+
+
+def check_same_processes(manifest: dict, world_size: int, strategy: str, path: Path) -> None:
+    """A run resumes with the processes it was written by: they set its global batch and data order."""
+    saved_world, saved_strategy = manifest.get("processes", 1), manifest.get("strategy", "ddp")
+    if saved_world != world_size or (world_size > 1 and saved_strategy != strategy):
+        raise ConfigError(f"checkpoint {path} was written by {saved_world} process(es) with "
+                          f"trainer.strategy={saved_strategy}; this run has {world_size} with {strategy}: resume "
+                          f"with torchrun --nproc_per_node={saved_world}, or start a new hydra.run.dir")
 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,

@@ -258,6 +258,9 @@ class TrainerConfig:
     max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
+    strategy: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (one process: ignored)
+    compile: bool = False  # torch.compile the model (in place: checkpoints keep plain parameter names)
+    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
@@ -267,6 +270,7 @@ class TrainerConfig:
         check_positive("trainer.peak_flops", self.peak_flops)
         check_choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("trainer.on_nonfinite", self.on_nonfinite, ("skip", "stop"))
+        check_choice("trainer.strategy", self.strategy, ("ddp", "fsdp"))
         if self.keep_checkpoints < 0:
             raise ConfigError(f"trainer.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
         if self.max_nonfinite_skips < 0:
@@ -310,3 +314,5 @@ class RunConfig:
                               "(or model=hf model.path=<transformers model dir>)")
         if self.model.lora.rank and stage == "pretrain":
             raise ConfigError("model.lora.rank: LoRA adapts a trained model; use it with stage=sft or stage=dpo")
+        if self.model.lora.rank and self.trainer.strategy == "fsdp":
+            raise ConfigError("model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp")

@@ -40,11 +40,19 @@ def collate(items: Sequence[Item], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 class ChatBatches:
-    """Endless length-grouped batches over items, reshuffled each epoch, resumable from (epoch, index)."""
+    """Endless length-grouped batches over items, reshuffled each epoch, resumable from (epoch, index).
 
-    def __init__(self, items: list[Item], batch_size: int, pad_id: int, seed: int):
-        if len(items) < batch_size:
-            raise ConfigError(f"trainer.batch_size={batch_size} is more than the {len(items)} training samples")
+    Under data parallelism the batches are global (batch_size x world_size items) and each rank collates its
+    own slice of each, so ranks see distinct samples of similar length.
+    """
+
+    def __init__(self, items: list[Item], batch_size: int, pad_id: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if len(items) < batch_size * world_size:
+            ranks = f" x {world_size} processes" if world_size > 1 else ""
+            raise ConfigError(f"trainer.batch_size={batch_size}{ranks} is more than the {len(items)} training samples")
+        self.rank, self.per_rank = rank, batch_size
+        batch_size *= world_size
         self.items, self.batch_size, self.pad_id, self.seed = items, batch_size, pad_id, seed
         self.epoch, self.index = 0, 0
         self._order = self._epoch_order(0)
@@ -63,7 +71,7 @@ class ChatBatches:
         if self.index == len(self._order):
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._epoch_order(self.epoch)
-        batch = self._order[self.index]
+        batch = self._order[self.index][self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         self.index += 1
         return collate([self.items[i] for i in batch], self.pad_id)
 

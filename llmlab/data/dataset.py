@@ -45,9 +45,15 @@ def cached_token_stream(
 
 
 class TrainBatches:
-    """Random (input, target) windows of seq_len tokens from one stream."""
+    """Random (input, target) windows of seq_len tokens from one stream.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    Under data parallelism every rank draws the same global batch of batch_size x world_size windows from the
+    same generator and keeps its own slice: ranks see distinct data, the data position is one shared state,
+    and N ranks train on exactly what one process with an N times larger batch would.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         if len(tokens) < batch_size * (seq_len + 1):
             raise ConfigError(
                 f"trainer.batch_size={batch_size} x model.context_length={seq_len} needs at least "
@@ -55,11 +61,14 @@ class TrainBatches:
                 "use more data or smaller batch/context"
             )
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size,), generator=self.generator)
-        return windows(self.tokens, starts.tolist(), self.seq_len)
+        starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size * self.world_size,),
+                               generator=self.generator)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return windows(self.tokens, mine.tolist(), self.seq_len)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

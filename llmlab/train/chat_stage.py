@@ -18,6 +18,7 @@ from llmlab.data.post_training import prepare_chat_items
 from llmlab.data.tokenizers import Tokenizer
 from llmlab.model.lora import apply_lora, count_parameters
 from llmlab.model.transformer import Transformer
+from llmlab.train.distributed import SINGLE, Distributed
 from llmlab.train.dpo import DPOObjective
 from llmlab.train.objectives import NextTokenObjective, Objective
 from llmlab.train.task_eval import task_accuracy, task_replies
@@ -65,7 +66,7 @@ def starting_model(cfg: RunConfig) -> tuple[Transformer, Tokenizer, str]:
     return model, PretrainedTokenizer.from_model_dir(cfg.model), f"hf:{cfg.model.path}"
 
 
-def build_chat_stage(cfg: RunConfig, device: torch.device) -> ChatStage:
+def build_chat_stage(cfg: RunConfig, device: torch.device, place: Distributed = SINGLE) -> ChatStage:
     model, tokenizer, base = starting_model(cfg)
     template = ChatTemplate(tokenizer)
     resize_vocab(model, template.vocab_size)  # the role markers' embeddings, new to a pretrained model
@@ -85,8 +86,9 @@ def build_chat_stage(cfg: RunConfig, device: torch.device) -> ChatStage:
     items = prepare_chat_items(cfg.data, template, context)
     pad = tokenizer.eos_id  # padded positions are never targets, any id will do
     trainer = cfg.trainer
-    train_batches = ChatBatches(items.train, trainer.batch_size, pad, cfg.seed)
-    val_batches = fixed_batches(items.val, trainer.batch_size, pad, trainer.eval_batches)
+    train_batches = ChatBatches(items.train, trainer.batch_size, pad, cfg.seed, place.rank, place.world_size)
+    # every rank evaluates the whole validation set, batched as one process with the global batch would
+    val_batches = fixed_batches(items.val, trainer.batch_size * place.world_size, pad, trainer.eval_batches)
     eval_fn = None
     if items.eval_tasks:
         def eval_fn(step: int) -> dict[str, float]:

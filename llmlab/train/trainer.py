@@ -23,6 +23,8 @@ from llmlab.config.schema import TrainerConfig
 from llmlab.data.dataset import TrainBatches
 from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.train import checkpoint as ckpt
+from llmlab.train import distributed
+from llmlab.train.distributed import SINGLE, Distributed
 from llmlab.train.objectives import Batch, Objective
 from llmlab.train.schedule import lr_at
 from llmlab.train.sinks import MetricSinks
@@ -97,8 +99,12 @@ class Trainer:
         monitors: MonitorSet | None = None,
         eval_fn: Callable[[int], dict[str, float]] | None = None,
         describe_batch: Callable[[Batch], str] | None = None,
+        place: Distributed = SINGLE,
+        strategy: str = "ddp",
     ):
+        # model: what trains (a DDP wrapper or FSDP-sharded under torchrun); checkpoints hold the model itself
         self.model, self.objective, self.optimizer = model, objective, optimizer
+        self.place, self.sharded = place, place.enabled and strategy == "fsdp"
         self.train_batches, self.val_batches = train_batches, val_batches
         self.cfg, self.sinks, self.out_dir, self.device = cfg, sinks, out_dir, device
         self.flops_per_token = flops_per_token
@@ -116,9 +122,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     # ---- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, optimizer_state: dict | None = None) -> dict:
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "data": self.train_batches.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "trainer": asdict(self.state),
@@ -130,7 +136,10 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # the checkpoint holds the whole optimizer state, keyed by parameter name
+            distributed.load_optimizer_state(distributed.unwrap(self.model), self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.train_batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
@@ -140,14 +149,25 @@ class Trainer:
         self.state = TrainState(**state["trainer"])
 
     def resume_from(self, path: Path) -> None:
-        """Load a checkpoint the caller has verified (llmlab.runner checks checksums and architecture)."""
-        ckpt.load_weights(path, self.model)
+        """Load a checkpoint the caller has verified (llmlab.runner checks checksums and architecture); under
+        torchrun the runner has loaded the weights already, before the model was wrapped or sharded."""
+        if not self.place.enabled:
+            ckpt.load_weights(path, distributed.unwrap(self.model))
         self.load_state_dict(ckpt.load_state(path))
 
     def save(self) -> Path:
-        saved = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.state.step, self.model,
-                                     self.state_dict(), self.checkpoint_meta, keep=self.cfg.keep_checkpoints)
-        return saved.path
+        """Every rank takes part (FSDP gathers the shards); rank 0 alone writes."""
+        root = self.out_dir / "checkpoints"
+        if self.sharded:
+            weights, optimizer_state = distributed.full_state_dicts(distributed.unwrap(self.model), self.optimizer)
+            model = distributed.plain_copy(distributed.unwrap(self.model), weights) if self.place.is_main else None
+        else:
+            model, optimizer_state = distributed.unwrap(self.model), None
+        if self.place.is_main:
+            ckpt.save_checkpoint(root, self.state.step, model, self.state_dict(optimizer_state),
+                                 self.checkpoint_meta, keep=self.cfg.keep_checkpoints)
+        distributed.barrier(self.place)
+        return root / f"step_{self.state.step}"
 
     # ---- the loop --------------------------------------------------------------------------
     def autocast(self):
@@ -163,21 +183,24 @@ class Trainer:
             group["lr"] = lr
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
-        for _ in range(cfg.grad_accum_steps):
+        for micro in range(cfg.grad_accum_steps):
             batch = self.on_device(self.train_batches.next())
-            if cfg.debug_first_batch and self.describe_batch is not None:
+            if cfg.debug_first_batch and self.describe_batch is not None and self.place.is_main:
                 tqdm.write(self.describe_batch(batch))
                 self.describe_batch = None
-            with self.autocast():
+            with self.autocast(), distributed.no_gradient_sync(self.model, micro == cfg.grad_accum_steps - 1):
                 loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.detach()
-            tokens += self.objective.tokens_in(batch)
+            tokens += self.objective.tokens_in(batch) * self.place.world_size  # ranks' batches are the same size
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.sharded:  # each rank holds a shard of every gradient: the norm is a DTensor over them
+            grad_norm = grad_norm.full_tensor()
         self.monitors.after_backward(step)
+        total_loss = distributed.mean_over_ranks(total_loss, self.place)  # gradients are averaged over ranks too
         # the one host sync per step: decides whether this update may be applied
         loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()
         # under fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale
@@ -219,8 +242,8 @@ class Trainer:
         last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         self.model.train()
         stop = stop or StopRequested()
-        bar = tqdm(total=cfg.max_steps, initial=step0, disable=not cfg.progress, dynamic_ncols=True,
-                   desc="train")
+        bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (cfg.progress and self.place.is_main),
+                   dynamic_ncols=True, desc="train")
         interval_start = time.perf_counter()
         self._interval_tokens_start = self.state.tokens_seen
         status, message = "completed", self.early_stop_reason() or ""  # a resumed run that had stopped early
@@ -321,7 +344,7 @@ class Trainer:
             "train/skipped_steps": float(state.skipped_steps),
             "perf/tokens_per_s": tps,
             "perf/wall_s": state.wall_s,  # training time so far: the x axis for loss against time
-            "perf/mfu": tps * self.flops_per_token / self.cfg.peak_flops,
+            "perf/mfu": tps * self.flops_per_token / (self.cfg.peak_flops * self.place.world_size),
         }
 
     def eval_row(self, step: int) -> dict[str, float]:
@@ -334,7 +357,8 @@ class Trainer:
             state.evals_without_improvement += 1
         state.best_val_loss = min(state.best_val_loss, val_loss)
         if self.sample_fn is not None:
-            sample = self.sample_fn(step)
+            sample = self.sample_fn(step)  # on every rank: a sharded model's forward needs them all
+        if self.sample_fn is not None and self.place.is_main:
             self.sinks.log_text(step, "samples", sample)
             with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(f"--- step {step} (val/loss {val_loss:.4f})\n{sample}\n")
