@@ -25,11 +25,13 @@ SIZES = {  # conf/model presets, with the batch a step of each takes on a CPU in
     "small": dict(n_layers=6, d_model=256, n_heads=8, context_length=256, batch=8),
     "medium": dict(n_layers=12, d_model=512, n_heads=8, context_length=512, batch=2),
 }
+# short steps scatter more (a CPU's ±4% on 12 steps of 0.1 s): more of them for the same confidence
+REPEATS = {"tiny": 60, "small": 20, "medium": 12}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--repeats", type=int, default=12, help="timed steps per model and size")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed steps per model (default {REPEATS})")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
@@ -84,7 +86,8 @@ def compare(size: str, args: argparse.Namespace) -> dict:
         ours, theirs = torch.compile(ours), torch.compile(theirs)
     models = {"llmlab": (ours, False), "transformers": (theirs, True)}
     times: dict[str, list[float]] = {"llmlab": [], "transformers": []}
-    for i in range(args.warmup + args.repeats):
+    repeats = args.repeats or REPEATS[size]
+    for i in range(args.warmup + repeats):
         order = ["llmlab", "transformers"] if i % 2 == 0 else ["transformers", "llmlab"]
         for name in order:
             model, hf = models[name]
@@ -92,7 +95,7 @@ def compare(size: str, args: argparse.Namespace) -> dict:
             if i >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    result = {"batch": batch, **shape, "params": sum(p.numel() for p in ours.parameters()),
+    result = {"batch": batch, **shape, "repeats": repeats, "params": sum(p.numel() for p in ours.parameters()),
               "max_logit_difference": logit_gap, "ms_per_step": median,
               "ratio": median["llmlab"] / median["transformers"]}
     if args.peak_flops:  # model FLOPs utilisation of each, from llmlab's count of training FLOPs per token
@@ -114,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
               "arch": args.arch, "device": args.device, "precision": args.precision, "compile": args.compile,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-              "torch": torch.__version__, "transformers": transformers.__version__, "repeats": args.repeats,
+              "torch": torch.__version__, "transformers": transformers.__version__,
               "sizes": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
