@@ -7,6 +7,7 @@ kill_write  SIGKILL halfway through writing the checkpoint of step STEP (weights
 sigterm     SIGTERM during step STEP
 sigint      SIGINT during step STEP
 sigint2     SIGINT during step STEP, and a second SIGINT halfway through the checkpoint that first one asks for
+sigterm_rank1  under torchrun: SIGTERM to rank 1 alone during step STEP
 
 The faults live here, not in llmlab: the driver patches the trainer and torch.save, then runs the real CLI.
 """
@@ -26,14 +27,16 @@ sys.argv = [sys.argv[0], *sys.argv[3:]]
 import llmlab.run as run_module  # noqa: E402  (after argv is rewritten for Hydra)
 from llmlab.train import trainer as trainer_module  # noqa: E402
 
-SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigint2": signal.SIGINT, "kill": signal.SIGKILL}
+SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigint2": signal.SIGINT, "kill": signal.SIGKILL,
+           "sigterm_rank1": signal.SIGTERM}
+signalled = FAULT != "sigterm_rank1" or os.environ.get("RANK") == "1"
 original_train_step = trainer_module.Trainer.train_step
 original_save = torch.save
 
 
-def train_step(self):
-    info = original_train_step(self)
-    if self.state.step == STEP and FAULT in SIGNALS:
+def train_step(self, *args):
+    info = original_train_step(self, *args)
+    if self.state.step == STEP and FAULT in SIGNALS and signalled:
         os.kill(os.getpid(), SIGNALS[FAULT])  # Python runs the handler before the next bytecode
     return info
 

@@ -83,6 +83,22 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process,
         assert_same_training(run, one_process)
 
 
+def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_run_resumes_exactly(one_process, tmp_path):
+    args = [*COMMON, "trainer.batch_size=2", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    stopped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(REPO / "tests/fault_driver.py"), "sigterm_rank1", "3", *args], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+    # rank 1 was signalled during step 3; the ranks vote at every step, so both stop after step 4 together
+    assert "a signal to another rank at step 4; checkpoint written" in stopped.stdout, stopped.stderr[-3000:]
+    assert (tmp_path / "run/checkpoints/step_4/manifest.json").is_file()
+    assert not (tmp_path / "run/checkpoints/step_6").exists()
+    resumed = torchrun(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert_same_training(tmp_path / "run", one_process)
+
+
 def test_ranks_draw_distinct_slices_of_one_global_batch():
     tokens = np.arange(10_000, dtype=np.uint16)
     whole = TrainBatches(tokens, 6, 16, seed=3)

@@ -275,15 +275,15 @@ def poison_step(monkeypatch, steps: set[int]):
     """Make the loss non-finite on the given steps (a poisoned batch)."""
     original = trainer_module.Trainer.train_step
 
-    def train_step(self):
+    def train_step(self, stop=None):
         if self.state.step + 1 in steps:
             objective_loss = self.objective.loss
             self.objective.loss = lambda *args: objective_loss(*args) * float("nan")
             try:
-                return original(self)
+                return original(self, stop)
             finally:
                 del self.objective.loss
-        return original(self)
+        return original(self, stop)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
 

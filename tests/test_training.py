@@ -60,20 +60,13 @@ def interrupt_at(monkeypatch, step: int):
     """Make the loop see a SIGTERM right after optimizer step `step`."""
     original = trainer_module.Trainer.train_step
 
-    def train_step(self):
-        out = original(self)
+    def train_step(self, stop):
+        out = original(self, stop)
         if self.state.step == step:  # train_step has just taken step `step`
-            self._stop.signal_name = "SIGTERM"
+            stop.signal_name = "SIGTERM"
         return out
 
-    original_fit = trainer_module.Trainer.fit
-
-    def fit(self, stop=None):
-        self._stop = stop or trainer_module.StopRequested()
-        return original_fit(self, self._stop)
-
     monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
-    monkeypatch.setattr(trainer_module.Trainer, "fit", fit)
 
 
 @pytest.mark.slow

@@ -116,6 +116,7 @@ class Trainer:
         self.objective_metrics: dict[str, list[torch.Tensor]] = {}  # what the objective reports, since the last log
         self.val_metrics: dict[str, list[torch.Tensor]] = {}  # ... and at the last evaluation
         self.state = TrainState()
+        self.agreed_stop: str | None = None  # under torchrun: the stop all ranks voted for at the last step
         self.last_val_loss: float | None = None
         self.last_train_loss: float | None = None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -175,8 +176,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self) -> StepInfo:
-        """One optimizer step over grad_accum_steps micro-batches, skipped if loss or gradients are not finite."""
+    def train_step(self, stop: StopRequested | None = None) -> StepInfo:
+        """One optimizer step over grad_accum_steps micro-batches, skipped if loss or gradients are not finite.
+
+        Under torchrun the ranks also agree here on whether to stop: a signal reaches each at its own moment, and
+        a rank that stopped alone would leave the others waiting in a collective."""
         cfg, step = self.cfg, self.state.step + 1
         lr = lr_at(self.state.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
@@ -200,9 +204,15 @@ class Trainer:
         if self.sharded:  # each rank holds a shard of every gradient: the norm is a DTensor over them
             grad_norm = grad_norm.full_tensor()
         self.monitors.after_backward(step)
-        total_loss = distributed.mean_over_ranks(total_loss, self.place)  # gradients are averaged over ranks too
+        asked = stop is not None and stop.signal_name is not None
+        votes = torch.zeros((), device=self.device)
+        if self.place.enabled:  # the loss averaged as the gradients are, and whether any rank was asked to stop
+            total_loss, votes = distributed.mean_over_ranks(
+                torch.stack([total_loss.float(), torch.tensor(float(asked), device=self.device)]), self.place)
         # the one host sync per step: decides whether this update may be applied
-        loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()
+        loss_value, norm_value, stop_votes = torch.stack([total_loss.float(), grad_norm.float(), votes]).tolist()
+        if self.place.enabled:  # decided together: a signal arriving after the vote counts at the next step
+            self.agreed_stop = (stop.signal_name if asked else "a signal to another rank") if stop_votes else None
         # under fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale
         finite = math.isfinite(loss_value) and (self.scaler is not None or math.isfinite(norm_value))
         info = StepInfo(step, loss_value, norm_value, lr, self.state.tokens_seen + tokens, finite)
@@ -251,7 +261,7 @@ class Trainer:
         try:
             with stop:
                 while self.state.step < last and not message:
-                    info = self.train_step()
+                    info = self.train_step(stop)
                     step, state = info.step, self.state
                     failure = self.nonfinite_policy(info)
                     if failure:
@@ -273,7 +283,8 @@ class Trainer:
                     if row:
                         self.sinks.log_scalars(step, row)
                     bar.update(1)
-                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop.signal_name or early_stop:
+                    stopping = self.agreed_stop if self.place.enabled else stop.signal_name
+                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopping or early_stop:
                         self.sinks.flush()
                         self.save()
                     if row:
@@ -282,9 +293,9 @@ class Trainer:
                         message = early_stop
                         tqdm.write(early_stop)
                         break
-                    if stop.signal_name:
+                    if stopping:
                         status = "interrupted"
-                        message = f"{stop.signal_name} at step {step}; checkpoint written"
+                        message = f"{stopping} at step {step}; checkpoint written"
                         break
         finally:
             bar.close()
