@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -110,7 +111,12 @@ def wrap(model: nn.Module, strategy: str, place: Distributed, device: torch.devi
         return fully_shard(model)  # the root: embeddings, final norm, head
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # the only buffers are RoPE tables every rank computes alike: no broadcast of them before each forward
+    # (newer torch names the switch forward_sync_buffers)
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{no_sync: False})
 
 
 def unwrap(model: nn.Module) -> nn.Module:
