@@ -271,13 +271,12 @@ class Run:
         else:
             parts = self.chat_parts()
         if place.is_main:
-            distributed.barrier(place)
+            distributed.barrier(place)  # the caches are full: the other ranks may read them
         model, self.data = parts.model, parts.data
+        self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
         if place.is_main:
             (out / "dataset_stats.json").write_text(json.dumps(self.data.stats, indent=2))
             (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        self.params, params_body = model.num_params(), model.num_params(include_embeddings=False)
-        if place.is_main:
             ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
             print(f"model: {self.params:,} parameters ({params_body:,} without embeddings) on {self.device}{ranks}")
         train_batches, val_batches = parts.train_batches, parts.val_batches
