@@ -59,6 +59,9 @@ def test_llama_and_gpt2_presets_are_one_override_apart():
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["device=tpu"], "device: expected one of"),
     (["trainer.keep_checkpoints=-1"], "trainer.keep_checkpoints must be >= 0 (0 = keep all), got -1"),
+    (["trainer.strategy=zero3"], "trainer.strategy: expected one of ddp|fsdp"),
+    (["stage=sft", "data=tasks", "stage.init_from=runs/a", "model.lora.rank=4", "trainer.strategy=fsdp"],
+     "model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp"),
 ])
 def test_cross_field_rules_raise_one_clear_line(overrides, field):
     with pytest.raises(ConfigError) as err:

@@ -139,3 +139,19 @@ def test_a_submitit_slurm_task_finds_its_rank_through_submitit(monkeypatch):
     place = from_environment()
     assert (place.rank, place.world_size, place.local_rank) == (3, 4, 1)
     assert os.environ["MASTER_ADDR"] == "gpu7"  # the first node hosts the rendezvous
+
+
+def test_chat_batches_are_sliced_per_rank_and_too_few_samples_name_the_processes():
+    from llmlab.data.chat_batches import ChatBatches
+    from llmlab.data.chat_template import Encoded
+
+    items = [(Encoded(list(range(2 + i % 5)), [True] * (2 + i % 5)),) for i in range(40)]
+    whole = ChatBatches(items, 4, pad_id=0, seed=1)
+    ranks = [ChatBatches(items, 2, pad_id=0, seed=1, rank=r, world_size=2) for r in range(2)]
+    for _ in range(12):  # past an epoch's end
+        parts = [r.next()["input_ids"] for r in ranks]
+        width = max(p.shape[1] for p in parts)
+        joined = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+        torch.testing.assert_close(joined, whole.next()["input_ids"])
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=30 x 2 processes is more than the 40 training"):
+        ChatBatches(items, 30, pad_id=0, seed=1, rank=0, world_size=2)

@@ -23,8 +23,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-STRATEGIES = ("ddp", "fsdp")
-
 
 @dataclass(frozen=True)
 class Distributed:
@@ -119,21 +117,20 @@ def wrap(model: nn.Module, strategy: str, place: Distributed, device: torch.devi
                                    **{no_sync: False})
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """What torch.compile wrapped (runner compiles last, so this is the DDP wrapper or the model)."""
+    return model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, under torch.compile's and DDP's wrappers (FSDP2 shards in place: nothing to unwrap)."""
-    while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    model = uncompiled(model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def no_gradient_sync(model: nn.Module, last_micro_batch: bool):
     """Gradient accumulation: all-reduce once, on the last micro-batch, not after each of them."""
-    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-        model = model._orig_mod
+    model = uncompiled(model)
     if last_micro_batch:
         return contextlib.nullcontext()
     if isinstance(model, nn.parallel.DistributedDataParallel):

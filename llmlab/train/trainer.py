@@ -192,11 +192,13 @@ class Trainer:
             if cfg.debug_first_batch and self.describe_batch is not None and self.place.is_main:
                 tqdm.write(self.describe_batch(batch))
                 self.describe_batch = None
-            with self.autocast(), distributed.no_gradient_sync(self.model, micro == cfg.grad_accum_steps - 1):
-                loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
+            with distributed.no_gradient_sync(self.model, micro == cfg.grad_accum_steps - 1):
+                with self.autocast():  # the forward only: backward runs in the forward's dtypes by itself
+                    loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.detach()
-            tokens += self.objective.tokens_in(batch) * self.place.world_size  # ranks' batches are the same size
+            # as if every rank's batch held as many tokens as this one: exact for token windows, near for chat
+            tokens += self.objective.tokens_in(batch) * self.place.world_size
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -204,15 +206,16 @@ class Trainer:
         if self.sharded:  # each rank holds a shard of every gradient: the norm is a DTensor over them
             grad_norm = grad_norm.full_tensor()
         self.monitors.after_backward(step)
+        values = [total_loss.float(), grad_norm.float()]
         asked = stop is not None and stop.signal_name is not None
-        votes = torch.zeros((), device=self.device)
         if self.place.enabled:  # the loss averaged as the gradients are, and whether any rank was asked to stop
-            total_loss, votes = distributed.mean_over_ranks(
-                torch.stack([total_loss.float(), torch.tensor(float(asked), device=self.device)]), self.place)
+            values[0], vote = distributed.mean_over_ranks(
+                torch.stack([values[0], torch.tensor(float(asked), device=self.device)]), self.place)
+            values.append(vote)
         # the one host sync per step: decides whether this update may be applied
-        loss_value, norm_value, stop_votes = torch.stack([total_loss.float(), grad_norm.float(), votes]).tolist()
+        loss_value, norm_value, *stop_votes = torch.stack(values).tolist()
         if self.place.enabled:  # decided together: a signal arriving after the vote counts at the next step
-            self.agreed_stop = (stop.signal_name if asked else "a signal to another rank") if stop_votes else None
+            self.agreed_stop = (stop.signal_name if asked else "a signal to another rank") if stop_votes[0] else None
         # under fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale
         finite = math.isfinite(loss_value) and (self.scaler is not None or math.isfinite(norm_value))
         info = StepInfo(step, loss_value, norm_value, lr, self.state.tokens_seen + tokens, finite)
