@@ -39,8 +39,9 @@ bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSO
 soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to bench/soak.json
 	$(BIN)/python -m llmlab.bench soak
 
-lint: $(STAMP)  ## ruff check
+lint: $(STAMP)  ## ruff check, then the architecture contracts (import-linter, in pyproject.toml)
 	$(BIN)/ruff check llmlab tests
+	$(BIN)/lint-imports
 
 clean:  ## remove caches (never outputs/)
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache .import_linter_cache

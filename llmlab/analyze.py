@@ -13,42 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from llmlab.config.errors import ConfigError, check_positive, exit_on_config_error
-from llmlab.config.schema import ModelConfig
-from llmlab.config.store import CONF_DIR, to_dataclass
-
-
-@dataclass
-class AnalyzeConfig:
-    run: str | None = None  # a run directory or checkpoint directory ...
-    model: ModelConfig | None = None  # ... or model=hf model.path=<transformers model directory>
-    text: str = ""
-    layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head; negative from the end
-    out: str | None = None  # None = <run>/analysis
-    no_plots: bool = False  # statistics (JSON) only
-    no_heatmaps: bool = False  # histograms without heatmaps of 2-D tensors
-    no_gradients: bool = False  # forward only: weights and activations
-    heatmap_max_dim: int = 256
-    bins: int = 64
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if (self.run is None) == (self.model is None or self.model.path is None):
-            raise ConfigError("give run=<run dir> or model=hf model.path=<transformers model dir> (one of them)")
-        check_positive("heatmap_max_dim", self.heatmap_max_dim)
-        check_positive("bins", self.bins)
-        if self.layers is not None and not self.layers:
-            raise ConfigError("layers: empty list; give layer indices or null for all")
-
-
-ConfigStore.instance().store(name="base_analyze", node=AnalyzeConfig)
+from llmlab.config.commands import AnalyzeConfig
+from llmlab.config.errors import ConfigError, exit_on_config_error
+from llmlab.store import CONF_DIR, to_dataclass
 
 
 def train_without_dropout(model) -> None:
@@ -66,11 +38,11 @@ def train_without_dropout(model) -> None:
 def load_for_analysis(cfg: AnalyzeConfig, device):
     """(model, tokenizer, step, default output directory) of a run's checkpoint or an imported model."""
     if cfg.run is None:
-        from llmlab.interop.hf_import import PretrainedTokenizer, load_pretrained_weights, resolve_model_config
+        from llmlab.interop.hf_import import load_pretrained_weights, pretrained_tokenizer, resolve_model_config
         from llmlab.model.transformer import Transformer
 
         model_cfg = resolve_model_config(cfg.model)
-        tokenizer = PretrainedTokenizer.from_model_dir(model_cfg)
+        tokenizer = pretrained_tokenizer(model_cfg)
         model = Transformer.uninitialized(model_cfg)
         load_pretrained_weights(model, model_cfg)
         return model.to(device), tokenizer, 0, Path("outputs/analysis") / Path(model_cfg.path).name
@@ -103,7 +75,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     from llmlab.monitors.distribution import DistributionMonitor
     from llmlab.monitors.pool import FigurePool
     from llmlab.monitors.worker import BackgroundWorker
-    from llmlab.runner import pick_device
+    from llmlab.train.device import pick_device
 
     device = pick_device(cfg.device)
     model, tokenizer, step, default_out = load_for_analysis(cfg, device)

@@ -12,43 +12,30 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from llmlab.config.commands import EvaluateConfig
 from llmlab.config.errors import exit_on_config_error
-from llmlab.config.schema import TasksDataConfig
-from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
-
-
-@dataclass
-class EvaluateConfig:
-    run: str = "???"  # a run directory or checkpoint directory
-    data: TasksDataConfig = field(default_factory=TasksDataConfig)
-    device: str = "auto"
-
-
-register_configs()  # the data group's schemas
-ConfigStore.instance().store(name="base_evaluate", node=EvaluateConfig)
+from llmlab.store import CONF_DIR, to_dataclass
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     import torch
 
     from llmlab.data.chat_batches import fixed_batches
-    from llmlab.data.chat_template import ChatTemplate, resize_vocab
+    from llmlab.data.chat_template import ChatTemplate
     from llmlab.data.post_training import encode_items, held_out_tasks, task_conversation
     from llmlab.load import load_trained
-    from llmlab.runner import pick_device
+    from llmlab.train.device import pick_device
     from llmlab.train.task_eval import task_accuracy
 
     device = pick_device(cfg.device)
     model, tokenizer, checkpoint = load_trained(cfg.run, device)
     template = ChatTemplate(tokenizer)
-    resize_vocab(model, template.vocab_size)  # a pretrained run: the markers SFT would add
+    model.resize_vocab(template.vocab_size)  # a pretrained run: the markers SFT would add
     model = model.to(device).eval()
     data = cfg.data
     val_tasks, eval_tasks = held_out_tasks(data)  # the held-out tasks a chat run scores itself on
@@ -56,8 +43,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in fixed_batches(items, 32, tokenizer.eos_id, math.ceil(len(items) / 32)):
-            logits = model(batch["input_ids"].to(device)).float()
-            targets = batch["targets"].to(device)
+            logits = model(batch.input_ids.to(device)).float()
+            targets = batch.targets.to(device)
             total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum",
                                                        ignore_index=-100).item()
             count += int((targets != -100).sum())

@@ -9,27 +9,15 @@ place, and an existing directory is never replaced unless `overwrite=true`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
-from llmlab.config.store import CONF_DIR, to_dataclass
-
-
-@dataclass
-class ExportConfig:
-    run: str = "???"  # a run directory or one of its checkpoints
-    out: str = "???"  # the directory to write
-    overwrite: bool = False  # replace `out` if it exists
-
-
-ConfigStore.instance().store(name="base_export", node=ExportConfig)
+from llmlab.files import publishing
+from llmlab.store import CONF_DIR, to_dataclass
 
 
 def export_run(cfg: ExportConfig) -> Path:
@@ -52,19 +40,11 @@ def export_run(cfg: ExportConfig) -> Path:
     logging.disable_progress_bar()  # transformers' shard-writing bar
     for config in (hf_model.config, hf_model.generation_config):  # generate stops where llmlab's does
         config.bos_token_id, config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
-    tmp = out.parent / f".tmp_{out.name}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with publishing(out) as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer_entry = save_hf_tokenizer(tokenizer, tmp)
         (tmp / "llmlab_export.json").write_text(json.dumps(
             {"family": family, "checkpoint": str(checkpoint.resolve()), "tokenizer": tokenizer_entry}, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return out
 
 

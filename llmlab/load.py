@@ -44,7 +44,6 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
 def base_model(manifest: dict, model_cfg: ModelConfig, checkpoint: Path) -> Transformer:
     """A LoRA checkpoint's base (stage.init_from's model or the imported one) with its marker embeddings and
     fresh adapters, ready for the checkpoint's adapters."""
-    from llmlab.data.chat_template import resize_vocab
     from llmlab.model.lora import apply_lora
 
     base = manifest.get("base")
@@ -60,7 +59,7 @@ def base_model(manifest: dict, model_cfg: ModelConfig, checkpoint: Path) -> Tran
             model, _, _ = load_trained(base)
         except ConfigError as e:
             raise ConfigError(f"checkpoint {checkpoint} adapts {base}, which cannot be loaded: {e}") from None
-    resize_vocab(model, model_cfg.vocab_size)
+    model.resize_vocab(model_cfg.vocab_size)
     model.cfg = model_cfg
     lora = model_cfg.lora
     apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)

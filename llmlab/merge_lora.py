@@ -7,30 +7,21 @@ checkpoint and the tokenizer, like any run, so generate, evaluate, export and st
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from llmlab.config.commands import MergeConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
-from llmlab.config.store import CONF_DIR, to_dataclass
-
-
-@dataclass
-class MergeConfig:
-    run: str = "???"  # a LoRA run directory or one of its checkpoints
-    out: str = "???"  # a new directory: the merged run
-
-
-ConfigStore.instance().store(name="base_merge_lora", node=MergeConfig)
+from llmlab.store import CONF_DIR, to_dataclass
 
 
 def merge_run(cfg: MergeConfig) -> Path:
     from llmlab.config.schema import LoRAConfig
     from llmlab.load import load_trained
     from llmlab.model.lora import merge_lora
+    from llmlab.stages import is_chat_checkpoint
     from llmlab.train import checkpoint as ckpt
 
     out = Path(cfg.out)
@@ -44,7 +35,7 @@ def merge_run(cfg: MergeConfig) -> Path:
     tokenizer.save(out / "tokenizer")
     ckpt.save_checkpoint(out / "checkpoints", manifest["step"], model, {},
                          {"model": dataclasses.asdict(model.cfg), "stage": manifest.get("stage"),
-                          "merged_from": str(checkpoint.resolve())})
+                          "chat": is_chat_checkpoint(manifest), "merged_from": str(checkpoint.resolve())})
     return out
 
 

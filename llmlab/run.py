@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
+from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
 register_configs()
 

@@ -11,18 +11,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
+from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A run small enough to train in a few seconds on CPU.
-FAST = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.context_length=32",
-    "data.train_docs=400", "data.val_docs=40",
-    "trainer.max_steps=12", "trainer.batch_size=8", "trainer.warmup_steps=2", "trainer.log_every=2",
-    "trainer.eval_every=6", "trainer.eval_batches=2", "trainer.checkpoint_every=6",
-    "trainer.sample_tokens=16", "trainer.progress=false", "device=cpu",
-]
+# A run small enough to train in a few seconds on CPU: the fast preset (conf/debug/fast.yaml) on little data.
+FAST = ["+debug=fast", "data.train_docs=400", "data.val_docs=40", "trainer.progress=false", "device=cpu"]
 
 
 def compose_config(overrides: list[str]):

@@ -39,6 +39,7 @@ def read(out, name="distribution"):
     return json.loads((out / name / "step_4" / file).read_text())
 
 
+@pytest.mark.slow
 def test_plots_write_the_monitor_layout(run_dir, tmp_path):
     out = analyze(AnalyzeConfig(run=str(run_dir), text=TEXT, layers=[0], out=str(tmp_path / "a"), device="cpu",
                                 heatmap_max_dim=16, bins=16))
@@ -65,6 +66,7 @@ def test_plots_write_the_monitor_layout(run_dir, tmp_path):
     assert any(line.startswith("layer 0: residual std") and "attention entropy" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_statistics_match_a_recomputation_without_dropout(run_dir):
     out = analyze(AnalyzeConfig(run=str(run_dir), text=TEXT, layers=[-1], no_plots=True, device="cpu"))
     assert out == run_dir / "analysis"  # the default
@@ -84,6 +86,7 @@ def test_statistics_match_a_recomputation_without_dropout(run_dir):
     assert record["loss"] == pytest.approx(loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_layer_selection_and_no_gradients_no_plots(run_dir, tmp_path):
     out = analyze(AnalyzeConfig(run=str(run_dir), text=TEXT, layers=[-1], no_plots=True, no_gradients=True,
                                 out=str(tmp_path / "b"), device="cpu"))
@@ -95,6 +98,7 @@ def test_layer_selection_and_no_gradients_no_plots(run_dir, tmp_path):
     assert not list(out.rglob("*.png")) and not (out / "distribution" / "step_4" / "gradients").exists()
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_config_errors(run_dir):
     with pytest.raises(ConfigError, match="text"):
         analyze(AnalyzeConfig(run=str(run_dir), text="", no_plots=True, device="cpu"))
@@ -102,6 +106,7 @@ def test_bad_inputs_are_config_errors(run_dir):
         analyze(AnalyzeConfig(run=str(run_dir), text=TEXT, layers=[-3], no_plots=True, device="cpu"))
 
 
+@pytest.mark.slow
 def test_cli_bad_layer_is_one_line_and_exit_2(run_dir, tmp_path):
     result = run_cli("llmlab.analyze", [f"run={run_dir}", f"text={TEXT}", "layers=[0,5]", "device=cpu"],
                      cwd=tmp_path, timeout=120)

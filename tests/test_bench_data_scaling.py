@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from llmlab.bench.__main__ import main as bench
 
 
+@pytest.mark.slow
 def test_data_benchmark_times_batches_against_steps_and_every_tokenizer(tmp_path):
     out = tmp_path / "data.json"
     bench(["data", "--sizes", "tiny", "--batch", "2", "--tokens", "100000", "--batches", "20", "--steps", "2",
@@ -28,6 +30,7 @@ def test_data_benchmark_times_batches_against_steps_and_every_tokenizer(tmp_path
     assert report["tokenizers"]["unigram"]["trained_on_mb"] <= 0.1 < report["tokenizers"]["char"]["trained_on_mb"]
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_measures_each_size_in_its_own_process(tmp_path):
     out = tmp_path / "scaling.json"
     bench(["scaling", "--sizes", "tiny", "--batch", "2", "--steps", "2", "--warmup", "0", "--out", str(out)])

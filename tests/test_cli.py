@@ -39,6 +39,7 @@ def test_generate_continues_a_prompt_from_a_trained_run(trained_run):
     assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical
 
 
+@pytest.mark.slow
 def test_generate_on_a_directory_without_checkpoint_is_one_clear_line(tmp_path):
     (tmp_path / "empty_run").mkdir()
     result = run_cli("llmlab.generate", [f"run={tmp_path / 'empty_run'}"], cwd=tmp_path, timeout=120)

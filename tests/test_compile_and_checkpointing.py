@@ -30,6 +30,7 @@ def eager_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_checkpoints_load_both_ways(eager_run, tmp_path):
     # the compiled run resumes from the eager run's step-6 checkpoint: eager -> compiled
     run_dir = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_compiled_training_matches_eager_and_checkpoints_load_both_ways(eager_ru
         torch.testing.assert_close(model(ids), reference(ids), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_trains_bitwise_like_storing_activations(eager_run, tmp_path):
     result = Run(run_config(tmp_path, [*PLAIN, "trainer.activation_checkpointing=true"])).execute()
     assert result.status == "completed"

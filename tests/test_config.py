@@ -7,7 +7,7 @@ from conftest import CONF_DIR, compose_config, run_cli
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
-from llmlab.config.store import to_dataclass
+from llmlab.store import to_dataclass
 
 GROUP_OPTIONS = [
     (group.name, option.stem)
@@ -21,9 +21,13 @@ NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path
          ("stage", "dpo"): ["data=task_prefs", "stage.init_from=x"]}
 
 
+OPTIONAL_GROUPS = {"debug"}  # in no defaults list: added with +group=option
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_into_dataclasses(group, option):
-    cfg = to_dataclass(compose_config([f"{group}={option}", *NEEDS.get((group, option), [])]))
+    add = "+" if group in OPTIONAL_GROUPS else ""
+    cfg = to_dataclass(compose_config([f"{add}{group}={option}", *NEEDS.get((group, option), [])]))
     assert isinstance(cfg, RunConfig)
     assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig))
 
@@ -70,6 +74,7 @@ def test_cross_field_rules_raise_one_clear_line(overrides, field):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,expected", [
     (["model.d_model=130"], "model.d_model=130 must be divisible by model.n_heads=4"),
     (["model=huge"], "Could not find 'model/huge'"),

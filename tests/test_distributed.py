@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from llmlab.config.errors import ConfigError
 from llmlab.data.dataset import TrainBatches
-from llmlab.runner import check_same_processes
+from llmlab.train.checkpointer import check_same_processes
 
 # global batch 8 = 2 processes x 2 rows x 2 micro-batches = 1 process x 4 rows x 2 micro-batches
 COMMON = [*FAST, "trainer.grad_accum_steps=2", "trainer.threads=1", "monitors=none"]
@@ -60,6 +60,7 @@ def one_process(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process_with_the_same_global_batch(one_process, tmp_path, strategy):
     args = [*COMMON, "trainer.batch_size=2", f"trainer.strategy={strategy}", f"cache_dir={tmp_path / 'cache'}"]
@@ -83,6 +84,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process,
         assert_same_training(run, one_process)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_run_resumes_exactly(one_process, tmp_path):
     args = [*COMMON, "trainer.batch_size=2", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
@@ -118,6 +120,7 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
     check_same_processes({}, 1, "fsdp", tmp_path)  # older checkpoints: one process
 
 
+@pytest.mark.slow
 def test_fsdp_with_monitors_is_a_config_error_naming_the_fix(tmp_path):
     result = torchrun([*FAST, "trainer.strategy=fsdp", "monitors=light", f"cache_dir={tmp_path / 'cache'}",
                        f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -149,9 +152,9 @@ def test_chat_batches_are_sliced_per_rank_and_too_few_samples_name_the_processes
     whole = ChatBatches(items, 4, pad_id=0, seed=1)
     ranks = [ChatBatches(items, 2, pad_id=0, seed=1, rank=r, world_size=2) for r in range(2)]
     for _ in range(12):  # past an epoch's end
-        parts = [r.next()["input_ids"] for r in ranks]
+        parts = [r.next().input_ids for r in ranks]
         width = max(p.shape[1] for p in parts)
         joined = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-        torch.testing.assert_close(joined, whole.next()["input_ids"])
+        torch.testing.assert_close(joined, whole.next().input_ids)
     with pytest.raises(ConfigError, match=r"trainer.batch_size=30 x 2 processes is more than the 40 training"):
         ChatBatches(items, 30, pad_id=0, seed=1, rank=0, world_size=2)

@@ -84,7 +84,7 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     assert killed.returncode == -signal.SIGKILL
     checkpoints = tmp_path / "run/checkpoints"
     assert [c.step for c in list_checkpoints(checkpoints)] == [4]
-    assert list(checkpoints.glob(".tmp_step_8_*")), "the half-written attempt stays under a temporary name"
+    assert list(checkpoints.glob(".tmp_step_8.*")), "the half-written attempt stays under a temporary name"
     assert (checkpoints / "latest").read_text().strip() == "step_4"
     again = run_cli("llmlab.run", args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -124,7 +124,8 @@ def test_a_second_sigint_during_the_checkpoint_exits_at_once_and_corrupts_nothin
 
 
 def test_logs_are_cut_back_to_the_checkpoint_and_a_torn_last_line_is_dropped(tmp_path):
-    from llmlab.train.logfiles import truncate_jsonl, truncate_samples
+    from llmlab.files import truncate_jsonl
+    from llmlab.train.evaluators import truncate_samples
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 2, "x": 1}\n{"step": 4, "x": 2}\n{"step": 6, "x": 3}\n{"step": 8, "x"')
@@ -172,6 +173,7 @@ def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_the_previou
     assert all(torch.equal(weights[k], again[k]) for k in weights)  # ... to the same weights
 
 
+@pytest.mark.slow
 def test_a_manifest_listing_no_files_or_a_file_grown_since_is_named(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=2", "trainer.checkpoint_every=2"])).execute()
     checkpoint = tmp_path / "run/checkpoints/step_2"
@@ -185,6 +187,7 @@ def test_a_manifest_listing_no_files_or_a_file_grown_since_is_named(tmp_path):
         verify_checkpoint(checkpoint)
 
 
+@pytest.mark.slow
 def test_when_no_checkpoint_is_intact_the_run_stops_instead_of_starting_over(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=4", "trainer.checkpoint_every=2"])).execute()
     for checkpoint in list_checkpoints(tmp_path / "run/checkpoints"):
@@ -193,6 +196,7 @@ def test_when_no_checkpoint_is_intact_the_run_stops_instead_of_starting_over(tmp
         Run(run_config(tmp_path, ["trainer.max_steps=4", "trainer.checkpoint_every=2"])).setup()
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_keeps_the_newest(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=12", "trainer.checkpoint_every=2",
                               "trainer.keep_checkpoints=2"])).execute()
@@ -209,6 +213,7 @@ class RunsCode:
         return open, (str(self.marker), "w")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=2", "trainer.checkpoint_every=2"])).execute()
     checkpoint, marker = tmp_path / "run/checkpoints/step_2", tmp_path / "pwned"
@@ -230,6 +235,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and "tb" not in p.parts}
 
 
+@pytest.mark.slow
 def test_a_new_config_in_an_old_run_directory_is_refused_naming_the_keys(tmp_path):
     base = ["trainer.max_steps=4", "trainer.checkpoint_every=2"]
     Run(run_config(tmp_path, base)).execute()
@@ -250,6 +256,7 @@ def test_a_new_config_in_an_old_run_directory_is_refused_naming_the_keys(tmp_pat
 
 
 # ---- load -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_soak_benchmark_writes_memory_samples(tmp_path):
     from llmlab.bench.__main__ import main
 

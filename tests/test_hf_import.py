@@ -23,7 +23,7 @@ from llmlab.analyze import AnalyzeConfig, analyze
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
 from llmlab.data.tokenizers import ByteTokenizer, load_tokenizer
-from llmlab.interop.hf_import import PretrainedTokenizer, load_pretrained_weights, resolve_model_config
+from llmlab.interop.hf_import import load_pretrained_weights, pretrained_tokenizer, resolve_model_config
 from llmlab.interop.hf_tokenizer import save_hf_tokenizer
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
@@ -72,7 +72,7 @@ def test_a_model_directory_gives_the_same_logits(model_dirs, kind):
 
 
 def test_the_tokenizer_never_makes_eos_from_text(model_dirs):
-    tok = PretrainedTokenizer.from_model_dir(ModelConfig(path=str(model_dirs["gpt2"])))
+    tok = pretrained_tokenizer(ModelConfig(path=str(model_dirs["gpt2"])))
     assert tok.eos_id == 256 and tok.kind == "hf"
     text = f"a{tok.hf_tokenizer.eos_token}b é"
     assert tok.encode(text) == list(text.encode()) and tok.decode(tok.encode(text)) == text
@@ -127,12 +127,14 @@ def test_malformed_directories_are_one_line(model_dirs, tmp_path):
         resolve_model_config(ModelConfig(name="hf", path=str(tmp_path), context_length=128))
 
 
+@pytest.mark.slow
 def test_cli_missing_directory_is_exit_2(tmp_path):
     done = run_cli("llmlab.analyze", ["model=hf", f"model.path={tmp_path / 'nope'}", "text=hi"], cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: model.path=")
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_tokenizer_the_model_cannot_hold_or_without_eos_is_one_line(model_dirs, tmp_path):
     import shutil
 
@@ -148,4 +150,4 @@ def test_a_tokenizer_the_model_cannot_hold_or_without_eos_is_one_line(model_dirs
     config["eos_token"] = None
     (small / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="has no eos token; llmlab separates documents with it"):
-        PretrainedTokenizer.from_model_dir(ModelConfig(path=str(small)))
+        pretrained_tokenizer(ModelConfig(path=str(small)))

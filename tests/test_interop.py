@@ -86,6 +86,7 @@ def test_a_trained_run_round_trips_through_the_cli_with_the_same_greedy_continua
     export_run(ExportConfig(run=str(tmp_path / "run"), out=str(out), overwrite=True))
 
 
+@pytest.mark.slow
 def test_export_of_a_gpt2_style_run(tmp_path):
     Run(run_config(tmp_path, ["arch=gpt2", "trainer.max_steps=2", "trainer.checkpoint_every=2"])).execute()
     out = export_run(ExportConfig(run=str(tmp_path / "run"), out=str(tmp_path / "exported")))
@@ -166,6 +167,7 @@ def test_configs_llmlab_cannot_hold_are_refused_by_name():
         config_from_hf(type("BertConfig", (), {"model_type": "bert"})())
 
 
+@pytest.mark.slow
 def test_the_benchmark_against_transformers_times_the_same_work(tmp_path):
     """A smoke run of `python -m llmlab.bench vs-transformers`: both models start from the same logits."""
     from llmlab.bench.__main__ import main as bench
@@ -177,6 +179,7 @@ def test_the_benchmark_against_transformers_times_the_same_work(tmp_path):
     assert tiny["ratio"] == tiny["ms_per_step"]["llmlab"] / tiny["ms_per_step"]["transformers"] > 0
 
 
+@pytest.mark.slow
 def test_the_benchmark_against_gpt2_times_the_same_work_and_reports_mfu(tmp_path):
     from llmlab.bench.__main__ import main as bench
 

@@ -195,6 +195,7 @@ def test_full_monitors_write_files_and_tensorboard_and_leave_training_unchanged(
     assert metrics["monitors"]["dropped_jobs"] == 0 and metrics["monitors"]["disabled"] == {}
 
 
+@pytest.mark.slow
 def test_light_monitors_write_statistics_only(tmp_path):
     Run(run_config(tmp_path, CAPTURE)).execute()  # light is the default
     out = tmp_path / "run/monitors"
@@ -215,11 +216,12 @@ class Exploding(Monitor):
         raise RuntimeError("plotting failed")
 
 
+@pytest.mark.slow
 def test_a_monitor_that_raises_is_reported_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
     exploding = Exploding()
-    import llmlab.runner as runner_module
-    original = runner_module.build_monitors
-    monkeypatch.setattr(runner_module, "build_monitors", lambda cfg: [exploding, *original(cfg)])
+    import llmlab.monitors.build as build_module
+    original = build_module.build_monitors
+    monkeypatch.setattr(build_module, "build_monitors", lambda cfg: [exploding, *original(cfg)])
     result = Run(run_config(tmp_path, CAPTURE)).execute()
     assert result.status == "completed" and result.steps == 12
     assert exploding.calls == 1  # disabled after the first failure
@@ -233,6 +235,7 @@ def alerts_of(run_dir) -> list[tuple[str, str]]:
     return [(a["kind"], a["subject"]) for a in map(json.loads, (run_dir / "alerts.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_plotting_that_raises_disables_its_monitor_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
     from llmlab.monitors import plots
 
@@ -250,6 +253,7 @@ def test_plotting_that_raises_disables_its_monitor_once_and_training_goes_on(tmp
     assert not (tmp_path / "run/monitors/attention/step_12").exists()
 
 
+@pytest.mark.slow
 def test_a_full_monitor_queue_drops_the_oldest_jobs_and_says_so_once(tmp_path, monkeypatch):
     from llmlab.monitors.attention import AttentionMonitor
     from llmlab.monitors.base import MonitorSet
@@ -288,6 +292,7 @@ def poison_step(monkeypatch, steps: set[int]):
     monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_counted_and_alerted(tmp_path, monkeypatch):
     poison_step(monkeypatch, {4, 5})
     result = Run(run_config(tmp_path, CAPTURE)).execute()
@@ -300,6 +305,7 @@ def test_nonfinite_steps_are_skipped_counted_and_alerted(tmp_path, monkeypatch):
     assert nonfinite[0]["subject"] == "tok_emb.weight"  # the first parameter, in forward order
 
 
+@pytest.mark.slow
 def test_nonfinite_stop_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     poison_step(monkeypatch, {8})
     result = Run(run_config(tmp_path, [*CAPTURE, "trainer.on_nonfinite=stop"])).execute()
@@ -309,6 +315,7 @@ def test_nonfinite_stop_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_pat
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step_*")) == ["step_6"]
 
 
+@pytest.mark.slow
 def test_too_many_consecutive_nonfinite_steps_end_the_run(tmp_path, monkeypatch):
     poison_step(monkeypatch, {3, 4, 5})
     result = Run(run_config(tmp_path, [*CAPTURE, "trainer.max_nonfinite_skips=2"])).execute()

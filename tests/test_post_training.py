@@ -14,13 +14,13 @@ from conftest import FAST, compose_config, run_config
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
-from llmlab.config.store import to_dataclass
 from llmlab.data.chat import Message
 from llmlab.data.chat_batches import IGNORE, ChatBatches, collate
-from llmlab.data.chat_template import MARKERS, ChatTemplate, resize_vocab
+from llmlab.data.chat_template import MARKERS, ChatTemplate
 from llmlab.data.tokenizers import ByteTokenizer
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
+from llmlab.store import to_dataclass
 from llmlab.train.dpo import DPOObjective
 
 TEMPLATE = ChatTemplate(ByteTokenizer())
@@ -64,11 +64,11 @@ def test_padded_samples_cannot_see_each_other():
     b = (TEMPLATE.encode([Message("user", "second question"), Message("assistant", "two")]),)
     changed_a = (TEMPLATE.encode([Message("user", "fXrs7"), Message("assistant", "uno")]),)  # same length: same shapes
     with torch.no_grad():
-        before, after = (model(collate([x, b], pad_id=0)["input_ids"]) for x in (a, changed_a))
+        before, after = (model(collate([x, b], pad_id=0).input_ids) for x in (a, changed_a))
     n = len(b[0].ids) - 1
     assert torch.equal(before[1, :n], after[1, :n])
     batch = collate([a, b], pad_id=0)
-    assert (batch["targets"][0, len(a[0].ids) - 1:] == IGNORE).all()  # padding is never a target
+    assert (batch.targets[0, len(a[0].ids) - 1:] == IGNORE).all()  # padding is never a target
 
 
 def test_batches_resume_where_they_left_off():
@@ -76,10 +76,10 @@ def test_batches_resume_where_they_left_off():
     batches = ChatBatches(items, batch_size=4, pad_id=0, seed=3)
     for _ in range(12):  # into the second epoch
         batches.next()
-    state, expected = batches.state_dict(), [batches.next()["input_ids"] for _ in range(5)]
+    state, expected = batches.state_dict(), [batches.next().input_ids for _ in range(5)]
     resumed = ChatBatches(items, batch_size=4, pad_id=0, seed=3)
     resumed.load_state_dict(state)
-    assert all(torch.equal(e, resumed.next()["input_ids"]) for e in expected)
+    assert all(torch.equal(e, resumed.next().input_ids) for e in expected)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -88,7 +88,7 @@ def test_resize_vocab_keeps_every_old_logit(tied):
     ids = torch.randint(0, 257, (2, 16))
     with torch.no_grad():
         before = model(ids)
-        assert resize_vocab(model, TEMPLATE.vocab_size) and not resize_vocab(model, TEMPLATE.vocab_size)
+        assert model.resize_vocab(TEMPLATE.vocab_size) and not model.resize_vocab(TEMPLATE.vocab_size)
         after = model(ids)
     assert after.shape[-1] == 261 and torch.equal(before, after[..., :257])
     assert (model.lm_head.weight is model.tok_emb.weight) == tied and model.cfg.vocab_size == 261

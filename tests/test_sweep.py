@@ -12,8 +12,8 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from llmlab.config.store import CONF_DIR, register_configs, to_dataclass
 from llmlab.runner import Run
+from llmlab.store import CONF_DIR, register_configs, to_dataclass
 from llmlab.sweep.report import group_over_seeds
 from tests.conftest import run_cli, run_config
 
@@ -85,11 +85,13 @@ def test_multirun_with_a_failing_job_still_ends_in_a_full_report(tmp_path):
     assert len(list(csv.DictReader((sweep / "sweep_summary.csv").open()))) == 4
 
 
+@pytest.mark.slow
 def test_sweep_command_on_a_missing_directory_is_one_clear_line(tmp_path):
     result = run_cli("llmlab.sweep", [str(tmp_path / "nope")], cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "nope" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_records_hparams_and_final_metrics_in_its_own_event_file(tmp_path):
     Run(run_config(tmp_path, ["model.n_layers=1", "monitors=none"])).execute()
     events = EventAccumulator(str(tmp_path / "run/tb"), size_guidance={"scalars": 0})
@@ -102,6 +104,7 @@ def test_run_records_hparams_and_final_metrics_in_its_own_event_file(tmp_path):
     assert not [p for p in (tmp_path / "run/tb").iterdir() if p.is_dir()]  # no timestamped sub-run
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_run_completed_with_the_reason(tmp_path):
     overrides = ["trainer.early_stopping.patience=1", "trainer.early_stopping.min_delta=10", "trainer.max_steps=30",
                  "monitors=none"]

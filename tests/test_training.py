@@ -93,6 +93,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypa
     assert same == resumed
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path):
     Run(run_config(tmp_path, ["trainer.max_steps=2"])).execute()
     with pytest.raises(ConfigError, match="model.n_layers: checkpoint 2 vs config 3"):

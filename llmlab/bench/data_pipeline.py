@@ -76,9 +76,9 @@ def tokenizer_times(kind: str, docs: list[str], train_docs: list[str]) -> dict:
     from omegaconf import OmegaConf
 
     from llmlab.config.schema import TokenizerConfig
-    from llmlab.config.store import CONF_DIR
     from llmlab.data.dataset import encode_documents
     from llmlab.data.tokenizers import _TRAIN_CHARS, build_tokenizer
+    from llmlab.store import CONF_DIR
 
     fields = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "tokenizer" / f"{kind}.yaml"))
     text = "\n".join(train_docs)

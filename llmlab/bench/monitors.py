@@ -48,8 +48,8 @@ def sync(device: torch.device) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from llmlab.config.store import compose_run_config
     from llmlab.runner import Run
+    from llmlab.store import compose_run_config
 
     if args.steps % args.block:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --block {args.block}")

@@ -41,7 +41,7 @@ def model_config(size: str, vocab: int, context_length: int | None = None):
     from omegaconf import OmegaConf
 
     from llmlab.config.schema import ModelConfig
-    from llmlab.config.store import CONF_DIR
+    from llmlab.store import CONF_DIR
 
     preset, arch, _ = SIZES[size]
     fields = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{preset}.yaml")),

@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict:
-    from llmlab.config.store import compose_run_config
     from llmlab.runner import Run
+    from llmlab.store import compose_run_config
 
     every = args.every
     cfg = compose_run_config([

@@ -22,28 +22,36 @@ def _check_schedule(prefix: str, every: int, steps: list[int], epochs: list[floa
 
 
 @dataclass
+class ProbeConfig:
+    """The fixed probe every monitor that looks inside a forward uses (attention maps, dead units): a slice of one
+    validation batch, the same at every capture."""
+
+    batch_idx: int = 0  # which validation batch
+    sequences: int = 4  # its first rows, which the statistics average over
+    tokens: int | None = None  # truncate the rows (None = the full context)
+
+    def __post_init__(self) -> None:
+        check_positive("monitors.probe.sequences", self.sequences)
+        if self.tokens is not None:
+            check_positive("monitors.probe.tokens", self.tokens)
+        if self.batch_idx < 0:
+            raise ConfigError(f"monitors.probe.batch_idx must be >= 0, got {self.batch_idx}")
+
+
+@dataclass
 class AttentionMonitorConfig:
-    enabled: bool = False
+    enabled: bool = False  # run this monitor (monitors=light and full: true)
     every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
     steps: list[int] = field(default_factory=list)  # extra capture steps
     epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
     layers: list[int] | None = None  # None = all; negative counts from the last layer
     heads: Any = "average"  # average | all | [head indices]: what the per-layer heatmaps show
-    # the probe batch, shared with the health monitor: a fixed slice of one validation batch
-    batch_idx: int = 0  # which validation batch
-    probe_sequences: int = 4  # rows of that batch the statistics average over
-    probe_tokens: int | None = None  # truncate the probe (None = the full context)
     images: bool = False  # heatmaps, head grids, layer comparison (PNG + TensorBoard images)
     label_max_tokens: int = 48  # put token labels on the axes when the probe is at most this long
     save_raw: bool = False  # also write the probabilities as attention.npz
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.attention", self.every, self.steps, self.epochs)
-        check_positive("monitors.attention.probe_sequences", self.probe_sequences)
-        if self.probe_tokens is not None:
-            check_positive("monitors.attention.probe_tokens", self.probe_tokens)
-        if self.batch_idx < 0:
-            raise ConfigError(f"monitors.attention.batch_idx must be >= 0, got {self.batch_idx}")
         ok = self.heads in ("average", "all") or (
             isinstance(self.heads, list | tuple) and self.heads and all(isinstance(h, int) for h in self.heads))
         if not ok:
@@ -53,20 +61,20 @@ class AttentionMonitorConfig:
 
 @dataclass
 class DistributionMonitorConfig:
-    enabled: bool = False
-    every: int = 100
-    steps: list[int] = field(default_factory=list)
-    epochs: list[float] = field(default_factory=list)
+    enabled: bool = False  # run this monitor (monitors=light and full: true)
+    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
+    steps: list[int] = field(default_factory=list)  # extra capture steps
+    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
     layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head
     modules: list[str] | None = None  # fnmatch patterns on names, e.g. ['*mlp*']; None = all
-    weights: bool = True
+    weights: bool = True  # weight statistics after the step, with the update-to-weight ratio
     activations: bool = True  # outputs of each block's attn, mlp and the block (residual stream)
-    gradients: bool = True
+    gradients: bool = True  # gradient statistics after backward, before clipping and the step
     histograms: bool = False  # TensorBoard histograms (counts computed on the device)
     plots: bool = False  # a histogram PNG per tensor
     heatmaps: bool = False  # a downsampled heatmap PNG per 2-D tensor (needs plots)
-    heatmap_max_dim: int = 256
-    bins: int = 64
+    heatmap_max_dim: int = 256  # heatmaps are average-pooled to at most this many rows and columns
+    bins: int = 64  # histogram bins
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.distribution", self.every, self.steps, self.epochs)
@@ -76,7 +84,7 @@ class DistributionMonitorConfig:
 
 @dataclass
 class HealthMonitorConfig:
-    enabled: bool = False
+    enabled: bool = False  # run this monitor (monitors=light and full: true)
     window: int = 50  # steps in the moving window for loss and gradient-norm z-scores
     z_threshold: float = 6.0  # a spike is a value this many standard deviations above the window
     every: int = 100  # how often to probe attention entropy and dead MLP units
@@ -92,10 +100,11 @@ class HealthMonitorConfig:
 
 @dataclass
 class MonitorsConfig:
-    name: str = "none"
-    attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)
-    distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)
-    health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)
+    name: str = "none"  # the preset (none | light | full): a label; the enabled fields decide what runs
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # monitors.probe.*: the batch they look through
+    attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)  # attention maps and statistics
+    distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)  # weight/grad/act stats
+    health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)  # alerts: spikes, non-finite, collapse
     max_workers: int = 2  # background threads for files, plots and TensorBoard images (0 = inline)
     max_pending: int = 64  # queued jobs beyond this drop the oldest (counted and reported)
 

@@ -8,7 +8,7 @@ with one line naming the field. Library code receives these plain dataclasses, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
@@ -20,9 +20,9 @@ from llmlab.config.monitors import MonitorsConfig
 class LoRAConfig:
     """Low-rank adapters on the chosen projections (llmlab/model/lora.py); rank 0 = off."""
 
-    rank: int = 0
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: int = 0  # adapter rank r (0 = no adapters: every weight trains)
+    alpha: float = 16.0  # the update B @ A is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapters' input, training only
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # ["all"]: every projection
 
     def __post_init__(self) -> None:
@@ -38,10 +38,10 @@ class LoRAConfig:
 class ModelConfig:
     """One decoder family; sizes live in conf/model/, architecture presets in conf/arch/."""
 
-    name: str = "tiny"
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
+    name: str = "tiny"  # a label: names the run directory (<time>_<stage>_<name>), no effect on the model
+    n_layers: int = 4  # transformer blocks
+    d_model: int = 128  # width of the residual stream and embeddings
+    n_heads: int = 4  # query heads; head dim = d_model / n_heads
     n_kv_heads: int | None = None  # None = n_heads (MHA); 1 = MQA; in between = GQA
     d_ff: int | None = None  # None = 4*d_model (gelu) or the Llama 8/3*d_model rounded (swiglu)
     context_length: int | None = 128  # None only with path: the imported model's own, at most 1024
@@ -49,22 +49,22 @@ class ModelConfig:
     positions: str = "rope"  # learned | rope
     norm: str = "rmsnorm"  # layernorm | rmsnorm
     mlp: str = "swiglu"  # gelu | swiglu
-    tie_embeddings: bool = True
-    bias: bool = False
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # the output head shares the token embedding matrix
+    bias: bool = False  # biases in the attention and MLP projections and LayerNorm (never the head)
+    dropout: float = 0.0  # on embeddings, attention probabilities and residual branches; training only
+    rope_theta: float = 10000.0  # RoPE base: pair i rotates at theta^(-2i/head_dim) per position
     rope_scaling: str = "none"  # none | llama3 (Llama 3.1+ frequencies; the four rope_* fields below)
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_context: int = 8192
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    rope_factor: float = 1.0  # llama3: how much the long wavelengths are stretched
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above rope_original_context / this are stretched
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below rope_original_context / this are kept
+    rope_original_context: int = 8192  # llama3: the context length the model was pretrained at
+    norm_eps: float = 1e-5  # epsilon of every RMSNorm / LayerNorm
+    init_std: float = 0.02  # std of the normal init (o_proj and down_proj: / sqrt(2 * n_layers))
     # A local transformers model directory (Llama, Qwen2 or GPT-2 style): its architecture and weights replace
     # the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
     path: str | None = None
     local_files_only: bool = True  # false: path may be a hub id, fetched when online
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora.*: adapters for sft/dpo
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):  # a checkpoint manifest holds plain dicts
@@ -114,6 +114,17 @@ class ModelConfig:
         return 4 * self.d_model
 
 
+# What makes two models the same function of the same weights; name, dropout, init and the run's context do not.
+ARCHITECTURE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "positions", "norm", "mlp", "tie_embeddings",
+                "bias", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                "rope_original_context", "norm_eps")
+
+
+def architecture_differences(saved: dict, current: ModelConfig) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, current value) for each architecture field that differs (fields saved lacks: none)."""
+    return [(k, saved[k], getattr(current, k)) for k in ARCHITECTURE if k in saved and saved[k] != getattr(current, k)]
+
+
 @dataclass
 class TokenizerConfig:
     kind: str = "char"  # char | byte | bpe | unigram
@@ -133,27 +144,23 @@ class TokenizerConfig:
 class SyntheticDataConfig:
     """The embedded artificial language (llmlab/data/synthetic.py)."""
 
-    kind: str = "synthetic"
-    train_docs: int = 20000
-    val_docs: int = 1000
-    seed: int = 1234
-    n_names: int = 400  # size of the name pool names are drawn from
-    max_chars: int | None = None  # None = no cap on generated text size
+    kind: str = "synthetic"  # fixed: which data schema this is
+    train_docs: int = 20000  # documents generated for training
+    val_docs: int = 1000  # documents generated for validation, from seed + 1
+    seed: int = 1234  # the generator's, not the run's: the same documents whatever the run's seed
 
     def __post_init__(self) -> None:
         check_positive("data.train_docs", self.train_docs)
         check_positive("data.val_docs", self.val_docs)
-        if self.n_names < 4:
-            raise ConfigError(f"data.n_names must be >= 4, got {self.n_names}")
 
 
 @dataclass
 class TextDataConfig:
     """UTF-8 text files; the last val_fraction of each file is validation."""
 
-    kind: str = "text"
+    kind: str = "text"  # fixed: which data schema this is
     paths: list[str] = field(default_factory=list)  # files or glob patterns
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # the tail of each file that validates (cut at a nearby line break)
 
     def __post_init__(self) -> None:
         if not self.paths:
@@ -162,24 +169,25 @@ class TextDataConfig:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
+TASK_FAMILIES = ("copy", "reverse", "count", "recall", "pattern")  # llmlab/data/tasks.py generates each
+
+
 @dataclass
 class TasksDataConfig:
     """Embedded instruction tasks with verifiable answers (llmlab/data/tasks.py): conversations for SFT
     (kind tasks) or preference pairs, chosen = the answer and rejected = a plausible wrong one (task_prefs)."""
 
-    kind: str = "tasks"
-    train_tasks: int = 4000
+    kind: str = "tasks"  # tasks: conversations (sft) | task_prefs: preference pairs (dpo)
+    train_tasks: int = 4000  # generated from the train split
     val_tasks: int = 200  # held out: the validation loss
     eval_tasks: int = 100  # held out: eval/task_accuracy, greedy replies scored by exact match
-    seed: int = 0
+    seed: int = 0  # the task generator's, not the run's
     families: list[str] | None = None  # None = all: copy, reverse, count, recall, pattern
 
     def __post_init__(self) -> None:
-        from llmlab.data.tasks import FAMILIES
-
         check_choice("data.kind", self.kind, ("tasks", "task_prefs"))
         for family in self.families or ():
-            check_choice("data.families", family, FAMILIES)
+            check_choice("data.families", family, TASK_FAMILIES)
         for name in ("train_tasks", "val_tasks"):
             check_positive(f"data.{name}", getattr(self, name))
         if self.eval_tasks < 0:
@@ -191,9 +199,9 @@ class ChatDataConfig:
     """Your conversations (kind chat: Alpaca, ShareGPT or messages records) or preference pairs (kind prefs:
     prompt, chosen, rejected) as JSON or JSONL (llmlab/data/chat.py); the last val_fraction validates."""
 
-    kind: str = "chat"
-    paths: list[str] = field(default_factory=list)
-    val_fraction: float = 0.05
+    kind: str = "chat"  # chat: conversations (sft) | prefs: preference pairs (dpo)
+    paths: list[str] = field(default_factory=list)  # .json or .jsonl files or glob patterns
+    val_fraction: float = 0.05  # the last records of all files together that validate (at least one)
 
     def __post_init__(self) -> None:
         check_choice("data.kind", self.kind, ("chat", "prefs"))
@@ -205,16 +213,14 @@ class ChatDataConfig:
 
 @dataclass
 class StageConfig:
-    """The training objective: pretrain = next-token loss on text; sft = next-token loss on the assistant's
-    tokens of conversations; dpo = preference loss against the frozen starting model."""
+    """What every stage's node has. Each stage (llmlab/stages/) subclasses it with its own fields and says, in
+    class attributes, what it needs, so the run's cross-field rules hold for any stage without naming one."""
 
-    name: str = "pretrain"
-    init_from: str | None = None  # a run directory or checkpoint directory to start from (sft and dpo)
-    beta: float = 0.1  # dpo: how far the policy may move from the reference
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ()  # the data kinds (data.kind) it trains on
+    STARTS_FROM_MODEL: ClassVar[bool] = False  # needs a trained model: stage.init_from or model.path
 
-    def __post_init__(self) -> None:
-        check_choice("stage.name", self.name, ("pretrain", "sft", "dpo"))
-        check_positive("stage.beta", self.beta)
+    name: str = MISSING  # the stage's registered name (conf/stage/<name>.yaml)
+    init_from: str | None = None  # a run directory or checkpoint directory to start from
 
 
 @dataclass
@@ -231,32 +237,32 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 600
-    batch_size: int = 32
-    grad_accum_steps: int = 1
-    lr: float = 3e-3
+    max_steps: int = 600  # optimizer steps; the cosine schedule ends here
+    batch_size: int = 32  # sequences per micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x this)
+    lr: float = 3e-3  # peak learning rate, reached at the end of warmup
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr (0 = none)
+    weight_decay: float = 0.1  # AdamW decay of matrices only (biases, norm gains and other vectors: 0)
+    beta1: float = 0.9  # AdamW's decay of the gradient mean
+    beta2: float = 0.95  # AdamW's decay of the squared-gradient mean
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler, CUDA only)
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 200
+    log_every: int = 10  # steps between train/ and perf/ scalar rows (the last step logs too)
+    eval_every: int = 100  # steps between evaluations: val loss, samples, early stopping (and the last step)
+    eval_batches: int = 8  # validation batches per evaluation, the same ones each time
+    checkpoint_every: int = 200  # steps between checkpoints (also the last step, a signal, early stopping)
     keep_checkpoints: int = 3  # the newest N stay (a corrupt newest one falls back to the one before); 0 = all
     sample_tokens: int = 120  # length of the sample generated at each eval
-    sample_prompt: str = ""
+    sample_prompt: str = ""  # pretrain: the text each sample continues ("" = a document's start)
     resume: str = "auto"  # auto | never | <checkpoint or run dir>
     allow_config_change: bool = False  # resume a run directory whose config differs (changed keys are listed)
     peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
-    progress: bool = True
+    progress: bool = True  # a tqdm progress bar (main process only)
     threads: int | None = None  # torch CPU threads; None = torch's default
     on_nonfinite: str = "skip"  # skip | stop: what a step with non-finite loss or gradients does
     max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # trainer.early_stopping.*
     debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
     strategy: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (one process: ignored)
     compile: bool = False  # torch.compile the model (in place: checkpoints keep plain parameter names)
@@ -283,20 +289,17 @@ class TrainerConfig:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
 
 
-STAGE_DATA = {"pretrain": ("synthetic", "text"), "sft": ("tasks", "chat"), "dpo": ("task_prefs", "prefs")}
-
-
 @dataclass
 class RunConfig:
     """The whole run: one node per group plus run-level fields."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # model group: conf/model/ sizes, conf/arch/ presets
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # tokenizer group
     data: Any = MISSING  # SyntheticDataConfig | TextDataConfig | TasksDataConfig | ChatDataConfig (data group)
-    stage: StageConfig = field(default_factory=StageConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
-    seed: int = 0
+    stage: Any = MISSING  # a StageConfig subclass: the stage group's option names its schema
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # trainer group: the training loop
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)  # monitors group (llmlab/config/monitors.py)
+    seed: int = 0  # weight init, dropout, batch order, samples (data generators have their own data.seed)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     out_dir: str = "."  # filled from Hydra's run directory
     cache_dir: str = "outputs/.cache"  # tokenizers and token streams, shared across runs
@@ -306,13 +309,14 @@ class RunConfig:
             raise ConfigError(f"device: expected one of auto|cpu|cuda|cuda:N|mps, got {self.device!r}")
         if self.trainer.precision == "fp16" and self.device in ("cpu", "mps"):
             raise ConfigError("trainer.precision=fp16 needs CUDA; use fp32 or bf16 on this device")
-        stage, kind = self.stage.name, self.data.kind
-        if kind not in STAGE_DATA[stage]:
-            raise ConfigError(f"stage={stage} trains on data={'|'.join(STAGE_DATA[stage])}, got data={kind}")
-        if stage != "pretrain" and not self.stage.init_from and not self.model.path:
-            raise ConfigError(f"stage={stage} starts from a trained model: give stage.init_from=<run dir> "
+        stage, kind = self.stage, self.data.kind
+        if kind not in stage.DATA_KINDS:
+            raise ConfigError(f"stage={stage.name} trains on data={'|'.join(stage.DATA_KINDS)}, got data={kind}")
+        if stage.STARTS_FROM_MODEL and not stage.init_from and not self.model.path:
+            raise ConfigError(f"stage={stage.name} starts from a trained model: give stage.init_from=<run dir> "
                               "(or model=hf model.path=<transformers model dir>)")
-        if self.model.lora.rank and stage == "pretrain":
-            raise ConfigError("model.lora.rank: LoRA adapts a trained model; use it with stage=sft or stage=dpo")
+        if self.model.lora.rank and not stage.STARTS_FROM_MODEL:
+            raise ConfigError(f"model.lora.rank: LoRA adapts a trained model, and stage={stage.name} trains one "
+                              "from scratch; use it with a stage that starts from stage.init_from")
         if self.model.lora.rank and self.trainer.strategy == "fsdp":
             raise ConfigError("model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp")

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from llmlab.config.errors import ConfigError
+from llmlab.data.batch import IGNORE, Batch
 from llmlab.data.chat_template import Encoded
 
-IGNORE = -100  # cross_entropy's ignore_index: padding and tokens outside the loss mask
 POOL = 50  # batches per length-sorting pool: enough to group lengths, few enough to keep batches varied
 
 Item = Sequence[Encoded]  # one sample: (conversation,) for SFT, (chosen, rejected) for DPO
@@ -25,7 +25,7 @@ def truncate(encoded: Encoded, max_len: int) -> Encoded:
     return Encoded(encoded.ids[:max_len], encoded.loss_mask[:max_len])
 
 
-def collate(items: Sequence[Item], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(items: Sequence[Item], pad_id: int) -> Batch:
     """input_ids and targets (B * len(item), T): the first members of every item, then the second ones, ..."""
     rows = [item[k] for k in range(len(items[0])) for item in items]
     width = max(len(r.ids) for r in rows) - 1
@@ -36,7 +36,7 @@ def collate(items: Sequence[Item], pad_id: int) -> dict[str, torch.Tensor]:
         n = len(row.ids) - 1
         inputs[i, :n] = ids[:-1]
         targets[i, :n] = ids[1:].masked_fill(~torch.tensor(row.loss_mask[1:]), IGNORE)
-    return {"input_ids": inputs, "targets": targets}
+    return Batch(inputs, targets)
 
 
 class ChatBatches:
@@ -67,7 +67,7 @@ class ChatBatches:
                                                                    self.batch_size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self) -> Batch:
         if self.index == len(self._order):
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._epoch_order(self.epoch)
@@ -87,7 +87,7 @@ class ChatBatches:
         self._order = self._epoch_order(self.epoch)
 
 
-def fixed_batches(items: list[Item], batch_size: int, pad_id: int, n_batches: int) -> list[dict[str, torch.Tensor]]:
+def fixed_batches(items: list[Item], batch_size: int, pad_id: int, n_batches: int) -> list[Batch]:
     """The first n_batches * batch_size items (sorted by length, so little padding), the same every eval."""
     chosen = sorted(items[: n_batches * batch_size], key=lambda item: max(len(e.ids) for e in item))
     return [collate(chosen[i:i + batch_size], pad_id) for i in range(0, len(chosen), batch_size)]

@@ -2,7 +2,7 @@
 
 Role markers are ids *above* the tokenizer's vocabulary (vocab_size + 0..3): the tokenizer never emits them,
 so no text, not even a user typing "<|assistant|>", can produce one. A model for a chat stage has these four
-extra embeddings (`resize_vocab` adds them to a pretrained model, initialised at the mean embedding).
+extra embeddings (`Transformer.resize_vocab` adds them to a pretrained model, initialised at the mean embedding).
 
     <bos> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> <|user|> ...
 
@@ -12,11 +12,8 @@ nothing else: not the markers, not the system or user text.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
 
 from llmlab.data.chat import Message
 from llmlab.data.tokenizers import Tokenizer
@@ -76,24 +73,3 @@ class ChatTemplate:
             if i is not None:
                 parts.append(MARKERS[i - base])
         return "".join(parts)
-
-
-def resize_vocab(model: torch.nn.Module, vocab_size: int) -> bool:
-    """Grow the model's token embedding (and untied head) to vocab_size rows; new rows start at the mean of the
-    old ones, so their logits start near the average instead of at random. False when it was big enough."""
-    old = model.tok_emb.weight
-    if old.shape[0] >= vocab_size:
-        return False
-    tied = model.lm_head.weight is old
-    with torch.no_grad():
-        grown = torch.cat([old, old.mean(0, keepdim=True).expand(vocab_size - old.shape[0], -1)])
-        model.tok_emb = torch.nn.Embedding(vocab_size, old.shape[1], _weight=grown.clone(), device=old.device,
-                                           dtype=old.dtype)
-        head = model.lm_head.weight
-        model.lm_head = torch.nn.Linear(old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
-        if tied:
-            model.lm_head.weight = model.tok_emb.weight
-        else:
-            model.lm_head.weight.copy_(torch.cat([head, head.mean(0, keepdim=True).expand(vocab_size - len(head), -1)]))
-    model.cfg = dataclasses.replace(model.cfg, vocab_size=vocab_size)
-    return True

@@ -8,14 +8,15 @@ Validation batches are fixed windows spread evenly over the validation stream: t
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmlab.config.errors import ConfigError
+from llmlab.data.batch import Batch
 from llmlab.data.tokenizers import Tokenizer
+from llmlab.files import atomic_file
 
 
 def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
@@ -38,9 +39,8 @@ def cached_token_stream(
     if not path.exists():
         tokens = encode_documents(tokenizer, docs)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tokens.tofile(tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a truncated stream under the real name
+        with atomic_file(path) as tmp:  # a crash mid-write never leaves a truncated stream under the real name
+            tokens.tofile(tmp)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -64,7 +64,7 @@ class TrainBatches:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size * self.world_size,),
                                generator=self.generator)
         mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
@@ -77,14 +77,14 @@ class TrainBatches:
         self.generator.set_state(state["generator"])
 
 
-def windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> Batch:
     block = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1].astype(np.int64) for s in starts]))
-    return block[:, :-1], block[:, 1:]  # (B, T) inputs and next-token targets
+    return Batch(block[:, :-1], block[:, 1:])  # (B, T) inputs and next-token targets
 
 
 def validation_batches(
     tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> list[Batch]:
     """n_batches fixed batches of windows spread evenly over the stream (they overlap if it is short)."""
     if len(tokens) < seq_len + 1:
         raise ConfigError(

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 
+from llmlab.config.schema import TASK_FAMILIES
 from llmlab.data.synthetic import Language
 
 SPLITS = ("train", "test")
@@ -149,6 +150,7 @@ _GENERATORS: dict[str, Callable[[Language, random.Random], Task]] = {
     "copy": _copy, "reverse": _reverse, "count": _count, "recall": _recall, "pattern": _pattern,
 }
 FAMILIES: tuple[str, ...] = tuple(_GENERATORS)
+assert FAMILIES == TASK_FAMILIES, "the config's task families (llmlab/config/schema.py) are the generated ones"
 
 
 def make_tasks(

@@ -18,10 +18,7 @@ import io
 import itertools
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +29,7 @@ import sentencepiece as spm
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TokenizerConfig
+from llmlab.files import publishing
 
 if TYPE_CHECKING:
     import torch
@@ -296,12 +294,63 @@ _KINDS: dict[str, type[Tokenizer]] = {
 }
 
 
-def _tokenizer_class(kind: str) -> type[Tokenizer]:
-    if kind == "hf":  # an imported transformers tokenizer (model=hf); imported here: transformers is slow to load
-        from llmlab.interop.hf_import import PretrainedTokenizer
+HF_FILES = "hf"  # the subdirectory of a saved llmlab tokenizer holding the transformers tokenizer files
 
-        return PretrainedTokenizer
-    return _KINDS[kind]
+
+class PretrainedTokenizer(Tokenizer):
+    """A `transformers` tokenizer behind llmlab's interface: encode adds no special tokens, and special-token
+    strings inside the text are split like any other text (split_special_tokens), so text never injects eos."""
+
+    kind = "hf"
+
+    def __init__(self, hf_tokenizer: Any, where: str) -> None:
+        if hf_tokenizer.eos_token_id is None:
+            raise ConfigError(f"the tokenizer at {where} has no eos token; llmlab separates documents with it")
+        self.hf_tokenizer = hf_tokenizer
+        self.eos_id = hf_tokenizer.eos_token_id
+
+    @classmethod
+    def from_pretrained(cls, source: str, local_files_only: bool, path: str) -> PretrainedTokenizer:
+        """The tokenizer of a transformers model directory (or hub id); errors name model.path=path."""
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only, split_special_tokens=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            text = str(e).strip()
+            reason = text.splitlines()[0] if text else type(e).__name__
+            raise ConfigError(f"model.path={path}: cannot load its tokenizer ({reason})") from None
+        return cls(tok, path)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf_tokenizer)
+
+    @property
+    def bos_id(self) -> int:
+        bos = self.hf_tokenizer.bos_token_id
+        return self.eos_id if bos is None else bos
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf_tokenizer.encode(text, add_special_tokens=False)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.hf_tokenizer.decode(ids)
+
+    def _save_files(self, directory: Path) -> dict[str, Any]:
+        self.hf_tokenizer.save_pretrained(directory / HF_FILES)  # its own tokenizer.json would clash with llmlab's
+        return {"files": HF_FILES}
+
+    @classmethod
+    def _from_saved(cls, directory: Path, manifest: dict[str, Any]) -> PretrainedTokenizer:
+        from transformers import AutoTokenizer
+
+        files = directory / manifest["files"]
+        return cls(AutoTokenizer.from_pretrained(files, local_files_only=True, split_special_tokens=True), str(files))
+
+
+def _tokenizer_class(kind: str) -> type[Tokenizer]:
+    return PretrainedTokenizer if kind == "hf" else _KINDS[kind]
 
 
 def train_tokenizer(cfg: TokenizerConfig, train_text: str) -> Tokenizer:
@@ -347,28 +396,16 @@ def build_tokenizer(cfg: TokenizerConfig, train_text: str) -> tuple[Tokenizer, b
         except ConfigError:
             pass  # incomplete or damaged: train again and replace it
     tokenizer = train_tokenizer(cfg, train_text)
-    _publish(tokenizer, entry, replace=stale)
+    _publish(tokenizer, entry)
     return tokenizer, False
 
 
-def _publish(tokenizer: Tokenizer, entry: Path, replace: bool) -> None:
-    """Save into a temporary sibling, then rename it into place: readers never see half a directory."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+def _publish(tokenizer: Tokenizer, entry: Path) -> None:
+    """Readers never see half a directory: saved into a temporary sibling, then renamed into place."""
     try:
-        tokenizer.save(tmp)
-        if replace:  # rename cannot overwrite a non-empty directory: retire the old one first
-            old = tmp.with_name(tmp.name + ".old")
-            try:
-                os.replace(entry, old)
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not (entry / MANIFEST).is_file():
-                raise
-            # Another process published this entry first; training is deterministic, so it is ours too.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with publishing(entry) as tmp:
+            tokenizer.save(tmp)
+    except OSError:
+        if not (entry / MANIFEST).is_file():
+            raise
+        # Another process published this entry first; training is deterministic, so it is ours too.

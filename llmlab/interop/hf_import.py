@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
-from llmlab.data.tokenizers import Tokenizer
+from llmlab.data.tokenizers import PretrainedTokenizer
 from llmlab.interop.hf import config_from_hf, load_hf_state
 
 DEFAULT_CONTEXT = 1024  # model.context_length=null: the model's own positions, at most this many
-HF_FILES = "hf"  # the subdirectory of a saved llmlab tokenizer holding the transformers tokenizer files
 
 
 def _source(cfg: ModelConfig) -> str:
@@ -75,52 +73,6 @@ def load_pretrained_weights(model: torch.nn.Module, cfg: ModelConfig) -> None:
     load_hf_state(model, hf_model.state_dict())
 
 
-class PretrainedTokenizer(Tokenizer):
-    """A `transformers` tokenizer behind llmlab's interface: encode adds no special tokens, and special-token
-    strings inside the text are split like any other text (split_special_tokens), so text never injects eos."""
-
-    kind = "hf"
-
-    def __init__(self, hf_tokenizer: Any, where: str) -> None:
-        if hf_tokenizer.eos_token_id is None:
-            raise ConfigError(f"the tokenizer at {where} has no eos token; llmlab separates documents with it")
-        self.hf_tokenizer = hf_tokenizer
-        self.eos_id = hf_tokenizer.eos_token_id
-
-    @classmethod
-    def from_model_dir(cls, cfg: ModelConfig) -> PretrainedTokenizer:
-        from transformers import AutoTokenizer
-
-        source = _source(cfg)
-        try:
-            tok = AutoTokenizer.from_pretrained(source, local_files_only=cfg.local_files_only,
-                                                split_special_tokens=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"model.path={cfg.path}: cannot load its tokenizer ({_one_line(e)})") from None
-        return cls(tok, cfg.path)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf_tokenizer)
-
-    @property
-    def bos_id(self) -> int:
-        bos = self.hf_tokenizer.bos_token_id
-        return self.eos_id if bos is None else bos
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf_tokenizer.encode(text, add_special_tokens=False)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.hf_tokenizer.decode(ids)
-
-    def _save_files(self, directory: Path) -> dict[str, Any]:
-        self.hf_tokenizer.save_pretrained(directory / HF_FILES)  # its own tokenizer.json would clash with llmlab's
-        return {"files": HF_FILES}
-
-    @classmethod
-    def _from_saved(cls, directory: Path, manifest: dict[str, Any]) -> PretrainedTokenizer:
-        from transformers import AutoTokenizer
-
-        files = directory / manifest["files"]
-        return cls(AutoTokenizer.from_pretrained(files, local_files_only=True, split_special_tokens=True), str(files))
+def pretrained_tokenizer(cfg: ModelConfig) -> PretrainedTokenizer:
+    """The tokenizer of the model at cfg.path."""
+    return PretrainedTokenizer.from_pretrained(_source(cfg), cfg.local_files_only, cfg.path)

@@ -7,6 +7,7 @@ Every option is one field of ModelConfig, so any mix of the two is a valid model
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -291,6 +292,27 @@ class Transformer(nn.Module):
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
         return n
+
+    def resize_vocab(self, vocab_size: int) -> bool:
+        """Grow the token embedding (and an untied head) to vocab_size rows; new rows start at the mean of the old
+        ones, so their logits start near the average instead of at random. False when it was big enough."""
+        old = self.tok_emb.weight
+        if old.shape[0] >= vocab_size:
+            return False
+        tied = self.lm_head.weight is old
+        with torch.no_grad():
+            grown = torch.cat([old, old.mean(0, keepdim=True).expand(vocab_size - old.shape[0], -1)])
+            self.tok_emb = nn.Embedding(vocab_size, old.shape[1], _weight=grown.clone(), device=old.device,
+                                        dtype=old.dtype)
+            head = self.lm_head.weight
+            self.lm_head = nn.Linear(old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
+            if tied:
+                self.lm_head.weight = self.tok_emb.weight
+            else:
+                self.lm_head.weight.copy_(torch.cat([head, head.mean(0, keepdim=True).expand(vocab_size - len(head),
+                                                                                            -1)]))
+        self.cfg = dataclasses.replace(self.cfg, vocab_size=vocab_size)
+        return True
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 per non-embedding weight plus attention's score/value matmuls."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.monitors import AttentionMonitorConfig
+from llmlab.config.monitors import AttentionMonitorConfig, ProbeConfig
 from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo, input_ids
 from llmlab.monitors.files import append_history, truncate_history
 
@@ -69,8 +69,9 @@ class AttentionMonitor(Monitor):
     name = "attention"
 
     def __init__(self, cfg: AttentionMonitorConfig | None = None, *, save_dir: str | Path | None = None,
-                 tensorboard: bool = False, decode_token=None, **fields):
+                 tensorboard: bool = False, decode_token=None, probe: ProbeConfig | None = None, **fields):
         cfg = cfg or AttentionMonitorConfig(enabled=True, **fields)
+        self.probe_cfg = probe or ProbeConfig()  # in any loop: how the first batch becomes the probe
         door = Door(Path(save_dir), tensorboard, decode_token) if save_dir is not None else None
         super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door)
         self.cfg = cfg
@@ -79,7 +80,7 @@ class AttentionMonitor(Monitor):
     def probe_of(self, batch) -> torch.Tensor | None:
         if batch is None:
             return None
-        return input_ids(batch)[: self.cfg.probe_sequences, : self.cfg.probe_tokens].detach()
+        return input_ids(batch)[: self.probe_cfg.sequences, : self.probe_cfg.tokens].detach()
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
@@ -89,7 +90,7 @@ class AttentionMonitor(Monitor):
             raise ValueError(f"AttentionMonitor: {type(ctx.model).__name__} has no decoder layers it knows")
         self.layers = select_layers(self.cfg.layers, len(ctx.view.layers), "monitors.attention.layers")
         self.dir = self.output_dir(ctx)
-        self.probe = ctx.probe  # the run cut it to probe_sequences x probe_tokens
+        self.probe = ctx.probe  # the run cut it to monitors.probe's sequences x tokens
         self.labels = None
         if ctx.decode_token is not None and self.probe.shape[1] <= self.cfg.label_max_tokens:
             self.labels = [token_label(ctx.decode_token(t)) for t in self.probe[0].tolist()]

@@ -1,20 +1,57 @@
-"""From the monitors config node to the list of monitors a run uses."""
+"""From the monitors config node to the monitors a run uses, wired to the run's model, writer and probe."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
+
+from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import MonitorsConfig
-from llmlab.monitors.attention import AttentionMonitor
-from llmlab.monitors.base import Monitor
+from llmlab.monitors.attention import AttentionMonitor, select_layers
+from llmlab.monitors.base import AlertLog, Monitor, MonitorContext, MonitorSet, input_ids
 from llmlab.monitors.distribution import DistributionMonitor
 from llmlab.monitors.health import HealthMonitor
+from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.worker import BackgroundWorker
 
 
 def build_monitors(cfg: MonitorsConfig) -> list[Monitor]:
     monitors: list[Monitor] = []
     if cfg.attention.enabled:
-        monitors.append(AttentionMonitor(cfg.attention))
+        monitors.append(AttentionMonitor(cfg.attention, probe=cfg.probe))
     if cfg.distribution.enabled:
         monitors.append(DistributionMonitor(cfg.distribution))
     if cfg.health.enabled:
         monitors.append(HealthMonitor(cfg.health))
     return monitors
+
+
+def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batches: Sequence, run_dir: Path,
+                writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
+                steps_per_epoch: float, resume_step: int | None) -> MonitorSet:
+    """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
+    monitors = build_monitors(cfg)
+    if not monitors:
+        return MonitorSet([])
+    # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor
+    for node in ("attention", "distribution"):
+        select_layers(getattr(cfg, node).layers, n_layers, f"monitors.{node}.layers")
+    probe = cfg.probe
+    if probe.batch_idx >= len(val_batches):
+        raise ConfigError(f"monitors.probe.batch_idx={probe.batch_idx}: only {len(val_batches)} validation "
+                          "batches (trainer.eval_batches)")
+    ids = input_ids(val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
+    ctx = MonitorContext(
+        model=model, out_dir=run_dir / "monitors", writer=writer,
+        worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
+        alerts=AlertLog(run_dir / "alerts.jsonl", writer),
+        figures=FigurePool(cfg.max_workers),
+        probe=ids.to(device),
+        decode_token=lambda t: decode([t]),
+        steps_per_epoch=steps_per_epoch, resume_step=resume_step,
+    )
+    return MonitorSet(monitors, ctx)

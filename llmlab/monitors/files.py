@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from llmlab.train.logfiles import truncate_jsonl
+from llmlab.files import truncate_jsonl
 
 _lock = threading.Lock()  # worker threads append concurrently
 

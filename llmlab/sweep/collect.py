@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 # overrides that say where or how a job ran, not what it studies
+SEED = "seed"  # the swept key whose values are grouped over, not compared
 NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir"}
 
 

@@ -11,11 +11,12 @@ import io
 import json
 from dataclasses import asdict
 
+from llmlab.config.commands import GenerateConfig
 from llmlab.config.errors import ConfigError
-from llmlab.generate import GenerateConfig, complete
+from llmlab.files import write_atomic
+from llmlab.sampling import complete
 from llmlab.sweep.collect import JobRecord
 from llmlab.train import checkpoint as ckpt
-from llmlab.train.checkpoint import write_atomic
 
 DEFAULT_PROMPTS = ("",)  # "" = the start of a document
 

@@ -10,8 +10,7 @@ from matplotlib.figure import Figure
 
 from llmlab.monitors.plots import render
 from llmlab.plots import plot_series
-from llmlab.sweep.collect import JobRecord
-from llmlab.sweep.report import SEED
+from llmlab.sweep.collect import SEED, JobRecord
 
 
 def _numeric(values: list[str]) -> list[float] | None:

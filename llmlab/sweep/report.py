@@ -13,13 +13,12 @@ import math
 import statistics
 from pathlib import Path
 
-from llmlab.sweep.collect import JobRecord, find_jobs, swept_keys
-from llmlab.train.checkpoint import write_atomic
+from llmlab.files import write_atomic
+from llmlab.sweep.collect import SEED, JobRecord, find_jobs, swept_keys
 
 METRICS = ("val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor", "params", "wall_s",
            "tokens_per_s", "peak_mem_mb", "steps")
 GROUPED = ("val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "wall_s", "tokens_per_s")
-SEED = "seed"
 
 
 def job_row(job: JobRecord, keys: list[str]) -> dict:

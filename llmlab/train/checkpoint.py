@@ -14,9 +14,7 @@ checkpoint to the first intact one. Nothing is unpickled beyond tensors and plai
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -26,26 +24,13 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from llmlab.config.errors import ConfigError
+from llmlab.files import publishing, remove_temporaries, sha256_file, write_atomic
 from llmlab.model.lora import load_lora_state_dict, lora_state_dict
 
 ADAPTERS_ONLY = "lora_adapters"  # manifest["weights"] of a LoRA run: model.safetensors holds the adapters only
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -58,25 +43,20 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
                     keep: int = 0) -> Checkpoint:
     """Write checkpoints/step_<step>/ atomically, point checkpoints/latest at it, keep the newest `keep` (0 = all)."""
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp_step_*"):  # left by a process killed mid-write; never a checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_temporaries(root, "step_")  # left by a process killed mid-write; never a checkpoint
     final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}_{os.getpid()}"
-    tmp.mkdir()
-    adapters = lora_state_dict(model)
-    if adapters:  # a LoRA run: the adapters alone, beside meta["base"], the weights they adapt
-        save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp / "model.safetensors"))
-        meta = {**meta, "weights": ADAPTERS_ONLY}
-    else:
-        save_model(model, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-             for name in ("model.safetensors", "state.pt")}
-    manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
-    write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
-    if final.exists():  # a rerun of the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with publishing(final) as tmp:  # a rerun of the same step (e.g. after a resume) replaces it whole
+        adapters = lora_state_dict(model)
+        if adapters:  # a LoRA run: the adapters alone, beside meta["base"], the weights they adapt
+            save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp / "model.safetensors"))
+            meta = {**meta, "weights": ADAPTERS_ONLY}
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in ("model.safetensors", "state.pt")}
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
     write_atomic(root / "latest", final.name + "\n")
     if keep:
         older = [c for c in list_checkpoints(root) if c.step < step]

@@ -13,14 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmlab.data.chat_batches import IGNORE
-from llmlab.train.objectives import Batch, Objective
+from llmlab.data.batch import IGNORE, Batch
+from llmlab.train.objectives import Objective
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
     """(rows,) summed log-probabilities of each row's unmasked targets."""
-    logits = model(batch["input_ids"]).float()
-    targets = batch["targets"]
+    logits = model(batch.input_ids).float()
+    targets = batch.targets
     mask = targets != IGNORE
     picked = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
@@ -28,8 +28,6 @@ def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 class DPOObjective(Objective):
     """Batches hold the chosen rows, then the rejected rows (llmlab.data.chat_batches.collate of pairs)."""
-
-    name = "dpo"
 
     def __init__(self, reference: nn.Module, beta: float):
         self.reference, self.beta = reference.eval(), beta
@@ -50,6 +48,3 @@ class DPOObjective(Objective):
                                 ("dpo/chosen_logp", chosen.mean()), ("dpo/rejected_logp", rejected.mean())):
                 record.setdefault(name, []).append(value.detach())
         return loss
-
-    def tokens_in(self, batch: Batch) -> int:
-        return batch["input_ids"].numel()

@@ -1,4 +1,4 @@
-"""Stage objectives: what loss a batch gives. The trainer is the same loop for every stage."""
+"""Objectives: the loss a batch gives. The trainer is the same loop for every stage; a stage picks its objective."""
 
 from __future__ import annotations
 
@@ -6,35 +6,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmlab.config.schema import StageConfig
-
-Batch = dict[str, torch.Tensor]
+from llmlab.data.batch import IGNORE, Batch
 
 
 class Objective:
     """A stage's loss. Subclasses add what their stage needs (a loss mask, a reference model, ...)."""
-
-    name = "base"
 
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         """The batch's loss; extra metrics go into record[name] as detached tensors (the trainer averages them)."""
         raise NotImplementedError
 
     def tokens_in(self, batch: Batch) -> int:
-        return batch["input_ids"].numel()
+        return batch.input_ids.numel()
 
 
 class NextTokenObjective(Objective):
-    """Pretraining and SFT: mean cross-entropy of the next tokens; targets of -100 (SFT's padding and
+    """Pretraining and SFT: mean cross-entropy of the next tokens; IGNORE targets (SFT's padding and
     non-assistant tokens) are left out."""
 
-    name = "next_token"
-
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
-        logits = model(batch["input_ids"])  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
-
-
-def build_objective(cfg: StageConfig) -> Objective:
-    objectives = {"pretrain": NextTokenObjective}
-    return objectives[cfg.name]()
+        logits = model(batch.input_ids)  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from llmlab.train.logfiles import truncate_jsonl
+from llmlab.files import truncate_jsonl
 
 
 class Sink:

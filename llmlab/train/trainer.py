@@ -1,8 +1,10 @@
-"""One training loop for every stage: accumulate, clip, step, log, evaluate, sample, checkpoint.
+"""One training loop for every stage: accumulate, clip, step, log, evaluate, checkpoint.
 
-The loop reads as ``fit()`` (resume -> loop -> final eval and save) and ``train_step()``. Everything
-that decides what happens next (weights, optimizer, RNGs, data position, step) is checkpointed,
-so on CPU an interrupted and resumed run ends bitwise equal to an uninterrupted one.
+The loop reads as ``fit()`` (loop -> log, evaluate, save on their intervals) and ``train_step()``. What it
+trains comes from a stage, what it evaluates besides the validation loss from evaluators, where it saves from a
+Checkpointer; monitors are called at fixed points. Everything that decides what happens next (weights,
+optimizer, RNGs, data position, step) is checkpointed, so on CPU an interrupted and resumed run ends bitwise
+equal to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,12 +22,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from llmlab.config.schema import TrainerConfig
-from llmlab.data.dataset import TrainBatches
+from llmlab.data.batch import Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
-from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
+from llmlab.train.checkpointer import Checkpointer
 from llmlab.train.distributed import SINGLE, Distributed
-from llmlab.train.objectives import Batch, Objective
+from llmlab.train.evaluators import Evaluator
+from llmlab.train.objectives import Objective
+from llmlab.train.optim import build_optimizer
 from llmlab.train.schedule import lr_at
 from llmlab.train.sinks import MetricSinks
 
@@ -82,37 +86,30 @@ class StopRequested:
 
 
 class Trainer:
+    """model: what trains (compiled, DDP-wrapped or FSDP-sharded: checkpoints hold the model inside). The
+    optimizer is the trainer config's (AdamW, weight decay on matrices only). Without a checkpointer nothing is
+    saved; without sinks nothing is logged."""
+
     def __init__(
         self,
         model: nn.Module,
         objective: Objective,
-        optimizer: torch.optim.Optimizer,
-        train_batches: TrainBatches,
-        val_batches: list[Batch],
+        train_batches: BatchSource,
+        val_batches: Sequence[Batch],
         cfg: TrainerConfig,
-        sinks: MetricSinks,
-        out_dir: Path,
-        device: torch.device,
-        flops_per_token: float = 0.0,
-        sample_fn: Callable[[int], str] | None = None,
-        checkpoint_meta: dict | None = None,
-        monitors: MonitorSet | None = None,
-        eval_fn: Callable[[int], dict[str, float]] | None = None,
-        describe_batch: Callable[[Batch], str] | None = None,
         place: Distributed = SINGLE,
-        strategy: str = "ddp",
+        sinks: MetricSinks | None = None,
+        checkpointer: Checkpointer | None = None,
+        evaluators: Sequence[Evaluator] = (),
+        monitors: MonitorSet | None = None,
     ):
-        # model: what trains (a DDP wrapper or FSDP-sharded under torchrun); checkpoints hold the model itself
-        self.model, self.objective, self.optimizer = model, objective, optimizer
-        self.place, self.sharded = place, place.enabled and strategy == "fsdp"
+        self.model, self.objective, self.cfg, self.place = model, objective, cfg, place
         self.train_batches, self.val_batches = train_batches, val_batches
-        self.cfg, self.sinks, self.out_dir, self.device = cfg, sinks, out_dir, device
-        self.flops_per_token = flops_per_token
-        self.sample_fn = sample_fn
-        self.checkpoint_meta = checkpoint_meta or {}
-        self.monitors = monitors or MonitorSet([])
-        self.eval_fn = eval_fn  # more metrics at each eval (task accuracy)
-        self.describe_batch = describe_batch  # trainer.debug_first_batch's view
+        self.sinks, self.checkpointer = sinks or MetricSinks([]), checkpointer
+        self.evaluators, self.monitors = list(evaluators), monitors or MonitorSet([])
+        self.device = next(model.parameters()).device
+        self.optimizer = build_optimizer(model, cfg, self.device)
+        self.flops_per_token = distributed.unwrap(model).flops_per_token()
         self.objective_metrics: dict[str, list[torch.Tensor]] = {}  # what the objective reports, since the last log
         self.val_metrics: dict[str, list[torch.Tensor]] = {}  # ... and at the last evaluation
         self.state = TrainState()
@@ -123,9 +120,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     # ---- state -----------------------------------------------------------------------------
-    def state_dict(self, optimizer_state: dict | None = None) -> dict:
+    def state_dict(self) -> dict:
+        """What resumes the loop exactly, besides the weights and the optimizer (the Checkpointer saves those)."""
         state = {
-            "optimizer": self.optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "data": self.train_batches.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "trainer": asdict(self.state),
@@ -137,10 +134,6 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if self.sharded:  # the checkpoint holds the whole optimizer state, keyed by parameter name
-            distributed.load_optimizer_state(distributed.unwrap(self.model), self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
         self.train_batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
@@ -149,26 +142,14 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["trainer"])
 
-    def resume_from(self, path: Path) -> None:
-        """Load a checkpoint the caller has verified (llmlab.runner checks checksums and architecture); under
-        torchrun the runner has loaded the weights already, before the model was wrapped or sharded."""
-        if not self.place.enabled:
-            ckpt.load_weights(path, distributed.unwrap(self.model))
-        self.load_state_dict(ckpt.load_state(path))
+    def save(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.state_dict())
 
-    def save(self) -> Path:
-        """Every rank takes part (FSDP gathers the shards); rank 0 alone writes."""
-        root = self.out_dir / "checkpoints"
-        if self.sharded:
-            weights, optimizer_state = distributed.full_state_dicts(distributed.unwrap(self.model), self.optimizer)
-            model = distributed.plain_copy(distributed.unwrap(self.model), weights) if self.place.is_main else None
-        else:
-            model, optimizer_state = distributed.unwrap(self.model), None
-        if self.place.is_main:
-            ckpt.save_checkpoint(root, self.state.step, model, self.state_dict(optimizer_state),
-                                 self.checkpoint_meta, keep=self.cfg.keep_checkpoints)
-        distributed.barrier(self.place)
-        return root / f"step_{self.state.step}"
+    def resume(self, path: Path) -> None:
+        """Continue from a verified checkpoint whose weights are in the model already (Checkpointer.load_weights,
+        before the model was wrapped)."""
+        self.load_state_dict(self.checkpointer.restore(path, self.model, self.optimizer))
 
     # ---- the loop --------------------------------------------------------------------------
     def autocast(self):
@@ -188,10 +169,7 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum_steps):
-            batch = self.on_device(self.train_batches.next())
-            if cfg.debug_first_batch and self.describe_batch is not None and self.place.is_main:
-                tqdm.write(self.describe_batch(batch))
-                self.describe_batch = None
+            batch = self.train_batches.next().to(self.device)
             with distributed.no_gradient_sync(self.model, micro == cfg.grad_accum_steps - 1):
                 with self.autocast():  # the forward only: backward runs in the forward's dtypes by itself
                     loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
@@ -203,7 +181,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if self.sharded:  # each rank holds a shard of every gradient: the norm is a DTensor over them
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: each rank holds a shard of every gradient, the norm a DTensor
             grad_norm = grad_norm.full_tensor()
         self.monitors.after_backward(step)
         values = [total_loss.float(), grad_norm.float()]
@@ -233,11 +211,6 @@ class Trainer:
         self.state.step, self.state.tokens_seen = step, info.tokens_seen
         return info
 
-    def on_device(self, batch) -> Batch:
-        if isinstance(batch, tuple):  # token windows: (inputs, next-token targets)
-            batch = {"input_ids": batch[0], "targets": batch[1]}
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss; what the objective reports on the way is kept for eval_row."""
@@ -245,7 +218,7 @@ class Trainer:
         losses, self.val_metrics = [], {}
         for batch in self.val_batches:
             with self.autocast():
-                losses.append(self.objective.loss(self.model, self.on_device(batch), self.val_metrics).float())
+                losses.append(self.objective.loss(self.model, batch.to(self.device), self.val_metrics).float())
         self.model.train()
         return torch.stack(losses).mean().item()
 
@@ -255,51 +228,17 @@ class Trainer:
         last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         self.model.train()
         stop = stop or StopRequested()
-        bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (cfg.progress and self.place.is_main),
-                   dynamic_ncols=True, desc="train")
-        interval_start = time.perf_counter()
-        self._interval_tokens_start = self.state.tokens_seen
+        self.bar = bar = tqdm(total=cfg.max_steps, initial=step0, dynamic_ncols=True, desc="train",
+                              disable=not (cfg.progress and self.place.is_main))
+        self._interval_start, self._interval_tokens_start = time.perf_counter(), self.state.tokens_seen
         status, message = "completed", self.early_stop_reason() or ""  # a resumed run that had stopped early
         self.monitors.train_start(step0)
         try:
             with stop:
                 while self.state.step < last and not message:
                     info = self.train_step(stop)
-                    step, state = info.step, self.state
-                    failure = self.nonfinite_policy(info)
-                    if failure:
-                        status, message = "failed", failure
-                        tqdm.write(f"stopping: {failure}")
-                        break
-                    if info.finite:
-                        state.interval_loss_sum += info.loss
-                        state.interval_steps += 1
-                    self.monitors.step_end(info)  # before logging, so its cost counts as training time
-                    row: dict[str, float] = {}
-                    if step % cfg.log_every == 0 or step == cfg.max_steps:
-                        row.update(self.log_row(info, interval_start))
-                        bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['perf/tokens_per_s']:,.0f}")
-                    early_stop = None
-                    if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                        row.update(self.eval_row(step))
-                        early_stop = self.early_stop_reason()
-                    if row:
-                        self.sinks.log_scalars(step, row)
+                    status, message = self.after_step(info, stop)
                     bar.update(1)
-                    stopping = self.agreed_stop if self.place.enabled else stop.signal_name
-                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopping or early_stop:
-                        self.sinks.flush()
-                        self.save()
-                    if row:
-                        interval_start = time.perf_counter()  # time spent logging/saving is not training
-                    if early_stop:
-                        message = early_stop
-                        tqdm.write(early_stop)
-                        break
-                    if stopping:
-                        status = "interrupted"
-                        message = f"{stopping} at step {step}; checkpoint written"
-                        break
         finally:
             bar.close()
             self.monitors.train_end(self.state.step)
@@ -312,6 +251,41 @@ class Trainer:
         return TrainResult(status, self.state.step, self.state.tokens_seen, self.last_train_loss,
                            self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
                            message)
+
+    def after_step(self, info: StepInfo, stop: StopRequested) -> tuple[str, str]:
+        """The step's bookkeeping, in order: non-finite policy, monitors, log, evaluate, checkpoint; the run's
+        status and, when it must end here, why."""
+        cfg, step, state = self.cfg, info.step, self.state
+        failure = self.nonfinite_policy(info)
+        if failure:
+            tqdm.write(f"stopping: {failure}")
+            return "failed", failure
+        if info.finite:
+            state.interval_loss_sum += info.loss
+            state.interval_steps += 1
+        self.monitors.step_end(info)  # before logging, so its cost counts as training time
+        row: dict[str, float] = {}
+        if every(step, cfg.log_every, cfg.max_steps):
+            row.update(self.log_row(info, self._interval_start))
+            self.bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['perf/tokens_per_s']:,.0f}")
+        early_stop = None
+        if every(step, cfg.eval_every, cfg.max_steps):
+            row.update(self.eval_row(step))
+            early_stop = self.early_stop_reason()
+        if row:
+            self.sinks.log_scalars(step, row)
+        stopping = self.agreed_stop if self.place.enabled else stop.signal_name
+        if every(step, cfg.checkpoint_every, cfg.max_steps) or stopping or early_stop:
+            self.sinks.flush()
+            self.save()
+        if row:
+            self._interval_start = time.perf_counter()  # time spent logging/saving is not training
+        if early_stop:
+            tqdm.write(early_stop)
+            return "completed", early_stop
+        if stopping:
+            return "interrupted", f"{stopping} at step {step}; checkpoint written"
+        return "completed", ""
 
     def early_stop_reason(self) -> str | None:
         early = self.cfg.early_stopping
@@ -362,6 +336,7 @@ class Trainer:
         }
 
     def eval_row(self, step: int) -> dict[str, float]:
+        """val/loss (and what the objective reports on the way), then each evaluator's metrics."""
         val_loss = self.evaluate()
         self.last_val_loss = val_loss
         state, early = self.state, self.cfg.early_stopping
@@ -370,18 +345,17 @@ class Trainer:
         else:
             state.evals_without_improvement += 1
         state.best_val_loss = min(state.best_val_loss, val_loss)
-        if self.sample_fn is not None:
-            sample = self.sample_fn(step)  # on every rank: a sharded model's forward needs them all
-        if self.sample_fn is not None and self.place.is_main:
-            self.sinks.log_text(step, "samples", sample)
-            with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
-                f.write(f"--- step {step} (val/loss {val_loss:.4f})\n{sample}\n")
-        self.monitors.eval_end(step, val_loss)
         row = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
         row.update({f"val/{k}": v for k, v in mean_metrics(self.val_metrics).items()})
-        if self.eval_fn is not None:
-            row.update(self.eval_fn(step))
+        for evaluator in self.evaluators:
+            row.update(evaluator(step, row))
+        self.monitors.eval_end(step, val_loss)
         return row
+
+
+def every(step: int, n: int, last: int) -> bool:
+    """Whether an interval of n steps ends at this step; the last step ends one too."""
+    return step % n == 0 or step == last
 
 
 def mean_metrics(record: dict[str, list[torch.Tensor]]) -> dict[str, float]:

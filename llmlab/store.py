@@ -1,4 +1,6 @@
-"""Register the schemas in Hydra's ConfigStore, where the YAML options in conf/ find them."""
+"""Every schema registered in Hydra's ConfigStore in one place, where the YAML options in conf/ find them: the run's,
+each data kind's, each registered stage's and each command's; and the composed config turned into validated
+dataclasses. Importing this module registers them."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from llmlab.config import commands
 from llmlab.config.errors import ConfigError, find_config_error
 from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
+from llmlab.stages import all_stages
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -32,6 +36,16 @@ def register_configs() -> None:
     cs.store(group="data", name="base_text", node=TextDataConfig)
     cs.store(group="data", name="base_tasks", node=TasksDataConfig)
     cs.store(group="data", name="base_chat", node=ChatDataConfig)
+    # likewise each stage's YAML: conf/stage/<name>.yaml lists base_<name>
+    for name, stage in all_stages().items():
+        cs.store(group="stage", name=f"base_{name}", node=stage.config)
+    for name, node in (("generate", commands.GenerateConfig), ("evaluate", commands.EvaluateConfig),
+                       ("analyze", commands.AnalyzeConfig), ("export", commands.ExportConfig),
+                       ("merge_lora", commands.MergeConfig)):
+        cs.store(name=f"base_{name}", node=node)
+
+
+register_configs()
 
 
 def to_dataclass(cfg: DictConfig):

@@ -1,0 +1,87 @@
+"""Files that another part of llmlab reads back: each is written whole or not at all.
+
+A reader (a resumed run, a sweep report, the next process sharing a cache) must never see half a file or half a
+directory, so everything is written under a temporary sibling name and renamed into place: a rename is atomic
+on one file system. Checkpoints, tokenizers, token caches, exports, sweep reports and monitor histories all
+write through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary sibling path to write; it replaces `path` when the block ends, and is removed on an error."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+
+
+@contextmanager
+def publishing(final: Path) -> Iterator[Path]:
+    """An empty temporary directory beside `final` to fill; when the block ends it replaces `final` whole.
+
+    An existing `final` is retired first (a rename cannot overwrite a non-empty directory). On an error the
+    temporary directory is removed and `final` is left as it was.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        retired = tmp.with_name(tmp.name + ".old")
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(tmp, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+TEMPORARY_PREFIX = ".tmp_"
+
+
+def remove_temporaries(parent: Path, name_prefix: str = "") -> None:
+    """Directories `publishing` left behind in a process that was killed mid-write: never a finished result."""
+    for stale in parent.glob(f"{TEMPORARY_PREFIX}{name_prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return None  # torn by a kill mid-write
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the JSON lines (one object with a "step" each) at or before step; a torn last line is dropped."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and (s := _step_of(line)) is not None and s <= step]
+    write_atomic(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,76 @@
+"""What a stage is: a component that turns the run's config into the parts the one training loop trains.
+
+A stage module subclasses `Stage` (which registers it by name) and `StageConfig` (its schema, with the data kinds
+it takes), and ships `conf/stage/<name>.yaml`. Nothing outside the module names it: the run asks the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from llmlab.config.schema import RunConfig, StageConfig
+from llmlab.data.batch import Batch, BatchSource
+from llmlab.data.tokenizers import Tokenizer
+from llmlab.model.transformer import Transformer
+from llmlab.train.distributed import Distributed
+from llmlab.train.evaluators import Evaluator
+from llmlab.train.objectives import Objective
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage builds from."""
+
+    cfg: RunConfig
+    device: torch.device
+    place: Distributed
+    out_dir: Path
+    resume_from: Path | None  # the verified checkpoint this run resumes: its weights go in after build()
+
+
+@dataclass
+class StageParts:
+    """What a stage trains on and with; the rest of a run (sinks, monitors, checkpoints, the loop) is shared."""
+
+    model: Transformer  # on the context's device, not yet wrapped or compiled
+    tokenizer: Tokenizer  # saved as <run>/tokenizer: what generate, evaluate and export read
+    objective: Objective
+    train_batches: BatchSource
+    val_batches: list[Batch]  # the same every evaluation
+    steps_per_epoch: float  # optimizer steps per pass over the training data
+    stats: dict  # dataset_stats.json
+    sample: Callable[[int], str] | None  # text generated at each evaluation (samples.txt)
+    describe_batch: Callable[[Batch], str]  # what trainer.debug_first_batch prints of the first batch
+    decode: Callable[[list[int]], str]  # ids to text, for the monitors' token labels
+    evaluators: list[Evaluator] = field(default_factory=list)  # more metrics at each evaluation
+    manifest: dict = field(default_factory=dict)  # what each checkpoint records for later tools (base, chat)
+
+
+class Stage(ABC):
+    name: ClassVar[str]  # stage=<name>
+    config: ClassVar[type[StageConfig]]  # its schema, registered as stage/base_<name>
+    chat: ClassVar[bool] = False  # its model answers in the chat template (generate and evaluate prompt it so)
+
+    def __init__(self, cfg: StageConfig):
+        self.cfg = cfg
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    @abstractmethod
+    def build(self, ctx: StageContext) -> StageParts:
+        """The parts to train; a resumed run builds the same parts and then loads its checkpoint over them."""
+
+    def check_resume(self, manifest: dict, ctx: StageContext) -> None:
+        """ConfigError if the checkpoint at ctx.resume_from cannot continue under this config."""
+
+
+REGISTRY: dict[str, type[Stage]] = {}

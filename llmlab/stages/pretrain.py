@@ -1,0 +1,120 @@
+"""Pretraining: next-token loss on every token of a text corpus, from a new model (or an imported one)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import RunConfig, StageConfig, architecture_differences
+from llmlab.data.batch import Batch
+from llmlab.data.dataset import TrainBatches, validation_batches
+from llmlab.data.pipeline import decode_documents, token_streams
+from llmlab.data.sources import load_corpus
+from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from llmlab.model.generation import SamplingConfig, generate
+from llmlab.model.transformer import Transformer
+from llmlab.stages.base import Stage, StageContext, StageParts
+from llmlab.train.objectives import NextTokenObjective
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text")
+
+    name: str = "pretrain"  # next-token loss on every token, from a new (or imported) model
+
+
+class Pretrain(Stage):
+    name = "pretrain"
+    config = PretrainConfig
+
+    def build(self, ctx: StageContext) -> StageParts:
+        cfg, trainer = ctx.cfg, ctx.cfg.trainer
+        corpus = load_corpus(cfg.data)
+        tokenizer, from_cache = self.tokenizer(ctx, "\n".join(corpus.train_docs))
+        streams = token_streams(corpus, tokenizer, ctx.out_dir / "tokenizer", Path(cfg.cache_dir) / "tokens",
+                                from_cache)
+        model = new_model(cfg, tokenizer.vocab_size, ctx.device, pretrained=ctx.resume_from is None)
+        seq_len, ranks = cfg.model.context_length, ctx.place.world_size
+        train_batches = TrainBatches(streams.train, trainer.batch_size, seq_len, seed=cfg.seed,
+                                     rank=ctx.place.rank, world_size=ranks)
+        # every rank evaluates the whole validation set, batched as one process with the global batch would
+        val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches)
+        tokens_per_step = trainer.batch_size * ranks * trainer.grad_accum_steps * seq_len
+        return StageParts(
+            model, tokenizer, NextTokenObjective(), train_batches, val_batches,
+            steps_per_epoch=len(streams.train) / tokens_per_step, stats=streams.stats,
+            sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
+            decode=tokenizer.decode, manifest={"base": None})
+
+    def tokenizer(self, ctx: StageContext, train_text: str) -> tuple[Tokenizer, bool]:
+        """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);
+        saved into the run directory; whether it came from a cache."""
+        resumed = ctx.resume_from.parent.parent / "tokenizer" if ctx.resume_from else None
+        if resumed is not None and not resumed.is_dir():
+            resumed = None
+        if resumed is not None:
+            tokenizer, cached = load_tokenizer(resumed), True
+        elif ctx.cfg.model.path:  # an imported model brings its own tokenizer
+            from llmlab.interop.hf_import import pretrained_tokenizer
+
+            tokenizer, cached = pretrained_tokenizer(ctx.cfg.model), False
+        else:
+            tokenizer, cached = build_tokenizer(ctx.cfg.tokenizer, train_text)
+        own = ctx.out_dir / "tokenizer"
+        if resumed != own and ctx.place.is_main:
+            tokenizer.save(own)
+        return tokenizer, cached
+
+    def check_resume(self, manifest: dict, ctx: StageContext) -> None:
+        differing = architecture_differences(manifest.get("model", {}), ctx.cfg.model)
+        if differing:
+            pairs = ", ".join(f"model.{k}: checkpoint {saved!r} vs config {now!r}" for k, saved, now in differing)
+            raise ConfigError(f"checkpoint {ctx.resume_from} has another architecture ({pairs}); "
+                              "use a new hydra.run.dir or trainer.resume=never")
+
+
+def new_model(cfg: RunConfig, vocab_size: int, device: torch.device, pretrained: bool) -> Transformer:
+    """A new model for the tokenizer's vocabulary; model=hf: the imported one (its weights unless resuming)."""
+    if not cfg.model.path:
+        return Transformer(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
+    if vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.path={cfg.model.path}: its tokenizer has {vocab_size} ids but the model "
+                          f"only {cfg.model.vocab_size} embeddings")
+    model = Transformer.uninitialized(cfg.model)  # every weight is loaded: from path or the checkpoint
+    if pretrained:
+        from llmlab.interop.hf_import import load_pretrained_weights
+
+        load_pretrained_weights(model, cfg.model)
+    return model.to(device)
+
+
+def sampler(cfg: RunConfig, model: Transformer, tokenizer: Tokenizer, device: torch.device):
+    """A continuation of trainer.sample_prompt, seeded by the step (the global RNG is left alone)."""
+    prompt = [tokenizer.bos_id, *tokenizer.encode(cfg.trainer.sample_prompt)]
+    sampling = SamplingConfig(max_new_tokens=cfg.trainer.sample_tokens, temperature=0.8, top_k=50)
+
+    def sample(step: int) -> str:
+        gen = torch.Generator(device).manual_seed(cfg.seed + step)
+        ids = generate(model, torch.tensor([prompt], device=device), sampling, gen)[0].tolist()
+        return decode_documents(tokenizer, ids)
+
+    return sample
+
+
+def describer(tokenizer: Tokenizer):
+    def describe(batch: Batch) -> str:
+        ids = batch.input_ids[0].tolist()
+        return "\n".join([
+            f"first batch: input_ids {tuple(batch.input_ids.shape)}, targets {tuple(batch.targets.shape)}",
+            f"row 0 text: {decode_documents(tokenizer, ids)!r}",
+            f"row 0 ids: {ids}",
+            "row 0 targets: the inputs shifted by one (every token is trained on)",
+        ])
+
+    return describe

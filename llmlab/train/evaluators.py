@@ -1,0 +1,73 @@
+"""Evaluators: what the trainer asks at each evaluation besides the validation loss.
+
+An evaluator is called with the step and the metrics of this evaluation so far, and returns more metrics (it may
+return none and write files instead). The loop knows nothing else of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from llmlab.data.chat_template import ChatTemplate
+from llmlab.data.tasks import Task
+from llmlab.files import write_atomic
+from llmlab.train.distributed import Distributed
+from llmlab.train.sinks import MetricSinks
+from llmlab.train.task_eval import task_accuracy
+
+
+class Evaluator(Protocol):
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]: ...
+
+
+class Samples:
+    """Generated text at each evaluation, into samples.txt and TensorBoard's text tab (rank 0 writes).
+
+    The text is generated on every rank: a sharded model's forward needs them all."""
+
+    def __init__(self, generate: Callable[[int], str], sinks: MetricSinks, path: Path, place: Distributed,
+                 resume_step: int | None = None):
+        self.generate, self.sinks, self.path, self.place = generate, sinks, path, place
+        if place.is_main and resume_step is not None:
+            truncate_samples(path, resume_step)  # the resumed run samples those steps again
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        sample = self.generate(step)
+        if self.place.is_main:
+            self.sinks.log_text(step, "samples", sample)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"--- step {step} (val/loss {metrics['val/loss']:.4f})\n{sample}\n")
+        return {}
+
+
+class TaskAccuracy:
+    """Greedy replies to held-out tasks scored by exact match: eval/task_accuracy, and per family."""
+
+    def __init__(self, model: torch.nn.Module, template: ChatTemplate, tasks: list[Task], device: torch.device):
+        self.model, self.template, self.tasks, self.device = model, template, tasks, device
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        scores = task_accuracy(self.model, self.template, self.tasks, self.device)
+        return {f"eval/task_accuracy{'' if k == 'all' else '/' + k}": v for k, v in scores.items()}
+
+
+SAMPLE_HEADER = re.compile(r"^--- step (\d+)\b")
+
+
+def truncate_samples(path: Path, step: int) -> None:
+    """samples.txt: keep the sections headed `--- step N` with N <= step."""
+    if not path.exists():
+        return
+    kept, keep = [], True
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        header = SAMPLE_HEADER.match(line)
+        if header:
+            keep = int(header[1]) <= step
+        if keep:
+            kept.append(line)
+    write_atomic(path, "".join(kept))

@@ -1,0 +1,64 @@
+"""A run's final record: metrics.json (what a sweep report reads) and TensorBoard's HParams entry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from llmlab.config.schema import RunConfig
+from llmlab.files import write_atomic
+from llmlab.train.trainer import TrainResult
+
+HPARAM_METRICS = ("val_loss", "best_val_loss", "val_ppl", "gap_closed", "tokens_per_s", "wall_s")
+
+
+def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
+                  total_s: float, best_val: float, extra: dict | None = None) -> dict:
+    floor, bigram = stats.get("entropy_floor"), stats.get("bigram_loss")  # text stages only
+    val = result.val_loss
+    summary = {
+        "status": result.status,
+        "message": result.message,
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "params": params,
+        "val_loss": val,
+        "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "train_loss": result.train_loss,
+        "entropy_floor": floor,
+        "bigram_loss": bigram,
+        "unigram_loss": stats.get("unigram_loss"),
+        # share of the bigram -> floor gap the model closed (1.0 = at the floor)
+        "gap_closed": (bigram - val) / (bigram - floor) if None not in (floor, bigram, val) else None,
+        "wall_s": result.wall_s,
+        "total_s": total_s,
+        "tokens_per_s": result.tokens_per_s or None,  # None: stopped before a step was timed
+        "peak_mem_mb": peak_mb,
+        **(extra or {}),
+    }
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def hparams_of(cfg: RunConfig) -> dict:
+    """The settings a sweep compares, flattened: the model, the main trainer knobs, data, tokenizer, seed."""
+    flat = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.model).items()}
+    flat.update({f"trainer.{k}": getattr(cfg.trainer, k) for k in (
+        "lr", "batch_size", "max_steps", "warmup_steps", "weight_decay", "grad_clip", "precision")})
+    flat.update({"tokenizer.kind": cfg.tokenizer.kind, "tokenizer.vocab_size": cfg.tokenizer.vocab_size,
+                 "data.kind": getattr(cfg.data, "kind", "?"), "stage.name": cfg.stage.name, "seed": cfg.seed})
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in flat.items()}
+
+
+def log_hparams(writer, cfg: RunConfig, summary: dict) -> None:
+    """HParams for TensorBoard, in the run's own event file (add_hparams would open a timestamped sub-run)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {f"final/{k}": float(summary[k]) for k in HPARAM_METRICS if summary.get(k) is not None}
+    for record in hparams(hparams_of(cfg), metrics):
+        writer._get_file_writer().add_summary(record)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, summary["steps"])
