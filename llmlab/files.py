@@ -26,13 +26,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk: after a power cut, what a rename published
+    names data that was written, not a hole."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary sibling path to write; it replaces `path` when the block ends, and is removed on an error."""
+    """A temporary sibling path to write; it replaces `path` (flushed to disk) when the block ends, and is removed
+    on an error."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        fsync(tmp)
         os.replace(tmp, path)
+        fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -44,7 +57,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 @contextmanager
 def publishing(final: Path) -> Iterator[Path]:
-    """An empty temporary directory beside `final` to fill; when the block ends it replaces `final` whole.
+    """An empty temporary directory beside `final` to fill; when the block ends it replaces `final` whole, its
+    files flushed to disk first.
 
     An existing `final` is retired first (a rename cannot overwrite a non-empty directory). On an error the
     temporary directory is removed and `final` is left as it was.
@@ -53,10 +67,14 @@ def publishing(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}.", dir=final.parent))
     try:
         yield tmp
+        for path in sorted(tmp.rglob("*"), reverse=True):  # files before the directories that hold them
+            fsync(path)
+        fsync(tmp)
         retired = tmp.with_name(tmp.name + ".old")
         if final.exists():
             os.replace(final, retired)
         os.replace(tmp, final)
+        fsync(final.parent)
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

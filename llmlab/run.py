@@ -6,8 +6,11 @@ plain Python on dataclasses (llmlab.runner.Run), which tests build without Hydra
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,8 +23,20 @@ register_configs()
 
 
 def resume_command(out_dir: str) -> str:
+    """The command that continues this run, quoted for a shell (a directory or a value may hold spaces)."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
-    return " ".join(["python -m llmlab.run", *overrides, f"hydra.run.dir={out_dir}"])
+    return " ".join(["python -m llmlab.run", *map(shlex.quote, [*overrides, f"hydra.run.dir={out_dir}"])])
+
+
+def checkpoint_size(out_dir: str) -> str:
+    """How much room a checkpoint of this run takes, from the newest one written: what a full disk must free."""
+    from llmlab.train.checkpoint import list_checkpoints, read_manifest
+
+    written = list_checkpoints(Path(out_dir) / "checkpoints")
+    if not written:
+        return ""
+    size = sum(f["bytes"] for f in read_manifest(written[-1].path)["files"].values())
+    return f"a checkpoint takes {size / 2**20:.1f} MB; "
 
 
 class JobFailed(RuntimeError):
@@ -38,6 +53,8 @@ def fail(code: int, message: str) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from llmlab.runner import Run  # imported late: torch loads only once the config is valid
+    from llmlab.train.run_dir import AlreadyCompleted
+    from llmlab.train.signals import SECOND_SIGNAL
 
     cfg.out_dir = HydraConfig.get().runtime.output_dir
     try:
@@ -46,9 +63,20 @@ def main(cfg: DictConfig) -> float | None:
         result = run.execute()
     except ConfigError as err:
         return fail(2, str(err))
-    except KeyboardInterrupt:  # a second signal: stop now; checkpoints are atomic, so the last one is whole
-        print(f"error: stopped at once by a second signal, without a new checkpoint. Resume from the last one "
-              f"with:\n  {resume_command(cfg.out_dir)}", file=sys.stderr)
+    except AlreadyCompleted as done:  # the same command again: the finished run stays as it was
+        print(f"{cfg.out_dir}: {done}; nothing to do (val/loss {done.summary.get('val_loss')})")
+        return done.summary.get("val_loss")
+    except OSError as err:  # the disk, not the code: a read-only or full run directory
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return fail(1, f"{err.filename or cfg.out_dir}: {err.strerror}" + (
+            f"; free some space ({checkpoint_size(cfg.out_dir)}the last complete checkpoint is kept) and run the "
+            "same command again" if full else ""))
+    except KeyboardInterrupt as exc:  # stop now; checkpoints are atomic, so the last one is whole
+        how = "a second signal" if str(exc) == SECOND_SIGNAL else "a signal"
+        print(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "
+              f"{resume_command(cfg.out_dir)}", file=sys.stderr)
         sys.exit(130)
     if not run.place.is_main:
         return result.val_loss

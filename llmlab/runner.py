@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,15 +21,16 @@ from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
 from llmlab.plots import write_training_curves
-from llmlab.stages import StageContext, StageParts, get_stage
+from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
 from llmlab.train.checkpointer import Checkpointer, check_same_processes, resume_point
 from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
-from llmlab.train.run_dir import check_run_dir
+from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
+from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
-from llmlab.train.summary import log_hparams, write_summary
+from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.trainer import Trainer, TrainResult
 
 
@@ -41,6 +41,9 @@ class Run:
 
             cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
         device = pick_device(cfg.device)
+        if cfg.trainer.precision == "fp16" and device.type != "cuda":
+            raise ConfigError(f"trainer.precision=fp16 needs CUDA and this run is on {device.type}; "
+                              "use fp32 or bf16")
         self.place = distributed.init(device)  # one process, or one rank of a torchrun / SLURM job
         self.device = distributed.local_device(device, self.place)
         if self.place.enabled:  # every rank writes into rank 0's directory (Hydra resolved one per rank)
@@ -52,10 +55,18 @@ class Run:
         self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
         self.stage = get_stage(cfg.stage.name)(cfg.stage)
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
+        self.lock: RunDirLock | None = None
 
     def setup(self) -> Trainer:
         """Everything up to the first step: the stage's parts, sinks, monitors, the trainer (resumed if a
-        checkpoint is there)."""
+        checkpoint is there). The run directory stays locked until finish() or close()."""
+        try:
+            return self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self) -> Trainer:
         cfg, out, place = self.cfg, self.out_dir, self.place
         out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.threads:
@@ -63,6 +74,10 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.start = time.perf_counter()
 
+        if place.is_main:  # held until this process ends: one writer per run directory
+            self.lock = RunDirLock(out)
+            for surprise in cfg.surprises():
+                print(f"warning: {surprise}", file=sys.stderr)
         resume_from = resume_point(out / "checkpoints", cfg.trainer.resume)
         context = StageContext(cfg, self.device, place, out, resume_from)
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
@@ -72,10 +87,12 @@ class Run:
         if place.enabled and cfg.trainer.strategy == "fsdp" and build_monitors(cfg.monitors):
             raise ConfigError("trainer.strategy=fsdp shards the weights, so no rank sees them whole for the "
                               "monitors: use monitors=none, or trainer.strategy=ddp")
-        if place.is_main:
+        if place.is_main:  # another config is refused, even for a finished run
             check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
-                          cfg.trainer.allow_config_change)
-        else:
+                          cfg.trainer.allow_config_change, manifest)
+        if cfg.trainer.resume == "auto" and (done := completed_summary(out, manifest, cfg.trainer.max_steps)):
+            raise AlreadyCompleted(done)  # every rank reads the same files
+        if not place.is_main:
             distributed.barrier(place)  # rank 0 trains the tokenizer and fills the caches first
         parts = self.parts = self.stage.build(context)
         if place.is_main:
@@ -83,7 +100,7 @@ class Run:
         model = parts.model
         self.params = model.num_params()
         if place.is_main:
-            self.write_run_record(parts)
+            write_run_record(out, cfg, parts.stats, model, self.device, place)
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
         if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
@@ -102,7 +119,8 @@ class Run:
             batches = ShowFirstBatch(batches, parts.describe_batch)
         evaluators = [Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step)] if parts.sample \
             else []
-        trainer = Trainer(self.prepare_model(model), parts.objective, batches, parts.val_batches, cfg.trainer, place,
+        trained = distributed.prepare(model, cfg.trainer, place, self.device)
+        trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
                           self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors)
         if resume_from is not None:
             trainer.resume(resume_from)
@@ -112,28 +130,26 @@ class Run:
             self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return trainer
 
-    def write_run_record(self, parts: StageParts) -> None:
-        """dataset_stats.json, config_resolved.yaml and the model's size, before the first step."""
-        out, place = self.out_dir, self.place
-        (out / "dataset_stats.json").write_text(json.dumps(parts.stats, indent=2))
-        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
-        ranks = f" x {place.world_size} processes ({self.cfg.trainer.strategy})" if place.enabled else ""
-        body = parts.model.num_params(include_embeddings=False)
-        print(f"model: {self.params:,} parameters ({body:,} without embeddings) on {self.device}{ranks}")
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What trains: the model with activation checkpointing, DDP-wrapped or sharded under torchrun, then
-        compiled. Checkpoints, samples and monitors use the model itself, so no compile or DDP prefix reaches a
-        checkpoint and generation (new shapes at every token) never triggers a recompile."""
-        trainer = self.cfg.trainer
-        model.activation_checkpointing = trainer.activation_checkpointing
-        trained = distributed.wrap(model, trainer.strategy, self.place, self.device)
-        return torch.compile(trained) if trainer.compile else trained
-
     def execute(self) -> TrainResult:
-        trainer = self.setup()
+        stop = StopRequested()
+        with stop:
+            try:
+                with stop.at_once():  # a signal while setting up stops at once: nothing is trained or saved yet
+                    trainer = self.setup()
+            except Interrupted as signal_name:
+                return self.interrupted_in_setup(str(signal_name))
+            return self.train(trainer, stop)
+
+    def interrupted_in_setup(self, signal_name: str) -> TrainResult:
+        result = TrainResult("interrupted", 0, 0, None, None, 0.0, 0.0,
+                             f"{signal_name} while setting up, before step 1; no checkpoint was written")
+        if self.place.is_main:
+            write_summary(self.out_dir, result, None, {}, peak_memory_mb(self.device), 0.0, float("inf"))
+        return result
+
+    def train(self, trainer: Trainer, stop: StopRequested) -> TrainResult:
         try:
-            result = trainer.fit()
+            result = trainer.fit(stop)
         except Exception as exc:  # leave a record a sweep report can show, then let it propagate
             state = trainer.state
             result = TrainResult("failed", state.step, state.tokens_seen, trainer.last_train_loss,
@@ -149,6 +165,11 @@ class Run:
             return self.monitors.close()
         finally:
             self.sinks.close()
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def finish(self, trainer: Trainer, result: TrainResult) -> dict:
         """Flush monitors (their figures need the writer), write metrics.json and the HParams record, close sinks."""
@@ -163,6 +184,7 @@ class Run:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)
         finally:
             self.sinks.close()
+            self.release()
         try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
             write_training_curves(self.out_dir)
         except Exception as exc:  # noqa: BLE001

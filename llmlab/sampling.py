@@ -4,6 +4,8 @@ report's side-by-side generations use it."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from llmlab.config.commands import GenerateConfig
@@ -28,6 +30,11 @@ def complete(cfg: GenerateConfig) -> list[str]:
     else:
         stop, decode = tokenizer.eos_id, tokenizer.decode
         encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    unk = getattr(tokenizer, "unk_id", None)
+    unknown = sum(ids.count(unk) for ids in encoded) if unk is not None else 0
+    if unknown:
+        print(f"warning: {unknown} prompt character(s) are not in the tokenizer's vocabulary and became its "
+              "unknown token", file=sys.stderr)
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         repetition_penalty=cfg.repetition_penalty, use_cache=cfg.use_cache, stop_id=stop if cfg.stop_at_eos else None,

@@ -4,7 +4,10 @@ dataclasses. Importing this module registers them."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -48,8 +51,26 @@ def register_configs() -> None:
 register_configs()
 
 
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, list[str]]]:
+    """(dotted key, the node's fields) for each key a schema node does not have: `+key=value` can add one,
+    and OmegaConf.to_object would drop it without a word."""
+    node_type = OmegaConf.get_type(cfg)
+    fields = [f.name for f in dataclasses.fields(node_type)] if dataclasses.is_dataclass(node_type) else None
+    for key in cfg.keys():
+        if fields is not None and key not in fields:
+            yield f"{prefix}{key}", fields
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from unknown_keys(child, f"{prefix}{key}.")
+
+
 def to_dataclass(cfg: DictConfig):
     """Validated dataclasses from a composed config; a user's mistake becomes one ConfigError line."""
+    for key, fields in unknown_keys(cfg):
+        node, name = key.rpartition(".")[0], key.rpartition(".")[2]
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean {node + '.' if node else ''}{close[0]}?" if close else ""
+        raise ConfigError(f"{key}: no such field{hint} ({node or 'the run'} has {', '.join(fields)})")
     try:
         return OmegaConf.to_object(cfg)
     except Exception as exc:

@@ -28,9 +28,10 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run except Hydra's own record of the latest command (.hydra/)."""
+    """Every file of a run except Hydra's own record of the latest command (.hydra/) and the lock, which names
+    the last process that held the directory."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts}
+            if p.is_file() and ".hydra" not in p.parts and p.name != ".lock"}
 
 
 # (overrides, what the one line must say); {root} is the workspace

@@ -25,6 +25,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.load import load_trained
 from llmlab.runner import Run
 from llmlab.train.checkpoint import list_checkpoints, verify_checkpoint
+from llmlab.train.run_dir import AlreadyCompleted
 
 STEPS = 16
 ARGS = [*FAST, f"trainer.max_steps={STEPS}", "trainer.checkpoint_every=4", "trainer.eval_every=8"]
@@ -224,7 +225,8 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
 
     with pytest.raises(ConfigError, match="state.pt holds objects other than tensors .* refused"):
-        Run(run_config(tmp_path, ["trainer.max_steps=2", "trainer.checkpoint_every=2"])).setup()
+        Run(run_config(tmp_path, ["trainer.max_steps=4", "trainer.checkpoint_every=2",
+                                  "trainer.allow_config_change=true"])).setup()
     load_trained(tmp_path / "run")  # generate and analyze read weights from safetensors only
     assert not marker.exists()
 
@@ -232,7 +234,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
 # ---- a run directory reused by accident --------------------------------------------------------
 def snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and "tb" not in p.parts}
+            if p.is_file() and "tb" not in p.parts and p.name != ".lock"}  # the lock names its last holder
 
 
 @pytest.mark.slow
@@ -248,8 +250,10 @@ def test_a_new_config_in_an_old_run_directory_is_refused_naming_the_keys(tmp_pat
         Run(run_config(tmp_path, [*base, "trainer.resume=never"])).setup()
     assert snapshot(tmp_path / "run") == before  # refused runs touched nothing
 
-    # what only changes how a run is watched may differ; told explicitly, a real change resumes too
-    assert Run(run_config(tmp_path, [*base, "monitors=none"])).execute().status == "completed"
+    # what only changes how a run is watched may differ (the finished run has nothing left to do); told
+    # explicitly, a real change resumes too
+    with pytest.raises(AlreadyCompleted):
+        Run(run_config(tmp_path, [*base, "monitors=none"])).execute()
     result = Run(run_config(tmp_path, ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.lr=1e-2",
                                        "trainer.allow_config_change=true"])).execute()
     assert result.status == "completed" and result.steps == 6

@@ -2,9 +2,10 @@
 training and encoding time per kind.
 
 Batches: `TrainBatches` draws random windows from --tokens random uint16 tokens written to a temporary file and
-memory-mapped as `cached_token_stream` does (just written, so from the page cache), including the `.to(device)`
-copy; a training step (forward + backward + the trainer's AdamW, shape from conf/model) of the same batch is
-timed beside it. headroom = step_ms / data_ms_per_batch: how many times faster data comes than steps use it.
+memory-mapped as llmlab.data.pipeline's `cached_token_stream` does (just written, so from the page cache), including
+the `.to(device)` copy; a training step (forward + backward + the trainer's AdamW, shape from conf/model) of the
+same batch is timed beside it. headroom = step_ms / data_ms_per_batch: how many times faster data comes than steps
+use it.
 
 Tokenizers: --text-mb MB (10^6 characters, ASCII) of the synthetic language, joined as the runner joins it,
 each kind trained with `build_tokenizer` into an empty temporary cache, then the documents encoded with
@@ -76,7 +77,7 @@ def tokenizer_times(kind: str, docs: list[str], train_docs: list[str]) -> dict:
     from omegaconf import OmegaConf
 
     from llmlab.config.schema import TokenizerConfig
-    from llmlab.data.dataset import encode_documents
+    from llmlab.data.pipeline import encode_documents
     from llmlab.data.tokenizers import _TRAIN_CHARS, build_tokenizer
     from llmlab.store import CONF_DIR
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.errors import ConfigError, check_finite, check_positive
 from llmlab.config.schema import ModelConfig, TasksDataConfig
 
 
@@ -29,6 +29,7 @@ class GenerateConfig:
         check_positive("max_new_tokens", self.max_new_tokens)
         check_positive("num_samples", self.num_samples)
         check_positive("repetition_penalty", self.repetition_penalty)
+        check_finite("temperature", self.temperature)
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

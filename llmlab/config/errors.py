@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,14 @@ class ConfigError(ValueError):
     """A user's config or input mistake: printed as one line, never as a traceback."""
 
 
+def check_finite(name: str, value: float) -> None:
+    if value is None or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+
+
 def check_positive(name: str, value: float) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value}")
     if value is None or value <= 0:
         raise ConfigError(f"{name} must be > 0, got {value}")
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from llmlab.config.errors import ConfigError, check_choice, check_positive
+from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive
 from llmlab.config.monitors import MonitorsConfig
 
 
@@ -26,6 +26,7 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # ["all"]: every projection
 
     def __post_init__(self) -> None:
+        check_finite("model.lora.alpha", self.alpha)
         if self.rank < 0:
             raise ConfigError(f"model.lora.rank must be >= 0 (0 = no LoRA), got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -71,8 +72,10 @@ class ModelConfig:
             self.lora = LoRAConfig(**self.lora)
         if self.context_length is None and self.path is None:
             raise ConfigError("model.context_length: null is only for an imported model (model.path); give a length")
-        for name in ("n_layers", "d_model", "n_heads", *(("context_length",) if self.context_length else ())):
+        sized = ("context_length",) if self.context_length is not None else ()  # 0 is a length too: refused
+        for name in ("n_layers", "d_model", "n_heads", *sized, "rope_theta", "norm_eps"):
             check_positive(f"model.{name}", getattr(self, name))
+        check_finite("model.init_std", self.init_std)
         check_choice("model.positions", self.positions, ("learned", "rope"))
         check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
         check_choice("model.mlp", self.mlp, ("gelu", "swiglu"))
@@ -231,6 +234,7 @@ class EarlyStoppingConfig:
     def __post_init__(self) -> None:
         if self.patience < 0:
             raise ConfigError(f"trainer.early_stopping.patience must be >= 0, got {self.patience}")
+        check_finite("trainer.early_stopping.min_delta", self.min_delta)
         if self.min_delta < 0:
             raise ConfigError(f"trainer.early_stopping.min_delta must be >= 0, got {self.min_delta}")
 
@@ -274,6 +278,13 @@ class TrainerConfig:
             check_positive(f"trainer.{name}", getattr(self, name))
         check_positive("trainer.lr", self.lr)
         check_positive("trainer.peak_flops", self.peak_flops)
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"trainer.{name} must be in [0, 1), got {getattr(self, name)}")
+        check_finite("trainer.weight_decay", self.weight_decay)
+        if self.weight_decay < 0:
+            raise ConfigError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        check_finite("trainer.grad_clip", self.grad_clip)
         check_choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("trainer.on_nonfinite", self.on_nonfinite, ("skip", "stop"))
         check_choice("trainer.strategy", self.strategy, ("ddp", "fsdp"))
@@ -320,3 +331,12 @@ class RunConfig:
                               "from scratch; use it with a stage that starts from stage.init_from")
         if self.model.lora.rank and self.trainer.strategy == "fsdp":
             raise ConfigError("model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp")
+
+    def surprises(self) -> list[str]:
+        """Settings that are legal but probably not what was meant: each a warning line, before training."""
+        said, trainer = [], self.trainer
+        if trainer.warmup_steps > trainer.max_steps:  # llmlab.train.schedule: linear warmup to lr
+            peak = trainer.lr * trainer.max_steps / trainer.warmup_steps
+            said.append(f"trainer.warmup_steps={trainer.warmup_steps} > trainer.max_steps={trainer.max_steps}: the "
+                        f"learning rate never reaches trainer.lr={trainer.lr:g} (it peaks at {peak:.3g})")
+        return said

@@ -1,4 +1,4 @@
-"""Token streams on disk (memory-mapped) and the batches drawn from them.
+"""Batches drawn from token streams (memory-mapped: llmlab.data.pipeline writes and checks them).
 
 Training batches are random windows drawn from a seeded torch.Generator whose state goes into every
 checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
@@ -7,41 +7,11 @@ Validation batches are fixed windows spread evenly over the validation stream: t
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.data.batch import Batch
-from llmlab.data.tokenizers import Tokenizer
-from llmlab.files import atomic_file
-
-
-def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
-    """Each document's tokens followed by eos, concatenated."""
-    eos = np.array([tokenizer.eos_id])
-    parts = [p for d in docs for p in (tokenizer.encode_to_array(d), eos)]
-    return np.concatenate(parts).astype(tokenizer.dtype) if parts else np.zeros(0, dtype=tokenizer.dtype)
-
-
-def cached_token_stream(
-    tokenizer: Tokenizer, tokenizer_key: str, docs: list[str], cache_dir: Path
-) -> np.ndarray:
-    """Encode once per (tokenizer, text) and keep the result as a read-only memory map."""
-    digest = hashlib.sha256(tokenizer_key.encode())
-    for doc in docs:
-        digest.update(doc.encode())
-        digest.update(b"\x00")
-    dtype = tokenizer.dtype
-    path = cache_dir / f"{digest.hexdigest()[:24]}.{np.dtype(dtype).name}.bin"
-    if not path.exists():
-        tokens = encode_documents(tokenizer, docs)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:  # a crash mid-write never leaves a truncated stream under the real name
-            tokens.tofile(tmp)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 class TrainBatches:
@@ -85,11 +55,24 @@ def windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> Batch:
 def validation_batches(
     tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int
 ) -> list[Batch]:
-    """n_batches fixed batches of windows spread evenly over the stream (they overlap if it is short)."""
+    """n_batches fixed batches of windows spread evenly over the stream.
+
+    At most as many windows as the stream holds without overlap (never fewer than one batch: a short stream
+    still gives one, of overlapping windows); more is refused rather than evaluating the same tokens again.
+    """
     if len(tokens) < seq_len + 1:
         raise ConfigError(
             f"model.context_length={seq_len} is longer than the validation data ({len(tokens)} tokens): "
             "use more validation data or a shorter context"
+        )
+    fit = len(tokens) // (seq_len + 1)  # windows of seq_len + 1 tokens (inputs and targets) without overlap
+    most = max(1, fit // batch_size)
+    if n_batches > most:
+        raise ConfigError(
+            f"trainer.eval_batches={n_batches} is more than the validation data can fill: its {len(tokens)} tokens "
+            f"hold {fit} windows of model.context_length={seq_len} (+1) without overlap, at most {most} "
+            f"batch{'' if most == 1 else 'es'} of {batch_size}; use trainer.eval_batches<={most} or more "
+            "validation data"
         )
     starts = np.linspace(0, len(tokens) - seq_len - 1, n_batches * batch_size).astype(np.int64).tolist()
     return [

@@ -3,16 +3,18 @@ baselines that say how good a loss is on them (dataset_stats.json)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmlab.data.dataset import cached_token_stream
 from llmlab.data.sources import Corpus
 from llmlab.data.stats import bigram_loss, entropy_floor, unigram_loss
 from llmlab.data.tokenizers import Tokenizer
-from llmlab.files import sha256_file
+from llmlab.files import atomic_file, sha256_file, write_atomic
 
 
 @dataclass
@@ -25,6 +27,49 @@ class TokenStreams:
 def tokenizer_fingerprint(directory: Path) -> str:
     """What identifies a saved tokenizer: the checksums of its files (the token caches are keyed by it)."""
     return "-".join(sha256_file(p)[:16] for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
+    """Each document's tokens followed by eos, concatenated."""
+    eos = np.array([tokenizer.eos_id])
+    parts = [p for d in docs for p in (tokenizer.encode_to_array(d), eos)]
+    return np.concatenate(parts).astype(tokenizer.dtype) if parts else np.zeros(0, dtype=tokenizer.dtype)
+
+
+def cached_token_stream(tokenizer: Tokenizer, tokenizer_key: str, docs: list[str], cache_dir: Path) -> np.ndarray:
+    """Encode once per (tokenizer, text) and keep the result as a read-only memory map. The cache entry's size
+    and sha256 are recorded beside it and checked at every use: a damaged entry is encoded again, with a warning."""
+    digest = hashlib.sha256(tokenizer_key.encode())
+    for doc in docs:
+        digest.update(doc.encode())
+        digest.update(b"\x00")
+    dtype = tokenizer.dtype
+    path = cache_dir / f"{digest.hexdigest()[:24]}.{np.dtype(dtype).name}.bin"
+    record = path.with_name(path.name + ".json")
+    if path.exists():
+        problem = cache_problem(path, record)
+        if problem is None:
+            return np.memmap(path, dtype=dtype, mode="r")
+        print(f"warning: token cache {path} {problem}; encoding the text again", file=sys.stderr)
+    tokens = encode_documents(tokenizer, docs)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:  # a crash mid-write never leaves a truncated stream under the real name
+        tokens.tofile(tmp)
+    write_atomic(record, json.dumps({"bytes": path.stat().st_size, "sha256": sha256_file(path)}))
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def cache_problem(path: Path, record: Path) -> str | None:
+    """What is wrong with a cache entry against its record, or None."""
+    try:
+        expected = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return "has no readable checksum record"
+    if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes"):
+        return "is not the size it was written with"
+    if sha256_file(path) != expected.get("sha256"):
+        return "does not match its checksum"
+    return None
 
 
 def token_streams(corpus: Corpus, tokenizer: Tokenizer, tokenizer_dir: Path, cache_dir: Path,

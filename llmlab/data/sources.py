@@ -63,6 +63,9 @@ def resolve_paths(patterns: list[str]) -> list[Path]:
             raise ConfigError(f"data.paths: no file matches {pattern!r}")
         for match in matches:
             path = Path(match)
+            if path.is_dir():
+                raise ConfigError(f"data.paths: {path} is a directory; give its files, or a glob such as "
+                                  f"{path / '*.txt'}")
             if not path.is_file():
                 raise ConfigError(f"data.paths: file not found: {path}")
             paths.append(path)

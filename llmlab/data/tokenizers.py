@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import sentencepiece as spm
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TokenizerConfig
-from llmlab.files import publishing
+from llmlab.files import publishing, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +88,7 @@ class Tokenizer(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT_VERSION, "kind": self.kind, "vocab_size": self.vocab_size,
                     "eos_id": self.eos_id, **self._save_files(directory)}
+        manifest["checksums"] = checksums(directory, manifest)
         # Written last: a directory with a manifest is complete.
         text = json.dumps(manifest, ensure_ascii=False, indent=1)
         (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
@@ -369,6 +371,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {manifest.get('format')!r}, this llmlab reads {FORMAT_VERSION!r}")
+        if "checksums" in manifest and checksums(directory, manifest) != manifest["checksums"]:  # older: none
+            raise ValueError("its files do not match the checksums it was saved with (edited or damaged)")
         tokenizer = _tokenizer_class(manifest["kind"])._from_saved(directory, manifest)
         if tokenizer.vocab_size != manifest["vocab_size"]:
             raise ValueError(f"vocab_size {tokenizer.vocab_size}, the manifest says {manifest['vocab_size']}")
@@ -378,6 +382,16 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load the tokenizer at {directory}: {reason}") from None
     return tokenizer
+
+
+def checksums(directory: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """sha256 of the manifest's own fields and of every other file in the directory: a tokenizer is used only as
+    it was saved (a char tokenizer's vocabulary lives in the manifest itself)."""
+    fields = {k: v for k, v in manifest.items() if k != "checksums"}
+    sums = {MANIFEST: hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        sums[str(path.relative_to(directory))] = sha256_file(path)
+    return sums
 
 
 def cache_key(cfg: TokenizerConfig, train_text: str) -> str:
@@ -393,8 +407,8 @@ def build_tokenizer(cfg: TokenizerConfig, train_text: str) -> tuple[Tokenizer, b
     if stale and not cfg.retrain:
         try:
             return load_tokenizer(entry), True
-        except ConfigError:
-            pass  # incomplete or damaged: train again and replace it
+        except ConfigError as err:  # incomplete or damaged: train again and replace it
+            print(f"warning: {err}; training the tokenizer again", file=sys.stderr)
     tokenizer = train_tokenizer(cfg, train_text)
     _publish(tokenizer, entry)
     return tokenizer, False

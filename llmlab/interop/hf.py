@@ -14,6 +14,7 @@ import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
+from llmlab.weights import Expected
 
 LLAMA_STYLE = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
 GPT2_STYLE = {"positions": "learned", "norm": "layernorm", "mlp": "gelu"}
@@ -178,6 +179,49 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             vocab_size=hf_cfg.vocab_size, positions="learned", norm="layernorm", mlp="gelu",
             tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=True, norm_eps=hf_cfg.layer_norm_epsilon)
     raise ConfigError(f"model_type={kind!r} is not supported: llmlab imports llama, qwen2 and gpt2")
+
+
+def hf_tensors(cfg: ModelConfig):
+    """The tensors a transformers model directory of config_from_hf's cfg must hold, as llmlab.weights.Expected:
+    names as saved by save_pretrained (or without the base model's prefix, as older checkpoints have them),
+    their shapes, and whether llmlab needs them (biases it lacks become zeros, a tied head is the embedding)."""
+    d, v = cfg.d_model, cfg.vocab_size
+
+    def one(name: str, shape: tuple[int, ...], base: str, required: bool = True) -> Expected:
+        names = (name, name.removeprefix(base)) if name.startswith(base) else (name,)
+        return Expected(names, shape, required)
+
+    if cfg.positions == "rope":  # Llama, Qwen2
+        q, kv, f, m = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_dim, "model."
+        yield one("model.embed_tokens.weight", (v, d), m)
+        for i in range(cfg.n_layers):
+            layer = f"model.layers.{i}."
+            yield one(f"{layer}input_layernorm.weight", (d,), m)
+            for proj, out, n_in in (("q_proj", q, d), ("k_proj", kv, d), ("v_proj", kv, d), ("o_proj", d, q)):
+                yield one(f"{layer}self_attn.{proj}.weight", (out, n_in), m)
+                yield one(f"{layer}self_attn.{proj}.bias", (out,), m, required=False)
+            yield one(f"{layer}post_attention_layernorm.weight", (d,), m)
+            for proj, out, n_in in (("gate_proj", f, d), ("up_proj", f, d), ("down_proj", d, f)):
+                yield one(f"{layer}mlp.{proj}.weight", (out, n_in), m)
+                yield one(f"{layer}mlp.{proj}.bias", (out,), m, required=False)
+        yield one("model.norm.weight", (d,), m)
+        yield Expected(("lm_head.weight",), (v, d), required=not cfg.tie_embeddings)
+        return
+    # GPT-2: Conv1D weights are (in, out); every layer has biases
+    f, t = cfg.ffn_dim, "transformer."
+    yield one("transformer.wte.weight", (v, d), t)
+    yield one("transformer.wpe.weight", (cfg.context_length, d), t)
+    for i in range(cfg.n_layers):
+        layer = f"transformer.h.{i}."
+        shapes = {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d),
+                  "attn.c_attn.bias": (3 * d,), "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+                  "ln_2.weight": (d,), "ln_2.bias": (d,), "mlp.c_fc.weight": (d, f), "mlp.c_fc.bias": (f,),
+                  "mlp.c_proj.weight": (f, d), "mlp.c_proj.bias": (d,)}
+        for name, shape in shapes.items():
+            yield one(layer + name, shape, t)
+    yield one("transformer.ln_f.weight", (d,), t)
+    yield one("transformer.ln_f.bias", (d,), t)
+    yield Expected(("lm_head.weight",), (v, d), required=not cfg.tie_embeddings)
 
 
 def state_dict_from_hf(theirs: dict[str, torch.Tensor], cfg: ModelConfig, ours: dict[str, torch.Tensor]

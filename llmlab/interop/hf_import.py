@@ -9,16 +9,20 @@ in fp32. Nothing is fetched from a hub unless `model.local_files_only=false`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
 from llmlab.data.tokenizers import PretrainedTokenizer
-from llmlab.interop.hf import config_from_hf, load_hf_state
+from llmlab.interop.hf import config_from_hf, hf_tensors, load_hf_state
+from llmlab.weights import MAX_HEADER_BYTES, check_memory, check_tensors, read_header
 
 DEFAULT_CONTEXT = 1024  # model.context_length=null: the model's own positions, at most this many
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 def _source(cfg: ModelConfig) -> str:
@@ -40,22 +44,76 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
-    """cfg with the architecture of the model at cfg.path; its name, path, context_length and dropout stay."""
+def _architecture(cfg: ModelConfig, source: str) -> ModelConfig:
+    """The architecture config.json declares, its full size (all of its positions)."""
     from transformers import AutoConfig
 
-    source = _source(cfg)
     try:
         hf_cfg = AutoConfig.from_pretrained(source, local_files_only=cfg.local_files_only)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"model.path={cfg.path}: cannot read its config ({_one_line(e)})") from None
-    arch = config_from_hf(hf_cfg)
+    return config_from_hf(hf_cfg)
+
+
+def _weight_files(cfg: ModelConfig, directory: Path) -> tuple[list[Path], Path] | None:
+    """The safetensors files transformers would load from directory and the file that lists them; None when it
+    holds neither model.safetensors nor an index (loading the weights then says so)."""
+    prefix = f"model.path={cfg.path}: "
+    if (directory / WEIGHTS).is_file():
+        return [directory / WEIGHTS], directory / WEIGHTS
+    index = directory / INDEX
+    if not index.is_file():
+        return None
+    if index.stat().st_size > MAX_HEADER_BYTES:
+        raise ConfigError(f"{prefix}{index} is {index.stat().st_size} bytes, more than an index can be "
+                          f"({MAX_HEADER_BYTES})")
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
+        raise ConfigError(f"{prefix}{index} is not a JSON object") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ConfigError(f"{prefix}{index}: expected a \"weight_map\" of tensor names to safetensors files")
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        shard = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not shard.is_file():
+            raise ConfigError(f"{prefix}{index} names {name!r:.100}, which is not a file in {directory}")
+        files.append(shard)
+    return files, index
+
+
+def check_weight_files(cfg: ModelConfig, source: str, arch: ModelConfig) -> None:
+    """A local directory's safetensors headers hold every tensor config.json's model needs, as floats of its
+    shapes; ConfigError naming the file and the first tensor that differs. Nothing to check for a hub id or a
+    directory without weights."""
+    directory = Path(source)
+    weights = _weight_files(cfg, directory) if directory.is_dir() else None
+    if weights is None:
+        return
+    files, listing = weights
+    prefix = f"model.path={cfg.path}: "
+    found = {}
+    for file in files:
+        found.update(read_header(file, prefix))
+    check_tensors(found, hf_tensors(arch), f"{directory / 'config.json'}", str(listing), prefix, strict=False)
+
+
+def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
+    """cfg with the architecture of the model at cfg.path; its name, path, context_length and dropout stay.
+
+    Before anything is built from it: the weight files' headers must hold what config.json declares, and the
+    model (at the run's context) must fit in memory in fp32."""
+    source = _source(cfg)
+    arch = _architecture(cfg, source)
     length = cfg.context_length or min(arch.context_length, DEFAULT_CONTEXT)
     if length > arch.context_length:
         raise ConfigError(f"model.context_length={length} exceeds the {arch.context_length} positions of {cfg.path}")
+    check_weight_files(cfg, source, arch)
     # context_length is the run's sequence length: RoPE tables and GPT-2's position table stop there
-    return dataclasses.replace(arch, name=cfg.name, path=cfg.path, local_files_only=cfg.local_files_only,
-                               context_length=length, dropout=cfg.dropout)
+    resolved = dataclasses.replace(arch, name=cfg.name, path=cfg.path, local_files_only=cfg.local_files_only,
+                                   context_length=length, dropout=cfg.dropout)
+    check_memory(resolved, f"model.path={cfg.path}")
+    return resolved
 
 
 def load_pretrained_weights(model: torch.nn.Module, cfg: ModelConfig) -> None:
@@ -63,11 +121,13 @@ def load_pretrained_weights(model: torch.nn.Module, cfg: ModelConfig) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
+    source = _source(cfg)
+    check_weight_files(cfg, source, _architecture(cfg, source))  # the files may have changed since resolving
     logging.disable_progress_bar()  # one bar per load in the middle of a run's console output
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(_source(cfg), local_files_only=cfg.local_files_only,
+        hf_model = AutoModelForCausalLM.from_pretrained(source, local_files_only=cfg.local_files_only,
                                                         dtype="auto", use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise ConfigError(f"model.path={cfg.path}: cannot load its weights ({_one_line(e)}); expected "
                           "model.safetensors or a sharded model.safetensors.index.json") from None
     load_hf_state(model, hf_model.state_dict())

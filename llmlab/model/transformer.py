@@ -61,9 +61,10 @@ def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for rotary embeddings, each (context_length, head_dim // 2)."""
+    """cos/sin tables for rotary embeddings, each (context_length, head_dim // 2): the positions a run uses, no
+    more. At most these two tables exist at once (sin is computed into the angles)."""
     angles = torch.outer(torch.arange(cfg.context_length, dtype=torch.float32), rope_frequencies(cfg))
-    return angles.cos(), angles.sin()
+    return angles.cos(), angles.sin_()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -215,11 +216,15 @@ class Transformer(nn.Module):
         random init alone takes ~40 s on 2 CPU cores."""
         with torch.device("meta"):
             model = cls(cfg)
+        if cfg.positions == "rope":  # computed buffers, not loaded ones: never allocated empty beforehand
+            del model.rope_cos, model.rope_sin
         model.to_empty(device="cpu")
         if cfg.tie_embeddings:  # to_empty gives the two names two tensors
             model.lm_head.weight = model.tok_emb.weight
-        if cfg.positions == "rope":  # computed buffers, not loaded ones
-            model.rope_cos, model.rope_sin = rope_tables(cfg)
+        if cfg.positions == "rope":
+            cos, sin = rope_tables(cfg)
+            model.register_buffer("rope_cos", cos, persistent=False)
+            model.register_buffer("rope_sin", sin, persistent=False)
         return model
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -82,6 +83,9 @@ class Pretrain(Stage):
 def new_model(cfg: RunConfig, vocab_size: int, device: torch.device, pretrained: bool) -> Transformer:
     """A new model for the tokenizer's vocabulary; model=hf: the imported one (its weights unless resuming)."""
     if not cfg.model.path:
+        if cfg.model.vocab_size not in (None, vocab_size):
+            print(f"warning: model.vocab_size={cfg.model.vocab_size} is ignored: the tokenizer decides the "
+                  f"vocabulary ({vocab_size} ids); set tokenizer.vocab_size instead", file=sys.stderr)
         return Transformer(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
     if vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.path={cfg.model.path}: its tokenizer has {vocab_size} ids but the model "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 from llmlab.sweep.report import write_sweep_report
 
@@ -21,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": args.prompt or [""], "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     try:
         report = write_sweep_report(args.sweep_dir, plots=not args.no_plots, generations=generations)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:  # no such directory, no jobs in it, or it cannot be written
+        print(f"error: {f'{err.filename}: {err.strerror}' if err.filename else err}", file=sys.stderr)
         return 2
-    done = sum(row["status"] == "completed" for row in report["jobs"])
+    statuses = Counter(row["status"] for row in report["jobs"])
+    done = statuses.pop("completed", 0)
     print(f"{len(report['jobs'])} jobs ({done} completed), swept: {', '.join(report['swept']) or '(nothing)'}")
+    if statuses:
+        print("not completed: " + ", ".join(f"{n} {status}" for status, n in statuses.items()))
     print(f"report: {args.sweep_dir}/sweep_summary.md")
     return 0
 

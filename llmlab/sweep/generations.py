@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import asdict
 
 from llmlab.config.commands import GenerateConfig
@@ -17,6 +18,8 @@ from llmlab.files import write_atomic
 from llmlab.sampling import complete
 from llmlab.sweep.collect import JobRecord
 from llmlab.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = ("",)  # "" = the start of a document
 
@@ -31,12 +34,22 @@ def job_generations(job: JobRecord, settings: GenerateConfig) -> tuple[str, list
         return None
     key = json.dumps({**asdict(settings), "run": checkpoint.name}, sort_keys=True)
     cache = job.path / "generations.json"
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return checkpoint.name, cached["completions"]
-    completions = complete(GenerateConfig(**{**asdict(settings), "run": str(checkpoint)}))
-    write_atomic(cache, json.dumps({"key": key, "completions": completions}, indent=1))
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: generate again
+        cached = None
+    if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("completions"), list) \
+            and len(cached["completions"]) == len(settings.prompts):
+        return checkpoint.name, cached["completions"]
+    try:
+        completions = complete(GenerateConfig(**{**asdict(settings), "run": str(checkpoint)}))
+    except ConfigError as err:  # a checkpoint that will not load: no completions, the rest of the report stands
+        log.warning(f"{job.name}: no generations ({err})")
+        return None
+    try:  # the report's own cache, the only file it writes into a job's directory
+        write_atomic(cache, json.dumps({"key": key, "completions": completions}, indent=1))
+    except OSError as err:  # a read-only sweep: generate again next time
+        log.warning(f"{job.name}: generations not cached ({err.strerror})")
     return checkpoint.name, completions
 
 

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from llmlab.files import write_atomic
-from llmlab.sweep.collect import SEED, JobRecord, find_jobs, swept_keys
+from llmlab.sweep.collect import SEED, STATUSES, JobRecord, find_jobs, is_number, swept_keys
 
 METRICS = ("val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor", "params", "wall_s",
            "tokens_per_s", "peak_mem_mb", "steps")
@@ -22,21 +22,26 @@ GROUPED = ("val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "wall_s", "to
 
 
 def job_row(job: JobRecord, keys: list[str]) -> dict:
-    val, floor = job.value("val_loss"), job.value("entropy_floor")
-    label = ",".join(f"{k}={job.overrides.get(k, '')}" for k in keys) or job.name
+    def number(key: str):  # a value of another type (a hand-edited file) is shown as missing, not computed with
+        value = job.value(key)
+        return value if is_number(value) else None
+
+    val, floor = number("val_loss"), number("entropy_floor")
+    label = (",".join(f"{k}={job.overrides.get(k, '')}" for k in keys) if job.overrides else "") or job.name
     row = {"job": label, **{k: job.overrides.get(k, "") for k in keys}, "status": job.status}
     row.update({
         "val_loss": val,
-        "best_val_loss": job.value("best_val_loss"),
+        "best_val_loss": number("best_val_loss"),
         "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
         "entropy_floor": floor,
         "gap_to_floor": val - floor if val is not None and floor is not None else None,
-        "params": job.value("params"),
-        "wall_s": job.value("wall_s"),
-        "tokens_per_s": job.value("tokens_per_s"),
-        "peak_mem_mb": job.value("peak_mem_mb"),
-        "steps": job.steps,
+        "params": number("params"),
+        "wall_s": number("wall_s"),
+        "tokens_per_s": number("tokens_per_s"),
+        "peak_mem_mb": number("peak_mem_mb"),
+        "steps": job.steps if is_number(job.steps) else None,
         "dir": job.name,
+        "note": job.note,
     })
     return row
 
@@ -80,10 +85,22 @@ def fmt(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
+def cell(value, limit: int | None) -> str:
+    text = fmt(value).replace("\n", " ⏎ ").replace("|", "\\|")
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
+
+
+def markdown_table(rows: list[dict], columns: list[str], limit: int | None = 160) -> str:
+    """limit: the longest a cell may be (a long error message is cut; the CSV and JSON hold it whole)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c), limit) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def status_legend(rows: list[dict]) -> list[str]:
+    """What each status in the table means (the ones that occur, completed aside)."""
+    seen = [s for s in STATUSES if s != "completed" and any(r["status"] == s for r in rows)]
+    return [f"- `{s}`: {STATUSES[s]}." for s in seen]
 
 
 def grouped_markdown(grouped: list[dict], others: list[str]) -> str:
@@ -117,18 +134,23 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise FileNotFoundError(f"{sweep_dir}: no jobs in it (expected <job>/.hydra/overrides.yaml)")
+        raise FileNotFoundError(f"{sweep_dir}: no jobs in it (expected <job>/.hydra/ in it, as a multirun writes)")
     keys = swept_keys(jobs, sweep_dir)
     rows = [job_row(job, keys) for job in jobs]
     grouped = group_over_seeds(rows, keys)
-    columns = ["job", *keys, "status", *METRICS, "dir"]
+    columns = ["job", *keys, "status", *METRICS, "dir", "note"]
     report = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows, "grouped_over_seeds": grouped}
 
     md = [f"# Sweep report: {sweep_dir.name}", "",
           f"{len(jobs)} jobs, swept: {', '.join(keys) or '(nothing)'}; "
           f"{sum(r['status'] == 'completed' for r in rows)} completed.", "",
-          "gap_to_floor = val_loss - entropy_floor (nats per token; 0 is the best any model can do).", "",
-          markdown_table(rows, [*keys, "status", *METRICS])]
+          "gap_to_floor = val_loss - entropy_floor (nats per token; 0 is the best any model can do).", ""]
+    legend = status_legend(rows)
+    if legend:
+        md += ["Status:", "", *legend, ""]
+    show_dir = not keys or any(not job.overrides for job in jobs)  # a row the swept values cannot name
+    md += [markdown_table(rows, [*keys, *(["dir"] if show_dir else []), "status", *METRICS,
+                                 *(["note"] if any(r["note"] for r in rows) else [])])]
     if grouped:
         md += ["", "## Over seeds", "", grouped_markdown(grouped, [k for k in keys if k != SEED])]
     if plots:
@@ -145,8 +167,7 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         report["generations"] = comparison
         if comparison:
             md += ["", "## Generations", "", "Same prompts, seed and sampling settings for every job.", "",
-                   markdown_table([{**c, "completion": c["completion"].replace("\n", " ⏎ ").replace("|", "\\|")}
-                                   for c in comparison], ["job", "prompt", "completion"])]
+                   markdown_table(comparison, ["job", "prompt", "completion"], limit=None)]
     write_atomic(sweep_dir / "sweep_summary.csv", csv_text(rows, columns))
     write_atomic(sweep_dir / "sweep_summary.md", "\n".join(md) + "\n")
     write_atomic(sweep_dir / "sweep_summary.json", json.dumps(report, indent=2, default=str))

@@ -3,7 +3,8 @@
 Layout of one checkpoint, checkpoints/step_<N>/:
     model.safetensors   the weights (tied tensors stored once)
     state.pt            optimizer, RNG and data-position state; loads with weights_only=True
-    manifest.json       written last: step, file sizes and sha256 checksums
+    manifest.json       written last: step, file sizes and sha256 checksums, and those of the run's tokenizer
+                        files (verified with the checkpoint) and config_resolved.yaml (checked on resume)
 
 The directory is assembled under a temporary name and renamed into place, and checkpoints/latest
 (a one-line pointer) is replaced atomically afterwards, so a crash at any moment leaves either the
@@ -53,9 +54,8 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
         else:
             save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
-        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                 for name in ("model.safetensors", "state.pt")}
-        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
+        files = {name: file_record(tmp / name) for name in ("model.safetensors", "state.pt")}
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(root.parent), **meta}
         write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
     write_atomic(root / "latest", final.name + "\n")
     if keep:
@@ -63,6 +63,36 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
         for old in older[: max(len(older) - (keep - 1), 0)]:
             shutil.rmtree(old.path, ignore_errors=True)
     return Checkpoint(final, step)
+
+
+def file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def run_files(run_dir: Path) -> dict:
+    """What a checkpoint needs of its run directory, checksummed: the tokenizer its ids mean something in, and the
+    config it was trained under."""
+    record: dict = {}
+    tokenizer = run_dir / "tokenizer"
+    if tokenizer.is_dir():
+        record["tokenizer_files"] = {str(p.relative_to(run_dir)): file_record(p)
+                                     for p in sorted(tokenizer.rglob("*")) if p.is_file()}
+    config = run_dir / "config_resolved.yaml"
+    if config.is_file():
+        record["config_sha256"] = sha256_file(config)
+    return record
+
+
+def check_file(file: Path, expected: dict, what: str) -> None:
+    """ConfigError naming the file when it is missing, of another size or another checksum than recorded."""
+    if not file.is_file():
+        raise ConfigError(f"{what} {file} is missing")
+    size = file.stat().st_size
+    if size != expected["bytes"]:
+        kind = "truncated" if size < expected["bytes"] else "longer than written"
+        raise ConfigError(f"{what} {file} is {kind}: {size} bytes, the manifest says {expected['bytes']}")
+    if sha256_file(file) != expected["sha256"]:
+        raise ConfigError(f"{what} {file} is corrupt: its sha256 does not match the manifest")
 
 
 def read_manifest(path: Path) -> dict:
@@ -82,16 +112,10 @@ def verify_checkpoint(path: Path) -> dict:
     if not isinstance(files, dict) or not files:
         raise ConfigError(f"checkpoint {path / MANIFEST} lists no files")
     for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            raise ConfigError(f"checkpoint file {file} is missing")
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            what = "truncated" if size < expected["bytes"] else "longer than written"
-            raise ConfigError(f"checkpoint file {file} is {what}: {size} bytes, the manifest says "
-                              f"{expected['bytes']}")
-        if sha256_file(file) != expected["sha256"]:
-            raise ConfigError(f"checkpoint file {file} is corrupt: its sha256 does not match the manifest")
+        check_file(path / name, expected, "checkpoint file")
+    run_dir = path.parent.parent
+    for name, expected in manifest.get("tokenizer_files", {}).items():  # older checkpoints record none
+        check_file(run_dir / name, expected, "the run's tokenizer file")
     return manifest
 
 

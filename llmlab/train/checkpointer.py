@@ -45,6 +45,17 @@ def check_same_processes(manifest: dict, world_size: int, strategy: str, path: P
                           f"with torchrun --nproc_per_node={saved_world}, or start a new hydra.run.dir")
 
 
+class NonFiniteWeights(RuntimeError):
+    """The weights are not all finite: no checkpoint is written, so the last one stays the newest."""
+
+
+def all_finite(model: nn.Module, place: Distributed) -> bool:
+    """Whether every weight is finite, on every rank (FSDP: each rank checks its shards); one host sync."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+    return distributed.mean_over_ranks(finite, place).item() == 1.0
+
+
 class Checkpointer:
     def __init__(self, root: Path, place: Distributed, strategy: str, keep: int, meta: dict):
         self.root, self.place, self.keep = root, place, keep
@@ -61,17 +72,25 @@ class Checkpointer:
         """The optimizer's state from a verified checkpoint whose weights load_weights put in already; the rest
         of the trainer's state (Trainer.load_state_dict takes it)."""
         state = ckpt.load_state(path)
-        optimizer_state = state.pop("optimizer")
-        if self.sharded:  # the checkpoint holds the whole optimizer state, keyed by parameter name
-            distributed.load_optimizer_state(distributed.unwrap(model), optimizer, optimizer_state)
-        else:
-            optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer_state = state.pop("optimizer")
+            if self.sharded:  # the checkpoint holds the whole optimizer state, keyed by parameter name
+                distributed.load_optimizer_state(distributed.unwrap(model), optimizer, optimizer_state)
+            else:
+                optimizer.load_state_dict(optimizer_state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise ConfigError(f"checkpoint file {path / 'state.pt'} is not a trainer state of this run "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no optimizer'})") from None
         return state
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
         """checkpoints/step_<step> of what trains (wrapped or not) and the trainer's state; every rank takes part
         (FSDP gathers the shards), rank 0 writes."""
         model = distributed.unwrap(model)
+        if not all_finite(model, self.place):
+            last = ckpt.find_checkpoint(self.root)
+            raise NonFiniteWeights(f"the weights are not finite after step {step}, so it was not checkpointed; "
+                                   f"the last good checkpoint is {last or 'none (no checkpoint was written)'}")
         if self.sharded:
             weights, optimizer_state = distributed.full_state_dicts(model, optimizer)
             model = distributed.plain_copy(model, weights) if self.place.is_main else None

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from llmlab.config.schema import TrainerConfig
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -115,6 +117,15 @@ def wrap(model: nn.Module, strategy: str, place: Distributed, device: torch.devi
                else "broadcast_buffers")
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    **{no_sync: False})
+
+
+def prepare(model: nn.Module, cfg: TrainerConfig, place: Distributed, device: torch.device) -> nn.Module:
+    """What trains: the model with activation checkpointing, DDP-wrapped or sharded under torchrun, then
+    compiled. Checkpoints, samples and monitors use the model itself, so no compile or DDP prefix reaches a
+    checkpoint and generation (new shapes at every token) never triggers a recompile."""
+    model.activation_checkpointing = cfg.activation_checkpointing
+    trained = wrap(model, cfg.strategy, place, device)
+    return torch.compile(trained) if cfg.compile else trained
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

@@ -7,11 +7,22 @@ import json
 import math
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from llmlab.config.schema import RunConfig
 from llmlab.files import write_atomic
 from llmlab.train.trainer import TrainResult
 
 HPARAM_METRICS = ("val_loss", "best_val_loss", "val_ppl", "gap_closed", "tokens_per_s", "wall_s")
+
+
+def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, place) -> None:
+    """dataset_stats.json, config_resolved.yaml and the model's size, before the first step."""
+    (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+    write_atomic(out / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
+    print(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
+          f"embeddings) on {device}{ranks}")
 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,

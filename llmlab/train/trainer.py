@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,16 +20,18 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TrainerConfig
 from llmlab.data.batch import Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.train import distributed
-from llmlab.train.checkpointer import Checkpointer
+from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
 from llmlab.train.distributed import SINGLE, Distributed
 from llmlab.train.evaluators import Evaluator
 from llmlab.train.objectives import Objective
 from llmlab.train.optim import build_optimizer
 from llmlab.train.schedule import lr_at
+from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import MetricSinks
 
 
@@ -58,31 +59,6 @@ class TrainState:
     skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
     evals_without_improvement: int = 0  # for early stopping
     consecutive_skips: int = 0
-
-
-class StopRequested:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second signal exits at once."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signal_name is not None:  # second signal: the user means it
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        tqdm.write(f"\n{self.signal_name} received: finishing this step and writing a checkpoint "
-                   "(signal again to exit at once)")
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # signals can only be set from the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:
@@ -149,7 +125,12 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue from a verified checkpoint whose weights are in the model already (Checkpointer.load_weights,
         before the model was wrapped)."""
-        self.load_state_dict(self.checkpointer.restore(path, self.model, self.optimizer))
+        state = self.checkpointer.restore(path, self.model, self.optimizer)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"checkpoint file {path / 'state.pt'} is not a trainer state of this run "
+                              f"({type(e).__name__}: {e})") from None
 
     # ---- the loop --------------------------------------------------------------------------
     def autocast(self):
@@ -216,10 +197,12 @@ class Trainer:
         """Mean validation loss; what the objective reports on the way is kept for eval_row."""
         self.model.eval()
         losses, self.val_metrics = [], {}
-        for batch in self.val_batches:
-            with self.autocast():
-                losses.append(self.objective.loss(self.model, batch.to(self.device), self.val_metrics).float())
-        self.model.train()
+        try:
+            for batch in self.val_batches:
+                with self.autocast():
+                    losses.append(self.objective.loss(self.model, batch.to(self.device), self.val_metrics).float())
+        finally:
+            self.model.train()
         return torch.stack(losses).mean().item()
 
     def fit(self, stop: StopRequested | None = None, until: int | None = None) -> TrainResult:
@@ -270,14 +253,24 @@ class Trainer:
             self.bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['perf/tokens_per_s']:,.0f}")
         early_stop = None
         if every(step, cfg.eval_every, cfg.max_steps):
-            row.update(self.eval_row(step))
-            early_stop = self.early_stop_reason()
+            # one process stops within a batch or a generated token; ranks finish it together (collectives)
+            try:
+                with stop.at_once(not self.place.enabled):
+                    row.update(self.eval_row(step))
+                early_stop = self.early_stop_reason()
+            except Interrupted:
+                self.model.train()  # generation may have been cut short in eval mode
+                tqdm.write(f"the evaluation at step {step} was cut short and is not logged")
         if row:
             self.sinks.log_scalars(step, row)
         stopping = self.agreed_stop if self.place.enabled else stop.signal_name
         if every(step, cfg.checkpoint_every, cfg.max_steps) or stopping or early_stop:
             self.sinks.flush()
-            self.save()
+            try:
+                self.save()
+            except NonFiniteWeights as bad:  # a finite loss can still leave NaN weights (an lr too large)
+                tqdm.write(f"stopping: {bad}")
+                return "failed", str(bad)
         if row:
             self._interval_start = time.perf_counter()  # time spent logging/saving is not training
         if early_stop:
