@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llmlab.config.commands import ExportConfig
-from llmlab.config.errors import ConfigError, exit_on_config_error
+from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
 from llmlab.store import CONF_DIR, to_dataclass
 from llmlab.train.checkpoint import MANIFEST
@@ -115,8 +115,8 @@ def check_out(out_arg: str, run_arg: str, overwrite: bool) -> Path:
         raise ConfigError(f"{shown} exists and is not empty; choose another directory or overwrite=true")
     foreign = foreign_entries(out, record)
     if foreign:
-        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"{shown} is an earlier export but also holds what no export wrote ({listed}); "
+        raise ConfigError(f"{shown} is an earlier export but also holds what no export wrote "
+                          f"({first_few(foreign, 3)}); "
                           "overwrite=true would delete it: move that out first, or choose another directory")
     return out
 

@@ -121,35 +121,44 @@ def test_the_same_command_on_a_finished_run_changes_nothing_and_says_so(finished
 
 
 # ---- checksums: caches, the run's tokenizer and config --------------------------------------------------------
-@pytest.mark.slow
-def test_a_damaged_token_cache_is_encoded_again_and_trains_as_a_clean_one(tmp_path):
-    args = [*SHORT, "trainer.max_steps=4", f"cache_dir={tmp_path / 'cache'}"]
-    first = run_cli("llmlab.run", [*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    for stream in (tmp_path / "cache" / "tokens").glob("*.bin"):
-        ids = np.fromfile(stream, dtype=np.uint8 if stream.name.endswith("uint8.bin") else np.uint16)
-        ids[::3] = 0
-        ids.tofile(stream)
-    second = run_cli("llmlab.run", [*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "does not match its checksum; encoding the text again" in second.stderr
-    rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1] for d in "ab"]
-    assert [json.loads(r)["val/loss"] for r in rows[:1]] == [json.loads(r)["val/loss"] for r in rows[1:]]
+def same_command_elsewhere(finished, tmp_path, cache_damage) -> tuple[subprocess.CompletedProcess, Path]:
+    """The finished run's command into a new directory, on a copy of its caches damaged by cache_damage."""
+    run_dir, args = finished
+    cache = tmp_path / "cache"
+    subprocess.run(["cp", "-r", str(run_dir.parent / "cache"), str(cache)], check=True)
+    cache_damage(cache)
+    moved = [a for a in args if not a.startswith(("cache_dir=", "hydra.run.dir="))]
+    result = run_cli("llmlab.run", [*moved, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result, tmp_path / "run"
 
 
 @pytest.mark.slow
-def test_an_edited_cached_tokenizer_is_trained_again_not_copied_into_the_run(tmp_path):
-    args = [*SHORT, "trainer.max_steps=2", f"cache_dir={tmp_path / 'cache'}"]
-    assert run_cli("llmlab.run", [*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path).returncode == 0
-    [entry] = (tmp_path / "cache" / "tokenizers").iterdir()
-    manifest = json.loads((entry / "tokenizer.json").read_text())
-    manifest["chars"] = manifest["chars"][::-1]  # every id now means another character
-    (entry / "tokenizer.json").write_text(json.dumps(manifest))
-    second = run_cli("llmlab.run", [*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "do not match the checksums it was saved with" in second.stderr
-    assert "training the tokenizer again" in second.stderr
-    tokenizers = [(tmp_path / run / "tokenizer/tokenizer.json").read_bytes() for run in "ab"]
+def test_a_damaged_token_cache_is_encoded_again_and_trains_as_a_clean_one(finished, tmp_path):
+    def zero_every_third_id(cache: Path) -> None:
+        for stream in (cache / "tokens").glob("*.bin"):
+            ids = np.fromfile(stream, dtype=np.uint8 if stream.name.endswith("uint8.bin") else np.uint16)
+            ids[::3] = 0
+            ids.tofile(stream)
+
+    result, run_dir = same_command_elsewhere(finished, tmp_path, zero_every_third_id)
+    assert "does not match its checksum; encoding the text again" in result.stderr
+    last = [json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (finished[0], run_dir)]
+    assert last[0]["val/loss"] == last[1]["val/loss"]  # trained on the same tokens as the clean run
+
+
+@pytest.mark.slow
+def test_an_edited_cached_tokenizer_is_trained_again_not_copied_into_the_run(finished, tmp_path):
+    def reverse_the_vocabulary(cache: Path) -> None:
+        [entry] = (cache / "tokenizers").iterdir()
+        manifest = json.loads((entry / "tokenizer.json").read_text())
+        manifest["chars"] = manifest["chars"][::-1]  # every id now means another character
+        (entry / "tokenizer.json").write_text(json.dumps(manifest))
+
+    result, run_dir = same_command_elsewhere(finished, tmp_path, reverse_the_vocabulary)
+    assert "do not match the checksums it was saved with" in result.stderr
+    assert "training the tokenizer again" in result.stderr
+    tokenizers = [(d / "tokenizer/tokenizer.json").read_bytes() for d in (finished[0], run_dir)]
     assert tokenizers[0] == tokenizers[1]
 
 
@@ -171,24 +180,27 @@ def test_an_edited_tokenizer_in_a_run_stops_resume_and_generate(finished, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["delete", "garble", "edit"])
-def test_a_changed_config_file_cannot_let_another_config_resume_silently(tmp_path, damage):
-    args = [*SHORT, "trainer.max_steps=4", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    assert run_cli("llmlab.run", args, tmp_path).returncode == 0
-    config = tmp_path / "run/config_resolved.yaml"
+def test_a_changed_config_file_cannot_let_another_config_resume_silently(finished, tmp_path, damage):
+    run_dir, args = finished
+    work = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run_dir), str(work)], check=True)
+    config = work / "config_resolved.yaml"
     if damage == "delete":
         config.unlink()
     elif damage == "garble":  # in a run whose checkpoint records no checksum of it (an earlier llmlab's)
         config.write_text("model: [unclosed\n  : :\n")
-        for manifest in (tmp_path / "run/checkpoints").glob("step_*/manifest.json"):
+        for manifest in (work / "checkpoints").glob("step_*/manifest.json"):
             manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
                                             if k != "config_sha256"}))
     else:
         config.write_text(config.read_text().replace("lr: 0.003", "lr: 0.3"))
-    other = [*args, "trainer.max_steps=8", "trainer.lr=0.3"]
+    other = [*(a for a in args if not a.startswith("hydra.run.dir=")), f"hydra.run.dir={work}",
+             "trainer.max_steps=10", "trainer.lr=0.3"]
     expected = {"delete": "is missing", "garble": "is not readable YAML", "edit": "was changed after its checkpoint"}
     one_line_error(run_cli("llmlab.run", other, tmp_path), expected[damage])
-    allowed = run_cli("llmlab.run", [*other, "trainer.allow_config_change=true"], tmp_path)
-    assert allowed.returncode == 0 and "resumed from" in allowed.stdout, allowed.stderr[-2000:]
+    if damage == "edit":  # told explicitly, it resumes under the new config
+        allowed = run_cli("llmlab.run", [*other, "trainer.allow_config_change=true"], tmp_path)
+        assert allowed.returncode == 0 and "resumed from" in allowed.stdout, allowed.stderr[-2000:]
 
 
 # ---- no non-finite checkpoint --------------------------------------------------------------------------------

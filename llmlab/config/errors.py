@@ -30,6 +30,11 @@ def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
         raise ConfigError(f"{name}: expected one of {'|'.join(allowed)}, got {value!r}")
 
 
+def first_few(items: list[str], n: int, sep: str = ", ") -> str:
+    """The first n items for a one-line message, and how many more there are."""
+    return sep.join(items[:n]) + (f"{sep}and {len(items) - n} more" if len(items) > n else "")
+
+
 def find_config_error(exc: BaseException) -> ConfigError | None:
     """OmegaConf wraps errors raised in __post_init__; dig ours out of the chain."""
     seen = set()

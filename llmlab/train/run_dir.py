@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from llmlab.config.errors import ConfigError
+from llmlab.config.errors import ConfigError, first_few
 from llmlab.files import sha256_file
 
 CONFIG_FILE = "config_resolved.yaml"
@@ -142,6 +142,6 @@ def check_run_dir(out_dir: Path, current: dict, resume: str, allow_config_change
         raise ConfigError(f"{saved_file} holds no config; restore it, or resume with trainer.allow_config_change=true")
     differing = config_differences(saved, current)
     if differing:
-        shown = "; ".join(differing[:4]) + (f"; and {len(differing) - 4} more" if len(differing) > 4 else "")
+        shown = first_few(differing, 4, "; ")
         raise ConfigError(f"{out_dir} holds a run made with another config ({shown}); use a new hydra.run.dir, "
                           "or trainer.allow_config_change=true to resume it with the new values")
