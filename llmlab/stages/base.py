@@ -16,7 +16,6 @@ import torch
 
 from llmlab.config.schema import RunConfig, StageConfig
 from llmlab.data.batch import Batch, BatchSource
-from llmlab.data.tokenizers import Tokenizer
 from llmlab.model.transformer import Transformer
 from llmlab.train.distributed import Distributed
 from llmlab.train.evaluators import Evaluator
@@ -38,8 +37,7 @@ class StageContext:
 class StageParts:
     """What a stage trains on and with; the rest of a run (sinks, monitors, checkpoints, the loop) is shared."""
 
-    model: Transformer  # on the context's device, not yet wrapped or compiled
-    tokenizer: Tokenizer  # saved as <run>/tokenizer: what generate, evaluate and export read
+    model: Transformer  # on the context's device, not yet wrapped or compiled (build() saves its tokenizer)
     objective: Objective
     train_batches: BatchSource
     val_batches: list[Batch]  # the same every evaluation

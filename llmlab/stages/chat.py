@@ -63,7 +63,7 @@ class ChatStage(Stage):
         evaluators = [TaskAccuracy(model, template, items.eval_tasks, ctx.device)] if items.eval_tasks else []
         shown = items.eval_tasks[:1] if isinstance(cfg.data, TasksDataConfig) else []
         return StageParts(
-            model, tokenizer, objective, train_batches, val_batches,
+            model, objective, train_batches, val_batches,
             steps_per_epoch=train_batches.batches_per_epoch / trainer.grad_accum_steps, stats=items.stats,
             sample=task_sampler(model, template, shown, ctx.device), describe_batch=describer(template),
             decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True})

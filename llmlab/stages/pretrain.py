@@ -48,7 +48,7 @@ class Pretrain(Stage):
         val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches)
         tokens_per_step = trainer.batch_size * ranks * trainer.grad_accum_steps * seq_len
         return StageParts(
-            model, tokenizer, NextTokenObjective(), train_batches, val_batches,
+            model, NextTokenObjective(), train_batches, val_batches,
             steps_per_epoch=len(streams.train) / tokens_per_step, stats=streams.stats,
             sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
             decode=tokenizer.decode, manifest={"base": None})
