@@ -3,8 +3,10 @@
 
 One forward (and backward) of the text through a run's latest checkpoint, observed by the training-time
 DistributionMonitor and AttentionMonitor: the same statistics, JSON and figures a capture step writes, in
-<out>/distribution/step_<N>/ and <out>/attention/step_<N>/ (out defaults to <run>/analysis and N is the
-checkpoint's step; for an imported model out defaults to outputs/analysis/<directory name> and N is 0).
+<out>/distribution/step_<N>/ and <out>/attention/step_<N>/, with circuits=true also <out>/circuits/step_<N>/ (the
+circuit scores on the run's copy probe, or else on the text, and on the induction probe). out defaults to
+<run>/analysis and N is the checkpoint's step; for an imported model out defaults to
+outputs/analysis/<directory name> and N is 0.
 With layers chosen, only those blocks' weights get gradients: a 1B model's other layers cost no gradient memory.
 """
 
@@ -36,7 +38,7 @@ def train_without_dropout(model) -> None:
 
 
 def load_for_analysis(cfg: AnalyzeConfig, device):
-    """(model, tokenizer, step, default output directory) of a run's checkpoint or an imported model."""
+    """(model, tokenizer, step, default output directory, checkpoint or None) of a run or an imported model."""
     if cfg.run is None:
         from llmlab.interop.hf_import import load_pretrained_weights, pretrained_tokenizer, resolve_model_config
         from llmlab.model.transformer import Transformer
@@ -45,7 +47,7 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
         tokenizer = pretrained_tokenizer(model_cfg)
         model = Transformer.uninitialized(model_cfg)
         load_pretrained_weights(model, model_cfg)
-        return model.to(device), tokenizer, 0, Path("outputs/analysis") / Path(model_cfg.path).name
+        return model.to(device), tokenizer, 0, Path("outputs/analysis") / Path(model_cfg.path).name, None
 
     from llmlab.load import load_trained
 
@@ -53,7 +55,29 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
     match = re.fullmatch(r"step_(\d+)", checkpoint.name)
     if match is None or int(match[1]) < 1:
         raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
-    return model, tokenizer, int(match[1]), checkpoint.parent.parent / "analysis"
+    return model, tokenizer, int(match[1]), checkpoint.parent.parent / "analysis", checkpoint
+
+
+def run_copy_probe(checkpoint: Path, tokenizer, context: int, rows: int, tokens: int):
+    """The copy probe of a run trained on the embedded language (from its verified config), else None."""
+    import yaml
+
+    from llmlab.config.schema import SyntheticDataConfig
+    from llmlab.data.copy_probe import copy_probe
+    from llmlab.data.sources import annotated_validation
+    from llmlab.files import sha256_file
+    from llmlab.train import checkpoint as ckpt
+
+    config = checkpoint.parent.parent / "config_resolved.yaml"
+    if not config.is_file():
+        return None
+    recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
+    if recorded and sha256_file(config) != recorded:
+        raise ConfigError(f"{config} has changed since checkpoint {checkpoint} was written")
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    if data.get("kind") != "synthetic":
+        return None
+    return copy_probe(annotated_validation(SyntheticDataConfig(**data)), tokenizer, rows, min(tokens, context))
 
 
 def grads_only_for(model, layers: list[int]) -> None:
@@ -78,7 +102,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     from llmlab.train.device import pick_device
 
     device = pick_device(cfg.device)
-    model, tokenizer, step, default_out = load_for_analysis(cfg, device)
+    model, tokenizer, step, default_out, checkpoint = load_for_analysis(cfg, device)
     n_layers = len(model.blocks)
     layers = None if cfg.layers is None else select_layers(cfg.layers, n_layers, "layers")
     ids = [tokenizer.bos_id, *tokenizer.encode(cfg.text)][: model.cfg.context_length]
@@ -93,7 +117,16 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     dist.track_updates = False  # no optimizer step is taken: no update ratios
     attn = AttentionMonitor(AttentionMonitorConfig(enabled=True, every=0, steps=[1], layers=layers, images=plots,
                                                    label_max_tokens=64))
-    for monitor in (dist, attn):  # the config accepts training steps (>= 1); an imported model is step 0
+    monitors = [dist, attn]
+    if cfg.circuits:
+        from llmlab.config.monitors import CircuitsMonitorConfig
+        from llmlab.monitors.circuits import CircuitsMonitor
+
+        circuits_cfg = CircuitsMonitorConfig(enabled=True, every=0, steps=[1], images=plots)
+        probe = run_copy_probe(checkpoint, tokenizer, model.cfg.context_length, circuits_cfg.copy_rows,
+                               circuits_cfg.tokens) if checkpoint is not None else None
+        monitors.append(CircuitsMonitor(circuits_cfg, copy_probe=probe))
+    for monitor in monitors:  # the config accepts training steps (>= 1); an imported model is step 0
         monitor.schedule.steps = [step]
 
     def job_failed(owner: str, exc: BaseException) -> None:  # inline worker: a failed figure or file is an error
@@ -108,8 +141,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     if layers is not None:
         grads_only_for(model, layers)
     try:
-        dist.on_train_start(ctx, step - 1)  # step N is due: the activation hooks go on now
-        attn.on_train_start(ctx, step - 1)
+        for monitor in monitors:
+            monitor.on_train_start(ctx, step - 1)  # step N is due: the activation hooks go on now
         with torch.set_grad_enabled(grads):
             logits = model(probe[:, :-1])
             loss = F.cross_entropy(logits.flatten(0, 1).float(), probe[:, 1:].flatten())
@@ -120,8 +153,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
             grad_norm = torch.stack(norms).norm().item() if norms else math.nan
         dist.on_after_backward(step)
         info = StepInfo(step=step, loss=loss.item(), grad_norm=grad_norm, lr=0.0, tokens_seen=len(ids))
-        dist.on_step_end(info)
-        attn.on_step_end(info)
+        for monitor in monitors:
+            monitor.on_step_end(info)
     finally:
         dist.on_train_end(step)  # hooks off, whatever happened
         ctx.worker.close()
@@ -149,6 +182,22 @@ def summary(out: Path) -> list[str]:
             heads = attention[f"layer{i}"]["mean"]
             line += f", attention entropy {heads['entropy']:.3f} nats, sink {heads['sink']:.3f}"
         lines.append(line)
+    circuits_file = out / "circuits" / dist_dir.name / "statistics.json"
+    if circuits_file.exists():
+        lines += circuit_lines(json.loads(circuits_file.read_text()), circuits_file.parent)
+    return lines
+
+
+def circuit_lines(record: dict, where: Path) -> list[str]:
+    """The strongest head of each circuit score, the logit lens and the copy accuracy."""
+    lines = [f"circuits: {where}"]
+    for name, layers in record["scores"].items():
+        value, layer, head = max((v, i, h) for i, heads in enumerate(layers) for h, v in enumerate(heads))
+        lines.append(f"{name} score: strongest layer {layer} head {head} ({value:.3f})")
+    lens = ", ".join(f"{v:.3f}" for v in record["logit_lens"])
+    lines.append(f"logit lens loss after each layer: {lens}")
+    if "copy_accuracy" in record:
+        lines.append(f"copy accuracy {record['copy_accuracy']:.3f} on {record['copy_events']} copied names")
     return lines
 
 

@@ -13,17 +13,23 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from llmlab.monitors.plots import render
+from llmlab.monitors.circuit_history import circuits_history
+from llmlab.monitors.plots import circuits_over_training_figure, render
 
 X_AXES = {"step": "steps", "perf/wall_s": "training time (s)"}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of <run_dir>/metrics.jsonl, up to a torn last line (a run killed mid-write)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    return read_metrics_file(Path(run_dir) / "metrics.jsonl")
+
+
+def read_metrics_file(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file, up to a torn last line."""
     rows = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -109,4 +115,22 @@ def write_training_curves(run_dir: str | Path) -> Path | None:
         return None
     path = run_dir / "plots" / "training_curves.png"
     render(training_curves(rows, run_baselines(run_dir), title=run_dir.name), path)
+    return path
+
+
+def write_circuits_plot(run_dir: str | Path) -> Path | None:
+    """<run_dir>/plots/circuits.png from the circuits monitor's history; None when it captured nothing."""
+    run_dir = Path(run_dir)
+    history = circuits_history(run_dir)
+    if not history:
+        return None
+    steps = [row["step"] for row in history]
+    names = [name for name in history[-1]["scores"] if all(name in row["scores"] for row in history)]
+    scores = {name: np.asarray([row["scores"][name] for row in history], dtype=float) for name in names}
+    lens = np.asarray([row["logit_lens"] for row in history], dtype=float)
+    formed = [{**event, "step": row["step"]} for row in history for event in row.get("formed", [])]
+    model_level = {key: [row.get(key, math.nan) for row in history] for key in ("copy_accuracy", "icl_loss_drop")}
+    path = run_dir / "plots" / "circuits.png"
+    render(circuits_over_training_figure(steps, scores, lens, series(read_metrics(run_dir), "val/loss"), formed,
+                                         model_level, title=f"circuits: {run_dir.name}"), path)
     return path

@@ -20,7 +20,7 @@ from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
-from llmlab.plots import write_training_curves
+from llmlab.plots import write_circuits_plot, write_training_curves
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -108,7 +108,7 @@ class Run:
                                       TensorBoardSink(out / "tb", resume_step)])
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
-                                        resume_step)
+                                        resume_step, parts.copy_probe)
         checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})
@@ -185,8 +185,9 @@ class Run:
         finally:
             self.sinks.close()
             self.release()
-        try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
-            write_training_curves(self.out_dir)
-        except Exception as exc:  # noqa: BLE001
-            print(f"warning: plots/training_curves.png not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot)):
+            try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
+                draw(self.out_dir)
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: plots/{name}.png not written: {type(exc).__name__}: {exc}", file=sys.stderr)
         return summary

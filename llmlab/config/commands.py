@@ -55,6 +55,7 @@ class AnalyzeConfig:
     no_plots: bool = False  # statistics (JSON) only
     no_heatmaps: bool = False  # histograms without heatmaps of 2-D tensors
     no_gradients: bool = False  # forward only: weights and activations
+    circuits: bool = False  # also the circuits monitor: induction, previous-token and copy heads, the logit lens
     heatmap_max_dim: int = 256  # heatmaps are average-pooled to at most this many rows and columns
     bins: int = 64  # histogram bins
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps

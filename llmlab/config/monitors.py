@@ -99,12 +99,37 @@ class HealthMonitorConfig:
 
 
 @dataclass
+class CircuitsMonitorConfig:
+    enabled: bool = False  # run this monitor (monitors=light and full: true)
+    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
+    steps: list[int] = field(default_factory=list)  # extra capture steps
+    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
+    threshold: float = 0.4  # a head whose induction or copy score first exceeds this forms a circuit (an info alert)
+    tokens: int = 128  # length of the probe rows (at most the context); the induction probe repeats tokens/2
+    induction_rows: int = 8  # rows of random tokens repeated twice (the induction probe)
+    copy_rows: int = 32  # validation documents in the copy probe (the embedded language only)
+    seed: int = 0  # draws the induction probe's tokens (its own generator: training's random state is untouched)
+    images: bool = False  # a layer x head heatmap of each score per capture (PNG + TensorBoard image)
+
+    def __post_init__(self) -> None:
+        _check_schedule("monitors.circuits", self.every, self.steps, self.epochs)
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"monitors.circuits.threshold must be in (0, 1], got {self.threshold}")
+        if self.tokens < 4:
+            raise ConfigError(f"monitors.circuits.tokens must be >= 4 (two copies of at least 2 tokens), "
+                              f"got {self.tokens}")
+        check_positive("monitors.circuits.induction_rows", self.induction_rows)
+        check_positive("monitors.circuits.copy_rows", self.copy_rows)
+
+
+@dataclass
 class MonitorsConfig:
     name: str = "none"  # the preset (none | light | full): a label; the enabled fields decide what runs
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # monitors.probe.*: the batch they look through
     attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)  # attention maps and statistics
     distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)  # weight/grad/act stats
     health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)  # alerts: spikes, non-finite, collapse
+    circuits: CircuitsMonitorConfig = field(default_factory=CircuitsMonitorConfig)  # induction, copy, logit lens
     max_workers: int = 2  # background threads for files, plots and TensorBoard images (0 = inline)
     max_pending: int = 64  # queued jobs beyond this drop the oldest (counted and reported)
 

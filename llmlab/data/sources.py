@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import SyntheticDataConfig, TextDataConfig
-from llmlab.data.synthetic import Language, sample_documents
+from llmlab.data.synthetic import Language, NameCopy, sample_annotated_documents, sample_documents
 
 
 @dataclass
@@ -53,6 +53,11 @@ def synthetic_source(cfg: SyntheticDataConfig) -> Source:
     train, _ = sample_documents(language, cfg.train_docs, seed=cfg.seed)
     val, logprobs = sample_documents(language, cfg.val_docs, seed=cfg.seed + 1)
     return Source("synthetic", train, val, val_logprob=sum(logprobs))
+
+
+def annotated_validation(cfg: SyntheticDataConfig) -> list[tuple[str, list[NameCopy]]]:
+    """synthetic_source's validation documents, each with the names it repeats from its introduction."""
+    return sample_annotated_documents(Language(), cfg.val_docs, seed=cfg.seed + 1)[0]
 
 
 def resolve_paths(patterns: list[str]) -> list[Path]:

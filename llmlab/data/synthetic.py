@@ -62,22 +62,46 @@ class Language:
         return syllables[0] * c * v + syllables[1]
 
     def document(self, choose: Chooser) -> str:
+        return self.annotated_document(choose)[0]
+
+    def annotated_document(self, choose: Chooser) -> tuple[str, list[NameCopy]]:
+        """A document and every name it repeats from its introduction (the same choices as `document`)."""
         first = self.name(choose)
         second = self.name(choose, exclude=first)
         cast = (first, second)
+        introduced = ((0, len(first)), (len(first) + 5, len(first) + 5 + len(second)))  # "<first> and <second>"
         place = self.places[choose(len(self.places))]
-        sentences = [f"{first} and {second} went to the {place}."]
+        text = f"{first} and {second} went to the {place}."
+        copies: list[NameCopy] = []
         for _ in range(self.sentence_counts[choose(len(self.sentence_counts))]):
             subject = choose(2)
+            start = len(text) + 1  # after the space that joins sentences
+            mentions = [(subject, start, False)]  # (who, where, determined)
             if choose(2) == 0:  # "X <verb> the <adj> <noun>."
                 verbs, nouns, adjectives = self.classes[choose(len(self.classes))]
                 verb, adj, noun = (w[choose(len(w))] for w in (verbs, adjectives, nouns))
-                sentences.append(f"{cast[subject]} {verb} the {adj} {noun}.")
+                sentence = f"{cast[subject]} {verb} the {adj} {noun}."
             else:  # "X gave the <noun> to Y.": Y is the other character, fully determined
                 nouns = [n for _, class_nouns, _ in self.classes for n in class_nouns]
                 noun = nouns[choose(len(nouns))]
-                sentences.append(f"{cast[subject]} gave the {noun} to {cast[1 - subject]}.")
-        return " ".join(sentences)
+                sentence = f"{cast[subject]} gave the {noun} to {cast[1 - subject]}."
+                mentions.append((1 - subject, start + len(sentence) - 1 - len(cast[1 - subject]), True))
+            copies += [NameCopy(at, at + len(cast[who]), *introduced[who], det) for who, at, det in mentions]
+            text += " " + sentence
+        return text, copies
+
+
+@dataclass(frozen=True)
+class NameCopy:
+    """A name a document repeats from its introduction, as character offsets into the document: where it is
+    repeated, where it was introduced, and whether the grammar determines it (the recipient in "X gave the N to
+    Y" is always the other character) or chose it (a sentence's subject is either character)."""
+
+    start: int
+    end: int
+    source_start: int
+    source_end: int
+    determined: bool
 
 
 @dataclass
@@ -92,11 +116,18 @@ class _Sampler:
 
 def sample_documents(language: Language, n: int, seed: int) -> tuple[list[str], list[float]]:
     """n documents and the natural-log probability of each (the end of a document is the eos token)."""
+    annotated, logprobs = sample_annotated_documents(language, n, seed)
+    return [text for text, _ in annotated], logprobs
+
+
+def sample_annotated_documents(language: Language, n: int, seed: int
+                               ) -> tuple[list[tuple[str, list[NameCopy]]], list[float]]:
+    """sample_documents' documents, each with the names it repeats from its introduction."""
     rng = random.Random(seed)
     docs, logprobs = [], []
     for _ in range(n):
         sampler = _Sampler(rng)
-        docs.append(language.document(sampler))
+        docs.append(language.annotated_document(sampler))
         logprobs.append(sampler.logprob)
     return docs, logprobs
 

@@ -68,15 +68,18 @@ class AlertLog:
         self._said: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def alert(self, step: int, kind: str, subject: str, message: str, **details) -> None:
-        row = {"step": step, "kind": kind, "subject": subject, "message": message, "time": time.time(), **details}
+    def alert(self, step: int, kind: str, subject: str, message: str, level: str = "warning", **details) -> None:
+        """level: warning (something may be wrong) or info (an event worth knowing, e.g. a circuit formed)."""
+        row = {"step": step, "kind": kind, "subject": subject, "message": message, "level": level,
+               "time": time.time(), **details}
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             if (kind, subject) not in self._said:
                 self._said.add((kind, subject))
-                print(f"[llmlab alert] step {step}: {message}", file=sys.stderr, flush=True)
+                tag = "[llmlab alert]" if level == "warning" else f"[llmlab {level}]"
+                print(f"{tag} step {step}: {message}", file=sys.stderr, flush=True)
             if self.writer is not None:
                 self.writer.add_text("alerts", f"**{kind}** ({subject}): {message}", step)
 

@@ -11,15 +11,20 @@ from torch.utils.tensorboard import SummaryWriter
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import MonitorsConfig
+from llmlab.data.copy_probe import CopyProbe
 from llmlab.monitors.attention import AttentionMonitor, select_layers
 from llmlab.monitors.base import AlertLog, Monitor, MonitorContext, MonitorSet, input_ids
+from llmlab.monitors.circuits import CircuitsMonitor
 from llmlab.monitors.distribution import DistributionMonitor
 from llmlab.monitors.health import HealthMonitor
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
 
+# (rows, tokens) -> the copy probe of the run's data, or None where its data has none
+CopyProbeSource = Callable[[int, int], CopyProbe | None]
 
-def build_monitors(cfg: MonitorsConfig) -> list[Monitor]:
+
+def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = None) -> list[Monitor]:
     monitors: list[Monitor] = []
     if cfg.attention.enabled:
         monitors.append(AttentionMonitor(cfg.attention, probe=cfg.probe))
@@ -27,14 +32,19 @@ def build_monitors(cfg: MonitorsConfig) -> list[Monitor]:
         monitors.append(DistributionMonitor(cfg.distribution))
     if cfg.health.enabled:
         monitors.append(HealthMonitor(cfg.health))
+    if cfg.circuits.enabled:
+        circuits = cfg.circuits
+        probe = copy_probe(circuits.copy_rows, circuits.tokens) if copy_probe is not None else None
+        monitors.append(CircuitsMonitor(circuits, copy_probe=probe))
     return monitors
 
 
 def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batches: Sequence, run_dir: Path,
                 writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
-                steps_per_epoch: float, resume_step: int | None) -> MonitorSet:
+                steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None
+                ) -> MonitorSet:
     """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
-    monitors = build_monitors(cfg)
+    monitors = build_monitors(cfg, copy_probe)
     if not monitors:
         return MonitorSet([])
     # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor

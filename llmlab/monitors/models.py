@@ -2,7 +2,8 @@
 Qwen2 and other `model.layers` families; GPT-2) and any other nn.Module.
 
 A view names the decoder layers (the "layer" in `layers=[0,-1]`) and, inside each, the attention, the MLP and
-the module whose input is the MLP's hidden units; and it computes attention probabilities for a probe. A plain
+the module whose input is the MLP's hidden units; the final norm and the output head (the logit lens decodes any
+layer through them); and it computes logits and attention probabilities for a probe. A plain
 nn.Module has no layers: its weights and gradients are watched by name, its activations by chosen modules.
 """
 
@@ -22,7 +23,17 @@ class ModelView:
     attn: str = "attn"  # attribute paths inside a layer
     mlp: str = "mlp"
     mlp_hidden: str = "mlp.down_proj"  # its input is the MLP's hidden units (dead-unit detection)
-    attention: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]] | None = None  # probe -> (B, H, T, T) each
+    # probe (B, T) -> (logits (B, T, vocab), attention probabilities (B, H, T, T) per layer)
+    forward_with_attention: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]] | None = None
+    final_norm: str | None = None  # attribute paths from the model: the norm before the head, and the head
+    head: str | None = None
+
+    @property
+    def attention(self) -> Callable[[nn.Module, torch.Tensor], list[torch.Tensor]] | None:
+        """probe -> (B, H, T, T) per layer; None for a model without known decoder layers."""
+        if self.forward_with_attention is None:
+            return None
+        return lambda model, ids: self.forward_with_attention(model, ids)[1]
 
     def layer_name(self, i: int) -> str:
         return f"{self.prefix}.{i}"
@@ -41,14 +52,14 @@ class ModelView:
 
 
 @torch.no_grad()
-def llmlab_attention(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+def llmlab_attention(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     from llmlab.model.transformer import attention_probabilities
 
-    return attention_probabilities(model, ids)[1]
+    return attention_probabilities(model, ids)
 
 
 @torch.no_grad()
-def transformers_attention(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+def transformers_attention(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One eval-mode forward that returns the probabilities: eager attention for it (SDPA never returns them),
     then the model's own implementation and mode again."""
     was_training, implementation = model.training, model.config._attn_implementation
@@ -56,7 +67,8 @@ def transformers_attention(model: nn.Module, ids: torch.Tensor) -> list[torch.Te
     if implementation != "eager":
         model.set_attn_implementation("eager")
     try:
-        return list(model(ids, output_attentions=True, use_cache=False).attentions)
+        out = model(ids, output_attentions=True, use_cache=False)
+        return out.logits, list(out.attentions)
     finally:
         if implementation != "eager":
             model.set_attn_implementation(implementation)
@@ -67,12 +79,14 @@ def view_of(model: nn.Module) -> ModelView:
     from llmlab.model.transformer import Transformer
 
     if isinstance(model, Transformer):
-        return ModelView("blocks", list(model.blocks), attention=llmlab_attention)
+        return ModelView("blocks", list(model.blocks), forward_with_attention=llmlab_attention,
+                         final_norm="final_norm", head="lm_head")
     inner = getattr(model, "model", None)
     if isinstance(getattr(inner, "layers", None), nn.ModuleList) and hasattr(model, "config"):
-        return ModelView("model.layers", list(inner.layers), attn="self_attn", attention=transformers_attention)
+        return ModelView("model.layers", list(inner.layers), attn="self_attn",
+                         forward_with_attention=transformers_attention, final_norm="model.norm", head="lm_head")
     transformer = getattr(model, "transformer", None)
     if isinstance(getattr(transformer, "h", None), nn.ModuleList) and hasattr(model, "config"):  # GPT-2
         return ModelView("transformer.h", list(transformer.h), mlp_hidden="mlp.c_proj",
-                         attention=transformers_attention)
+                         forward_with_attention=transformers_attention, final_norm="transformer.ln_f", head="lm_head")
     return ModelView(None, [])

@@ -142,3 +142,88 @@ def layer_comparison_figure(probs: np.ndarray, title: str, layer_names: list[str
     p = _stack(probs, "layer_comparison_figure")
     titles = list(layer_names) if layer_names else [f"layer {i}" for i in range(len(p))]
     return _panel_grid(p, titles, 6, title, None)
+
+
+SCORE_TITLES = {"induction": "induction score", "copy": "copy score", "prev_token": "previous-token score"}
+
+
+def circuit_scores_figure(scores: dict[str, np.ndarray], title: str) -> Figure:
+    """One capture's circuit scores: a layer x head heatmap per score, on one 0..1 scale."""
+    names = [n for n in SCORE_TITLES if n in scores]
+    layers, heads = np.asarray(scores[names[0]]).shape
+    fig = _figure(0.8 + 2.6 * len(names), 1.2 + 0.35 * max(layers, 3))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        im = ax.imshow(np.asarray(scores[name], dtype=float), cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="auto",
+                       interpolation="nearest")
+        ax.set_title(SCORE_TITLES[name], fontsize=9)
+        ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
+        ax.set_yticks(range(layers), [str(layer) for layer in range(layers)], fontsize=7)
+        ax.set(xlabel="head", ylabel="layer")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _head_labels(layers: int, heads: int) -> tuple[list[int], list[str]]:
+    """y ticks for a (layers * heads) axis: every head when few, else the first head of each layer."""
+    if layers * heads <= 48:
+        return list(range(layers * heads)), [f"L{layer} H{h}" for layer in range(layers) for h in range(heads)]
+    return [layer * heads for layer in range(layers)], [f"L{layer} H0" for layer in range(layers)]
+
+
+def circuits_over_training_figure(steps: list[int], scores: dict[str, np.ndarray], lens: np.ndarray,
+                                  val: tuple[list[int], list[float]], formed: list[dict],
+                                  model_level: dict[str, list[float]], title: str = "") -> Figure:
+    """How circuits formed during a run. scores: name -> (captures, layers, heads); lens: (captures, layers);
+    val: the run's (steps, validation losses); formed: formation events (step, score, layer, head)."""
+    names = [n for n in SCORE_TITLES if n in scores]
+    fig = Figure(figsize=(15, 9), dpi=100, layout="constrained")
+    top, bottom_row = fig.subfigures(2, 1, height_ratios=[1.15, 1])
+    captures, layers, heads = np.asarray(scores[names[0]]).shape
+    ticks, labels = _head_labels(layers, heads)
+    shown = sorted(set(np.linspace(0, captures - 1, min(captures, 8)).round().astype(int).tolist()))
+    for ax, name in zip(top.subplots(1, len(names), squeeze=False)[0], names, strict=True):
+        matrix = np.asarray(scores[name], dtype=float).reshape(captures, layers * heads).T  # (heads, captures)
+        im = ax.imshow(matrix, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        for event in (e for e in formed if e["score"] == name and e["step"] in steps):
+            ax.plot(steps.index(event["step"]), event["layer"] * heads + event["head"], marker="*", color="red",
+                    markersize=11, markeredgecolor="white")
+        for boundary in range(1, layers):  # lines between layers
+            ax.axhline(boundary * heads - 0.5, color="white", linewidth=0.8)
+        ax.set_yticks(ticks, labels, fontsize=7 if len(ticks) > 16 else 8)
+        ax.set_xticks(shown, [str(steps[k]) for k in shown], fontsize=8)
+        marked = " (red star: formed)" if name in ("induction", "copy") else ""
+        ax.set(title=f"{SCORE_TITLES[name]} per head{marked}", xlabel="step", ylabel="layer / head")
+        top.colorbar(im, ax=ax, shrink=0.9)
+
+    bottom = bottom_row.subplots(1, 3)
+    lens = np.asarray(lens, dtype=float)
+    for layer in range(lens.shape[1]):
+        bottom[0].plot(steps, lens[:, layer], marker="o", markersize=3, label=f"after layer {layer}")
+    bottom[0].set(title="logit lens: loss decoding each layer", xlabel="step", ylabel="loss (nats/token)")
+    bottom[0].legend(fontsize=7)
+
+    ax = bottom[1]
+    if val[0]:
+        ax.plot(val[0], val[1], marker="o", markersize=3, color="black", label="val/loss")
+    for k, step in enumerate(sorted({e["step"] for e in formed})):
+        heads_formed = ", ".join(f"L{e['layer']}H{e['head']} {e['score']}" for e in formed if e["step"] == step)
+        ax.axvline(step, color="red", linestyle="--", linewidth=1, label="formed" if k == 0 else None)
+        ax.annotate(heads_formed, (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                    va="top", ha="right", color="red")
+    ax.set(title="validation loss and formation events", xlabel="step", ylabel="loss (nats/token)")
+    ax.legend(fontsize=7)
+
+    ax = bottom[2]
+    for key, label, color in (("copy_accuracy", "copy accuracy", "tab:green"),
+                              ("icl_loss_drop", "in-context loss drop (nats)", "tab:purple")):
+        values = model_level.get(key) or []
+        if any(math.isfinite(v) for v in values):
+            ax.plot(steps, model_level[key], marker="o", markersize=3, color=color, label=label)
+    ax.set(title="copying and in-context learning", xlabel="step", ylabel="accuracy / nats")
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+

@@ -16,6 +16,7 @@ import torch
 
 from llmlab.config.schema import RunConfig, StageConfig
 from llmlab.data.batch import Batch, BatchSource
+from llmlab.data.copy_probe import CopyProbe
 from llmlab.model.transformer import Transformer
 from llmlab.train.distributed import Distributed
 from llmlab.train.evaluators import Evaluator
@@ -48,6 +49,8 @@ class StageParts:
     decode: Callable[[list[int]], str]  # ids to text, for the monitors' token labels
     evaluators: list[Evaluator] = field(default_factory=list)  # more metrics at each evaluation
     manifest: dict = field(default_factory=dict)  # what each checkpoint records for later tools (base, chat)
+    # (rows, tokens) -> validation rows with the names that must be copied (the circuits monitor); None: no such data
+    copy_probe: Callable[[int, int], CopyProbe | None] | None = None
 
 
 class Stage(ABC):

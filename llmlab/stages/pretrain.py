@@ -11,11 +11,12 @@ from typing import ClassVar
 import torch
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import RunConfig, StageConfig, architecture_differences
+from llmlab.config.schema import RunConfig, StageConfig, SyntheticDataConfig, architecture_differences
 from llmlab.data.batch import Batch
+from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
-from llmlab.data.sources import load_corpus
+from llmlab.data.sources import annotated_validation, load_corpus
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
@@ -51,7 +52,7 @@ class Pretrain(Stage):
             model, NextTokenObjective(), train_batches, val_batches,
             steps_per_epoch=len(streams.train) / tokens_per_step, stats=streams.stats,
             sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
-            decode=tokenizer.decode, manifest={"base": None})
+            decode=tokenizer.decode, manifest={"base": None}, copy_probe=copy_prober(cfg, tokenizer))
 
     def tokenizer(self, ctx: StageContext, train_text: str) -> tuple[Tokenizer, bool]:
         """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);
@@ -109,6 +110,17 @@ def sampler(cfg: RunConfig, model: Transformer, tokenizer: Tokenizer, device: to
         return decode_documents(tokenizer, ids)
 
     return sample
+
+
+def copy_prober(cfg: RunConfig, tokenizer: Tokenizer):
+    """The embedded language's validation documents with the names they copy, for the circuits monitor."""
+    data = cfg.data
+    if not isinstance(data, SyntheticDataConfig):
+        return None
+    def probe(rows: int, tokens: int) -> CopyProbe | None:
+        return copy_probe(annotated_validation(data), tokenizer, rows, min(tokens, cfg.model.context_length))
+
+    return probe
 
 
 def describer(tokenizer: Tokenizer):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from llmlab.monitors.circuit_history import circuits_history, peak
 from llmlab.monitors.plots import render
 from llmlab.plots import plot_series
 from llmlab.sweep.collect import SEED, JobRecord
@@ -89,6 +90,25 @@ def throughput_and_memory(rows: list[dict]) -> Figure:
     return fig
 
 
+def circuits_comparison(jobs: list[JobRecord], labels: dict[str, str]) -> Figure | None:
+    """The strongest induction and copy head of each job at each capture; None when no job has circuits."""
+    histories = {job.name: circuits_history(job.path) for job in jobs}
+    if not any(histories.values()):
+        return None
+    fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, score, title in ((axes[0], "induction", "induction score"), (axes[1], "copy", "copy score")):
+        for job in jobs:
+            rows = [row for row in histories[job.name] if peak(row, score) is not None]
+            if rows:
+                ax.plot([r["step"] for r in rows], [peak(r, score) for r in rows], marker=".",
+                        label=labels.get(job.name, job.name))
+        ax.set(title=f"strongest head's {title}", xlabel="steps", ylabel="score (0..1)", ylim=(0, 1))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig
+
+
 def write_sweep_plots(sweep_dir: Path, jobs: list[JobRecord], rows: list[dict], keys: list[str]) -> list[Path]:
     figures = {f"val_loss_vs_{k}": loss_vs_parameter(rows, k) for k in keys if k != SEED}
     labels = {row["dir"]: row["job"] for row in rows}
@@ -96,6 +116,8 @@ def write_sweep_plots(sweep_dir: Path, jobs: list[JobRecord], rows: list[dict], 
     figures["val_loss_curves_time"] = loss_curves(jobs, labels, "perf/wall_s", "training time (s)")
     figures["params_vs_val_loss"] = params_vs_loss(rows)
     figures["throughput_memory"] = throughput_and_memory(rows)
+    if (circuits := circuits_comparison(jobs, labels)) is not None:
+        figures["circuits_comparison"] = circuits
     for stale in sweep_dir.glob("val_loss_vs_*.png"):  # from an earlier build with other swept keys
         if stale.stem not in figures:
             stale.unlink()

@@ -14,11 +14,15 @@ import statistics
 from pathlib import Path
 
 from llmlab.files import write_atomic
+from llmlab.monitors.circuit_history import circuit_summary, circuits_history
 from llmlab.sweep.collect import SEED, STATUSES, JobRecord, find_jobs, is_number, swept_keys
 
 METRICS = ("val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor", "params", "wall_s",
            "tokens_per_s", "peak_mem_mb", "steps")
-GROUPED = ("val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "wall_s", "tokens_per_s")
+# from the circuits monitor's history, where a job has one (llmlab.monitors.circuit_history.circuit_summary)
+CIRCUITS = ("max_induction", "max_copy", "formed_at", "copy_accuracy")
+GROUPED = ("val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "wall_s", "tokens_per_s", "max_induction",
+           "max_copy", "copy_accuracy")
 
 
 def job_row(job: JobRecord, keys: list[str]) -> dict:
@@ -40,6 +44,7 @@ def job_row(job: JobRecord, keys: list[str]) -> dict:
         "tokens_per_s": number("tokens_per_s"),
         "peak_mem_mb": number("peak_mem_mb"),
         "steps": job.steps if is_number(job.steps) else None,
+        **circuit_summary(circuits_history(job.path)),
         "dir": job.name,
         "note": job.note,
     })
@@ -69,7 +74,7 @@ def group_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
         out["n"] = len(members)
         out["completed"] = sum(m["status"] == "completed" for m in members)
         for metric in GROUPED:
-            values = [m[metric] for m in members if isinstance(m[metric], int | float)]
+            values = [m.get(metric) for m in members if isinstance(m.get(metric), int | float)]
             out[f"{metric}_mean"], out[f"{metric}_std"] = mean_std(values)
         grouped.append(out)
     return grouped
@@ -104,11 +109,12 @@ def status_legend(rows: list[dict]) -> list[str]:
 
 
 def grouped_markdown(grouped: list[dict], others: list[str]) -> str:
-    columns = [*others, "n", *(f"{m} (mean ± std)" for m in GROUPED)]
+    metrics = [m for m in GROUPED if any(g[f"{m}_mean"] is not None for g in grouped)]
+    columns = [*others, "n", *(f"{m} (mean ± std)" for m in metrics)]
     rows = []
     for g in grouped:
         row = {k: g[k] for k in (*others, "n")}
-        for m in GROUPED:
+        for m in metrics:
             mean, std = g[f"{m}_mean"], g[f"{m}_std"]
             spread = "" if not std else f" ± {std:.2g}" if abs(std) < 100 else f" ± {std:,.0f}"
             row[f"{m} (mean ± std)"] = "–" if mean is None else fmt(mean) + spread
@@ -138,7 +144,8 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
     keys = swept_keys(jobs, sweep_dir)
     rows = [job_row(job, keys) for job in jobs]
     grouped = group_over_seeds(rows, keys)
-    columns = ["job", *keys, "status", *METRICS, "dir", "note"]
+    circuits = [c for c in CIRCUITS if any(r[c] is not None for r in rows)]
+    columns = ["job", *keys, "status", *METRICS, *circuits, "dir", "note"]
     report = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows, "grouped_over_seeds": grouped}
 
     md = [f"# Sweep report: {sweep_dir.name}", "",
@@ -149,7 +156,10 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
     if legend:
         md += ["Status:", "", *legend, ""]
     show_dir = not keys or any(not job.overrides for job in jobs)  # a row the swept values cannot name
-    md += [markdown_table(rows, [*keys, *(["dir"] if show_dir else []), "status", *METRICS,
+    if circuits:
+        md += ["max_induction / max_copy: the largest score of any head at any capture; formed_at: the first step a "
+               "head's score passed monitors.circuits.threshold; copy_accuracy: at the last capture.", ""]
+    md += [markdown_table(rows, [*keys, *(["dir"] if show_dir else []), "status", *METRICS, *circuits,
                                  *(["note"] if any(r["note"] for r in rows) else [])])]
     if grouped:
         md += ["", "## Over seeds", "", grouped_markdown(grouped, [k for k in keys if k != SEED])]
