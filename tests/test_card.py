@@ -107,7 +107,11 @@ def test_push_that_cannot_work_fails_at_once_in_one_line_before_anything_is_expo
     endpoint = f"http://127.0.0.1:{port}" if setting == "refused" else "https://hf.co"
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     if setting == "silent":
-        monkeypatch.setattr(card.socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+        def never_answers(*args, **kwargs):
+            time.sleep(8)
+            raise TimeoutError("timed out")
+
+        monkeypatch.setattr(card.socket, "create_connection", never_answers)
     start = time.monotonic()
     with pytest.raises(ConfigError) as err:
         export_run(ExportConfig(run=str(tmp_path / "no_run"), out=str(tmp_path / "out"), push="me/tiny"))
