@@ -14,23 +14,68 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import FAST, REPO, run_cli
 
-from llmlab.config.commands import GenerateConfig, SamplingSettings
+from llmlab.config.commands import ChatConfig, GenerateConfig, SamplingSettings
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import ModelConfig
 from llmlab.data.chat import Message
+from llmlab.data.tokenizers import CharTokenizer
+from llmlab.model.transformer import Transformer
 
 pytest.importorskip("gradio_client", reason='the chat page needs the chat extra: pip install -e ".[chat]"')
 from gradio_client import Client  # noqa: E402
 
-from llmlab.chat import text_of  # noqa: E402
+from llmlab.chat import answer, text_of  # noqa: E402
 from llmlab.sampling import Speaker, complete  # noqa: E402
 
 # sampling settings as the page's /reply endpoint takes them, in order: temperature, top-k, top-p, repetition
 # penalty, max new tokens, seed (non-greedy, so the seed matters)
 SETTINGS = (0.9, 20, 0.95, 1.1, 24, 7)
 PROMPT = "Repeat the sentence. Bako ran."
+
+
+def tiny_speaker(chat: bool, seed: int) -> Speaker:
+    """A Speaker on an untrained model: the page's plumbing, without training one."""
+    tokenizer = CharTokenizer.train("abcdefgh ijklmnop.")
+    torch.manual_seed(seed)
+    vocab = tokenizer.vocab_size + (4 if chat else 0)  # a chat model has the template's four markers
+    model = Transformer(ModelConfig(n_layers=1, d_model=16, n_heads=2, context_length=64, vocab_size=vocab)).eval()
+    return Speaker(model, tokenizer, Path("run/checkpoints/step_1"), {"chat": chat}, torch.device("cpu"))
+
+
+def test_answer_streams_every_panel_side_by_side_to_the_end_of_each_reply():
+    chat, text = tiny_speaker(chat=True, seed=1), tiny_speaker(chat=False, seed=2)
+    panels = [SimpleNamespace(speaker=s, chat=s.chat, title=name) for s, name in ((chat, "a"), (text, "b"))]
+    earlier = [{"role": "user", "content": "abc"}, {"role": "assistant", "content": [{"type": "text", "text": "de"}]}]
+    settings = SamplingSettings(max_new_tokens=12, temperature=1.0, seed=5)
+    warned = []
+    updates = list(answer(panels, "hi jk", "be a fig", settings, [earlier, ""], warn=warned.append))
+
+    history = [Message("system", "be a fig"), Message("user", "abc"), Message("assistant", "de")]
+    own = [list(chat.reply(chat.encode("hi jk", history), settings)), list(text.reply(text.encode("hi jk"), settings))]
+    assert updates[0] == [[*earlier, {"role": "user", "content": "hi jk"}, {"role": "assistant", "content": ""}],
+                          "hi jk"]
+    assert updates[-1][0][-1]["content"] == (own[0] or [""])[-1] and updates[-1][1] == "hi jk" + (own[1] or [""])[-1]
+    assert len(updates) == max(len(r) for r in own) + 2  # the empty start, one round per token, the last round
+    assert warned == []  # every character is in the vocabulary
+    list(answer(panels[1:], "hi Z", "", settings, [""], warn=warned.append))
+    assert warned == ["b: 1 character(s) are not in its tokenizer's vocabulary and became its unknown token"]
+
+
+def test_chat_config_takes_one_run_or_a_list_to_compare():
+    assert ChatConfig(run="a", compare="b").compare == ["b"]
+    assert ChatConfig(sweep="s").compare == []
+    with pytest.raises(ConfigError, match="give run=<run dir>"):
+        ChatConfig()
+    with pytest.raises(ConfigError, match="port must be in 0..65535"):
+        ChatConfig(run="a", port=70000)
+    with pytest.raises(ConfigError, match="top_p must be in"):
+        ChatConfig(run="a", top_p=0)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +135,7 @@ def last_reply(chatbot: list[dict]) -> str:
 @pytest.mark.slow
 def test_replies_stream_and_equal_generate_for_each_compared_run(runs):
     with chat_server([f"run={runs / 'sft'}", f"compare={runs / 'base'}"], runs) as url:
+        assert url.startswith("http://127.0.0.1:")  # this machine only, unless host= says otherwise
         client = Client(url, verbose=False)
         job = client.submit(PROMPT, "", *SETTINGS, [], "", api_name="/reply")
         chat, continuation = job.result(timeout=120)
