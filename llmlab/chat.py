@@ -234,8 +234,10 @@ def build_page(cfg: ChatConfig, panels: list[Panel], jobs: dict[str, str] | None
 
         inputs = [message, system, temperature, top_k, top_p, penalty, max_new, seed, *([job_box] if jobs else []),
                   *views]
-        sent = [send.click(respond, inputs, views, api_name="reply", concurrency_limit=1),
-                message.submit(respond, inputs, views, api_visibility="private", concurrency_limit=1)]
+        # one reply at a time, whoever asks (the models are shared): the others wait in Gradio's queue
+        queue = {"concurrency_limit": 1, "concurrency_id": "reply"}
+        sent = [send.click(respond, inputs, views, api_name="reply", **queue),
+                message.submit(respond, inputs, views, api_visibility="private", **queue)]
         for event in sent:  # the box is emptied for the next message once the reply is complete
             event.then(lambda: "" if any_chat else gr.skip(), None, message, api_visibility="private")
         empty = [[] if p.chat else "" for p in panels]
