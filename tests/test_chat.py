@@ -195,17 +195,25 @@ def test_a_run_without_checkpoint_or_a_taken_port_is_one_line(runs, tmp_path):
                                                 "give another port, or port=0 for any free one"]
 
 
-def browser_or_skip():
-    """A headless Chromium driven by selenium, or a skip naming the make target that installs one."""
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+def find_browser() -> tuple[str | None, str | None]:
+    """(chromium, chromedriver) paths, each None when it is not installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+def no_browser() -> bool:
     try:
-        from selenium import webdriver
+        import selenium  # noqa: F401
     except ImportError:
-        webdriver = None
-    if not (chromium and driver and webdriver):
-        pytest.skip("no headless browser here (chromium, chromedriver, selenium): `make browser` installs them")
+        return True
+    return None in find_browser()
+
+
+def headless_browser():
+    """A headless Chromium driven by selenium."""
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    chromium, driver = find_browser()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1300",
@@ -215,8 +223,9 @@ def browser_or_skip():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(no_browser(), reason="no headless browser here (chromium, chromedriver, selenium): "
+                                         "`make browser` installs them")
 def test_a_browser_types_a_message_and_sees_the_reply(runs, tmp_path):
-    browser = browser_or_skip()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -226,6 +235,7 @@ def test_a_browser_types_a_message_and_sees_the_reply(runs, tmp_path):
     seed, expected = next((s, text) for s in range(50) for text in
                           ["".join(list(speaker.reply(ids, SamplingSettings(max_new_tokens=40, seed=s)))[-1:])]
                           if len(text.strip()) >= 8)
+    browser = headless_browser()
     try:
         with chat_server([f"run={runs / 'sft'}", f"seed={seed}", "max_new_tokens=40"], runs) as url:
             browser.get(url)
