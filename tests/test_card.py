@@ -173,3 +173,14 @@ def test_push_uploads_the_export_with_its_card(cli_runs, tmp_path, monkeypatch):
     assert calls[:2] == [("token", "hf_test"), ("create", "me/tiny", "model", True)]
     assert calls[2][:2] == ("upload", "me/tiny")
     assert {"README.md", "config.json", "model.safetensors", "llmlab_export.json"} <= set(calls[2][2])
+
+    class RefusingHub(FakeHub):
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            raise RuntimeError("403 Forbidden: you cannot write to me/tiny\n(a long explanation)")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RefusingHub)
+    with pytest.raises(ConfigError) as err:
+        export_run(ExportConfig(run=str(cli_runs / "sft"), out=str(tmp_path / "again"), card=True, push="me/tiny"))
+    assert str(err.value) == (f"push=me/tiny: the upload failed (403 Forbidden: you cannot write to me/tiny); the "
+                              f"export in {tmp_path / 'again'} is complete, run the command again to retry")
+    assert (tmp_path / "again" / "README.md").is_file()
