@@ -153,5 +153,5 @@ def push_export(out: Path, repo: str, token: str) -> str:
     except Exception as err:  # the Hub's refusals (auth, name, quota) and the network's, as one line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"push={repo}: the upload failed ({first}); the export in {out} is complete, "
-                          "run the command again to retry") from None
+                          "retry with the same command and overwrite=true") from None
     return str(url)

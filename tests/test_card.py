@@ -182,5 +182,6 @@ def test_push_uploads_the_export_with_its_card(cli_runs, tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         export_run(ExportConfig(run=str(cli_runs / "sft"), out=str(tmp_path / "again"), card=True, push="me/tiny"))
     assert str(err.value) == (f"push=me/tiny: the upload failed (403 Forbidden: you cannot write to me/tiny); the "
-                              f"export in {tmp_path / 'again'} is complete, run the command again to retry")
+                              f"export in {tmp_path / 'again'} is complete, retry with the same command and "
+                              "overwrite=true")
     assert (tmp_path / "again" / "README.md").is_file()
