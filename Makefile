@@ -3,21 +3,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run test bench soak lint clean
+.PHONY: help setup browser run test bench soak lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-setup: $(STAMP)  ## create .venv and install llmlab with its dev tools
+setup: $(STAMP)  ## create .venv and install llmlab with its dev tools and the chat page (Gradio)
 
 # torch is pinned here, not in pyproject: an unpinned torch pulls several GB of CUDA wheels on CPU machines.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,chat]"
 	touch $(STAMP)
+
+# Debian's chromium and its driver (apt, as root or through sudo) and selenium: the chat page's browser test
+browser: $(STAMP)  ## install a headless browser (chromium, chromium-driver, selenium) for the browser test
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	$(BIN)/pip install -q -e ".[browser]"
 
 run: $(STAMP)  ## train the default model (tiny, Llama style) on the embedded synthetic language
 	$(BIN)/python -m llmlab.run

@@ -1,4 +1,5 @@
-"""`python -m llmlab.export run=<run dir> out=<dir>`: a run's latest checkpoint as a `transformers` model directory.
+"""`python -m llmlab.export run=<run dir> out=<dir>`: a run's latest checkpoint as a `transformers` model directory;
+`card=true` adds a model card (README.md), `push=<user>/<name>` uploads the directory to the Hugging Face Hub.
 
 The directory loads with `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)`
 and no custom code; llmlab_export.json says where the tokenizer's ids or text can differ from llmlab's (only
@@ -20,11 +21,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from llmlab.card import CARD, check_push, model_card, push_export
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
 from llmlab.store import CONF_DIR, to_dataclass
-from llmlab.train.checkpoint import MANIFEST
+from llmlab.train.checkpoint import MANIFEST, read_manifest
 
 RECORD = "llmlab_export.json"  # what marks a directory as an export (and lists the files it wrote)
 
@@ -122,14 +124,17 @@ def check_out(out_arg: str, run_arg: str, overwrite: bool) -> Path:
 
 
 def export_run(cfg: ExportConfig) -> Path:
-    """Write the export; returns its directory (as given)."""
+    """Write the export (with its model card if cfg.card, then uploaded if cfg.push); returns its directory."""
     out = check_out(cfg.out, cfg.run, cfg.overwrite)  # before anything is loaded, and again once the run is known
+    token = check_push(cfg.push) if cfg.push else None  # at once: not after the export
 
     from transformers.utils import logging
 
     from llmlab.interop.hf import hf_family, to_hf
     from llmlab.interop.hf_tokenizer import save_hf_tokenizer
     from llmlab.load import load_trained
+    from llmlab.run_info import read_run_info
+    from llmlab.stages import is_chat_checkpoint
 
     model, tokenizer, checkpoint = load_trained(cfg.run)
     check_outside_run(out, f"out={cfg.out}", checkpoint.parent.parent, cfg.run)
@@ -146,10 +151,20 @@ def export_run(cfg: ExportConfig) -> Path:
     with publishing(out) as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer_entry = save_hf_tokenizer(tokenizer, tmp)
+        if cfg.card:
+            manifest = read_manifest(checkpoint)
+            info = read_run_info(checkpoint, manifest)
+            (tmp / CARD).write_text(model_card(info, cfg, family, is_chat_checkpoint(manifest)), encoding="utf-8")
+            if info.base and not cfg.base_model:
+                print(f"note: the card names no base_model: {info.base} is a local directory; give "
+                      "base_model=<its Hub id> once it is on the Hub")
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         (tmp / RECORD).write_text(json.dumps(
             {"family": family, "checkpoint": str(checkpoint.resolve()), "tokenizer": tokenizer_entry,
              "files": [*files, RECORD]}, indent=2))
+    if cfg.push:
+        print(f"exported to {cfg.out}; uploading to {cfg.push}", flush=True)
+        print(f"pushed: {push_export(out, cfg.push, token)}")
     return Path(cfg.out)
 
 

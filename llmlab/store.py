@@ -42,7 +42,8 @@ def register_configs() -> None:
     # likewise each stage's YAML: conf/stage/<name>.yaml lists base_<name>
     for name, stage in all_stages().items():
         cs.store(group="stage", name=f"base_{name}", node=stage.config)
-    for name, node in (("generate", commands.GenerateConfig), ("evaluate", commands.EvaluateConfig),
+    for name, node in (("generate", commands.GenerateConfig), ("chat", commands.ChatConfig),
+                       ("evaluate", commands.EvaluateConfig),
                        ("analyze", commands.AnalyzeConfig), ("export", commands.ExportConfig),
                        ("merge_lora", commands.MergeConfig)):
         cs.store(name=f"base_{name}", node=node)

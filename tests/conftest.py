@@ -36,8 +36,9 @@ def run_config(tmp_path: Path, overrides: list[str] = ()):
     return to_dataclass(cfg)
 
 
-def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -45,3 +46,17 @@ def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300) -> subp
 @pytest.fixture
 def fast_args(tmp_path) -> list[str]:
     return [*FAST, f"cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture(scope="session")
+def cli_runs(tmp_path_factory) -> Path:
+    """A pretrain run (base/) and an SFT run from it (sft/), each trained by `python -m llmlab.run` in seconds, so
+    each has the record a command leaves (.hydra/overrides.yaml)."""
+    root = tmp_path_factory.mktemp("cli_runs")
+    common = [*(a for a in FAST if not a.startswith("data.")), "trainer.threads=1", f"cache_dir={root / 'cache'}"]
+    sft = ["stage=sft", "data=tasks", "data.train_tasks=400", "data.val_tasks=40", "data.eval_tasks=10",
+           f"stage.init_from={root / 'base'}"]
+    for name, extra in (("base", ["data.train_docs=400", "data.val_docs=40"]), ("sft", sft)):
+        done = run_cli("llmlab.run", [*common, *extra, f"hydra.run.dir={root / name}"], cwd=root)
+        assert done.returncode == 0, done.stderr
+    return root

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmlab.config.schema import ModelConfig
-from llmlab.model.generation import SamplingConfig, filter_logits, generate
+from llmlab.model.generation import SamplingConfig, apply_repetition_penalty, filter_logits, generate, stream
 from llmlab.model.transformer import Transformer
 
 ARCHS = [
@@ -108,3 +108,28 @@ def test_sampling_is_reproducible_with_a_seeded_generator_and_stops_at_stop_id()
     c = generate(model, prompt, SamplingConfig(**{**cfg.__dict__, "stop_id": stop}), torch.Generator().manual_seed(1))
     first = (c[0, 1:] == stop).nonzero()[0].item() + 1
     assert (c[0, first:] == stop).all()
+
+
+def test_repetition_penalty_lowers_only_the_tokens_already_in_the_sequence():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[0, 1, 0]])  # tokens 0 (twice) and 1 are in the sequence
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]  # positive halved, negative doubled, the others as they were
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.0), logits)
+
+
+def test_stream_yields_each_token_as_it_is_drawn_and_ends_where_generate_does():
+    model = tiny()
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=10, top_p=0.9, repetition_penalty=1.3)
+    steps = list(stream(model, prompt, cfg, torch.Generator().manual_seed(4)))
+    assert [s.shape[1] for s in steps] == list(range(4, 16))  # one more token per update
+    assert all(torch.equal(a, b[:, :a.shape[1]]) for a, b in zip(steps, steps[1:]))  # each extends the one before
+    assert torch.equal(steps[-1], generate(model, prompt, cfg, torch.Generator().manual_seed(4)))
+    assert not model.training  # tiny() is in eval mode and the stream left it so
+    model.train()
+    unread = stream(model, prompt, cfg)
+    next(unread)
+    assert not model.training
+    unread.close()  # a page whose user stopped reading: the model is given back in the mode it was in
+    assert model.training

@@ -1,33 +1,28 @@
-"""The commands' schemas (generate, evaluate, analyze, export, merge_lora), beside the run's in schema.py;
+"""The commands' schemas (generate, chat, evaluate, analyze, export, merge_lora), beside the run's in schema.py;
 llmlab.store registers them all."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmlab.config.errors import ConfigError, check_finite, check_positive
 from llmlab.config.schema import ModelConfig, TasksDataConfig
 
 
 @dataclass
-class GenerateConfig:
-    run: str = "???"  # a run directory or checkpoint directory
-    prompt: str = ""  # the text to continue (a chat run: the user's message); ignored when prompts is set
-    prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
-    num_samples: int = 1  # samples per prompt
+class SamplingSettings:
+    """How text is sampled from a trained run: generate's settings, and the chat page's starting values."""
+
     max_new_tokens: int = 200  # tokens generated per sample, at most
     temperature: float = 0.8  # 0 = greedy
     top_k: int = 50  # sample among the k likeliest tokens (0 = off)
     top_p: float = 0.9  # nucleus: the fewest likeliest tokens whose probability reaches top_p (1 = off)
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the sequence
-    use_cache: bool = True  # KV cache (false: each new token re-runs the whole sequence)
-    stop_at_eos: bool = True  # stop a sample at the end of its document (a chat run: of its reply)
     seed: int = 0  # the sampling generator's
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
 
     def __post_init__(self) -> None:
         check_positive("max_new_tokens", self.max_new_tokens)
-        check_positive("num_samples", self.num_samples)
         check_positive("repetition_penalty", self.repetition_penalty)
         check_finite("temperature", self.temperature)
         if self.temperature < 0:
@@ -36,6 +31,48 @@ class GenerateConfig:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerateConfig(SamplingSettings):
+    run: str = "???"  # a run directory or checkpoint directory
+    prompt: str = ""  # the text to continue (a chat run: the user's message); ignored when prompts is set
+    prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
+    num_samples: int = 1  # samples per prompt
+    use_cache: bool = True  # KV cache (false: each new token re-runs the whole sequence)
+    stop_at_eos: bool = True  # stop a sample at the end of its document (a chat run: of its reply)
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("num_samples", self.num_samples)
+
+
+@dataclass
+class ChatConfig(SamplingSettings):
+    """`python -m llmlab.chat`: a page to talk to trained runs; the sampling fields are the controls' starting
+    values."""
+
+    run: str | None = None  # a run directory or checkpoint directory (with sweep=: optional, the job shown first)
+    compare: Any = None  # more runs answering the same prompt with the same seed, side by side: a dir or [dir, dir]
+    sweep: str | None = None  # a multirun directory: the page picks any of its jobs (the first panel)
+    system: str = ""  # chat runs: the system prompt the page starts with ("" = none)
+    host: str = "127.0.0.1"  # where the page listens (0.0.0.0: every interface, anyone on the network)
+    port: int = 7860  # the page's port (0 = any free one)
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.run is None and self.sweep is None:
+            raise ConfigError("give run=<run dir> (or sweep=<multirun dir>): the model to talk to")
+        if self.compare is None:
+            self.compare = []
+        elif isinstance(self.compare, str):
+            self.compare = [self.compare]
+        if not isinstance(self.compare, list) or not all(isinstance(c, str) and c for c in self.compare):
+            raise ConfigError(f"compare: expected a run directory or a list of them, got {self.compare!r:.80}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535 (0 = any free one), got {self.port}")
 
 
 @dataclass
@@ -74,6 +111,15 @@ class ExportConfig:
     run: str = "???"  # a run directory or one of its checkpoints
     out: str = "???"  # the directory to write
     overwrite: bool = False  # replace `out` if it exists
+    card: bool = False  # also write README.md: a model card (Hub metadata, metrics, the training command and config)
+    license: str = "other"  # the card's license: a Hub license id (apache-2.0, mit, ...); other = say it in the card
+    base_model: str | None = None  # the card's base_model: the Hub id of the model a stage run started from
+    datasets: list[str] = field(default_factory=list)  # the card's datasets (Hub ids); empty = named from the run
+    push: str | None = None  # upload the export to this Hub model repo (<user>/<name>), created if missing
+
+    def __post_init__(self) -> None:
+        if self.push is not None and (self.push.count("/") != 1 or not all(self.push.split("/"))):
+            raise ConfigError(f"push={self.push}: expected a Hub repo id <user or org>/<name>")
 
 
 @dataclass

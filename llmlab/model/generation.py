@@ -11,6 +11,7 @@ of attention and positions, so each row gets exactly what generating it alone gi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +80,31 @@ def generate(
     Prompts of different lengths come left-padded with attention_mask (B, T0), 1 on real tokens (pad_prompts).
     Sequences that emitted stop_id keep emitting it until all have stopped (callers trim after it).
     """
+    seq = prompt
+    for seq in stream(model, prompt, cfg, generator, attention_mask):
+        pass
+    return seq
+
+
+@torch.no_grad()
+def stream(
+    model: Transformer,
+    prompt: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """generate, one token at a time: yields the whole sequence (B, T0 + n) after each new token, so a page can
+    show a reply as it is written. The same draws in the same order as generate: the same seed, the same text."""
     model_was_training = model.training
     model.eval()
+    try:
+        yield from _sample(model, prompt, cfg, generator, attention_mask)
+    finally:  # also when the caller stops reading early
+        model.train(model_was_training)
+
+
+def _sample(model, prompt, cfg, generator, attention_mask) -> Iterator[torch.Tensor]:
     window = model.cfg.context_length
     seq = prompt
     # None unless some row is padded: equal-length prompts keep SDPA's causal kernel
@@ -108,7 +132,6 @@ def generate(
         seq = torch.cat((seq, nxt[:, None]), dim=1)
         if mask is not None:
             mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
+        yield seq
         if cfg.stop_id is not None and bool(done.all()):
             break
-    model.train(model_was_training)
-    return seq
