@@ -16,12 +16,14 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import HFDataConfig, HFSourceConfig, MixDataConfig, TextDataConfig, TokenizerConfig
 from llmlab.data import shards
 from llmlab.data.chat import load_conversations
+from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.hf import open_source
 from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import encode_documents
+from llmlab.data.post_training import prepare_chat_items
 from llmlab.data.prepared import prepare_sources, tokenizer_sample
 from llmlab.data.sources import load_corpus
-from llmlab.data.tokenizers import build_tokenizer
+from llmlab.data.tokenizers import ByteTokenizer, build_tokenizer
 from llmlab.runner import Run
 from llmlab.store import to_dataclass
 from tests.conftest import REPO, compose_config, run_cli
@@ -216,6 +218,26 @@ def test_minimind_pretrain_and_sft_records_load(tmp_path):
                                                  {"role": "assistant", "content": "hello"}]}) + "\n")
     [conversation] = load_conversations([sft])
     assert [(m.role, m.content) for m in conversation] == [("user", "hi"), ("assistant", "hello")]
+
+
+def test_conversations_and_pairs_load_from_a_dataset(tmp_path):
+    chat = [{"conversations": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    items = prepare_chat_items(HFDataConfig(path=str(tmp_path / "sft.jsonl"), kind="hf_chat", val_fraction=0.25),
+                               ChatTemplate(ByteTokenizer()), 64, tmp_path / "cache")
+    assert (items.stats["train_samples"], items.stats["val_samples"]) == (6, 2)  # rows 3 and 7 validate
+    pairs = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(4)]
+    Dataset.from_list(pairs).save_to_disk(str(tmp_path / "pairs"))
+    items = prepare_chat_items(HFDataConfig(path=str(tmp_path / "pairs"), kind="hf_prefs", val_fraction=0.5),
+                               ChatTemplate(ByteTokenizer()), 64, tmp_path / "cache")
+    assert (items.stats["train_samples"], items.stats["val_samples"]) == (2, 2)
+    bad = [{"conversations": [{"role": "user", "content": "q"}]}] * 4
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(ConfigError, match="data.path=.*bad.jsonl: train row 0: conversations\\[0\\].role: expected "
+                                          "the last message to be 'assistant'"):
+        prepare_chat_items(HFDataConfig(path=str(tmp_path / "bad.jsonl"), kind="hf_chat", val_fraction=0.25),
+                           ChatTemplate(ByteTokenizer()), 64, tmp_path / "cache")
 
 
 def test_a_mixture_config_takes_sources_with_weights():

@@ -182,7 +182,7 @@ class HFSourceConfig:
     (parquet, json, csv, text, arrow) or a hub name (fetched only when online)."""
 
     path: str = MISSING  # save_to_disk dir | builder name with files | a data file (its suffix names the builder) | hub
-    files: list[str] = field(default_factory=list)  # data files or globs for a builder name (parquet, json, ...)
+    files: Any = field(default_factory=list)  # data files or globs (a list, or one) for a builder name (parquet, ...)
     name: str | None = None  # the dataset's configuration (subset) name, for hub datasets that have several
     text_field: str = "text"  # pretrain: the column holding each document's text
     split: str = "train"  # the split that trains
@@ -195,6 +195,9 @@ class HFSourceConfig:
                               "(parquet, json, csv, text, arrow) with data.files, or a hub dataset name")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        self.files = [self.files] if isinstance(self.files, str) else list(self.files)
+        if not all(isinstance(f, str) for f in self.files):
+            raise ConfigError(f"data.files: expected file names or globs, got {self.files!r}")
 
 
 @dataclass

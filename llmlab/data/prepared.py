@@ -26,6 +26,7 @@ from llmlab.data.shards import (
     ShardedTokens,
     default_processes,
     plan,
+    rows_of,
     shard_dtype,
     write_shards,
 )
@@ -109,12 +110,8 @@ def prepare_source(opened: OpenedSource, src: HFSourceConfig, weight: float, tok
     key = hashlib.sha256("\0".join([FORMAT, opened.fingerprint, src.text_field, tokenizer_key,
                                     str(shard_docs)]).encode()).hexdigest()[:24]
     directory = root / key
-    parts = plan(len(opened.train), None if opened.val is None else len(opened.val), shard_docs)
-    datasets = {"train": opened.train.select_columns([src.text_field]),
-                "val": opened.val.select_columns([src.text_field]) if opened.val is not None else None}
-    jobs = [Job(p, datasets[p.split], src.text_field, opened.period if p.split == "train" else 0,
-                str(tokenizer_dir), str(directory), src.path) for p in parts]
-    records = write_shards(jobs, directory, processes, progress)
+    records = write_shards(source_jobs(opened, src.text_field, tokenizer_dir, directory, shard_docs), directory,
+                           processes, progress)
     dtype = shard_dtype(tokenizer.vocab_size)
     files = {s: [r["files"][s] for r in records if s in r["files"]] for s in STREAMS}
     streams = {s: ShardedTokens([directory / f["file"] for f in files[s]], dtype) for s in STREAMS}
@@ -142,6 +139,16 @@ def prepare_source(opened: OpenedSource, src: HFSourceConfig, weight: float, tok
         write_atomic(directory / MANIFEST, text)
         write_atomic(directory / "dataset_stats.json", json.dumps(stats, indent=2))
     return PreparedSource(opened.name, weight, streams["train"], streams["val"], stats, directory)
+
+
+def source_jobs(opened: OpenedSource, field: str, tokenizer_dir: Path, directory: Path, shard_docs: int) -> list[Job]:
+    """The source's parts as jobs for the tokenizing processes (only the text column travels)."""
+    parts = plan(len(opened.train), None if opened.val is None else len(opened.val), shard_docs)
+    rows = {"train": rows_of(opened.train, field)}
+    if opened.val is not None:
+        rows["val"] = rows_of(opened.val, field)
+    return [Job(p, rows[p.split], field, opened.period if p.split == "train" else 0, str(tokenizer_dir),
+                str(directory), opened.name) for p in parts]
 
 
 def combined_stats(prepared: list[PreparedSource], tokenizer: Tokenizer, from_cache: bool) -> dict:

@@ -54,11 +54,66 @@ class Part:
 
 
 @dataclass(frozen=True)
+class ArrowRows:
+    """One column of a dataset's Arrow files (the IPC streams `datasets` caches and saves), read by row range with
+    pyarrow alone: a tokenizing process starts in a second, not the several `import datasets` takes."""
+
+    files: tuple[tuple[str, int], ...]  # (path, rows) in dataset order
+    column: str
+
+    def texts(self, start: int, stop: int) -> Iterator[list]:
+        import pyarrow as pa
+
+        offset = 0
+        for path, rows in self.files:
+            if offset < stop and start < offset + rows:
+                with pa.memory_map(path) as source:  # unmapped when done: the process keeps no pages of it
+                    position = offset
+                    for batch in pa.ipc.open_stream(source):
+                        lo, hi = max(start, position), min(stop, position + batch.num_rows)
+                        if lo < hi:
+                            column = batch.column(self.column).slice(lo - position, hi - lo)
+                            for i in range(0, hi - lo, ROWS_PER_READ):
+                                yield column.slice(i, ROWS_PER_READ).to_pylist()
+                        position += batch.num_rows
+                        if position >= stop:
+                            break
+            offset += rows
+
+
+@dataclass(frozen=True)
+class DatasetRows:
+    """One column of any `datasets.Dataset` (one held in memory, or behind an indices mapping)."""
+
+    dataset: object
+    column: str
+
+    def texts(self, start: int, stop: int) -> Iterator[list]:
+        for a in range(start, stop, ROWS_PER_READ):
+            yield self.dataset[a:min(a + ROWS_PER_READ, stop)][self.column]
+
+
+def rows_of(dataset, column: str) -> ArrowRows | DatasetRows:
+    """The cheapest picklable reader of a dataset's column: its Arrow files when it is exactly their rows."""
+    import pyarrow as pa
+
+    files = [f["filename"] for f in dataset.cache_files]
+    if files and getattr(dataset, "_indices", None) is None:
+        counts = []
+        for path in files:
+            with pa.memory_map(path) as source:
+                counts.append(sum(batch.num_rows for batch in pa.ipc.open_stream(source)))
+        if sum(counts) == len(dataset):
+            return ArrowRows(tuple(zip(files, counts)), column)
+    return DatasetRows(dataset.select_columns([column]), column)
+
+
+@dataclass(frozen=True)
 class Job:
-    """What a process needs for one part: everything picklable (a memory-mapped Dataset pickles as its files)."""
+    """What a process needs for one part: everything picklable."""
 
     part: Part
-    dataset: object  # datasets.Dataset, only the text column
+    rows: ArrowRows | DatasetRows
     field: str
     period: int  # train split: row i validates when (i + 1) % period == 0 (0: none does)
     tokenizer_dir: str
@@ -94,8 +149,8 @@ def encode_part(job: Job) -> str:
         files = {s: stack.enter_context(open(tmp[s], "wb")) for s in streams}
         digests = {s: hashlib.sha256() for s in streams}
         docs, chars = dict.fromkeys(streams, 0), dict.fromkeys(streams, 0)
-        for a in range(part.start, part.stop, ROWS_PER_READ):
-            texts = job.dataset[a:min(a + ROWS_PER_READ, part.stop)][job.field]
+        a = part.start
+        for texts in job.rows.texts(part.start, part.stop):
             pieces: dict[str, list[np.ndarray]] = {s: [] for s in streams}
             for i, text in enumerate(texts, a):
                 if not isinstance(text, str):
@@ -110,6 +165,7 @@ def encode_part(job: Job) -> str:
                     data = np.concatenate(arrays).astype(dtype).tobytes()
                     files[s].write(data)
                     digests[s].update(data)
+            a += len(texts)
         for s in streams:
             files[s].close()
             record["files"][s] = {"file": f"{part.name}.{s}.bin", "bytes": tmp[s].stat().st_size,
