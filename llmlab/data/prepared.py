@@ -34,7 +34,10 @@ from llmlab.data.stats import bigram_loss, unigram_loss
 from llmlab.data.tokenizers import Tokenizer
 from llmlab.files import publishing, write_atomic
 
-STATS_TOKENS = 10_000_000  # the baselines are fitted on at most this many training tokens (and scored on as many)
+# The baselines are fitted on at most the first STATS_TOKENS training tokens and scored on at most the first
+# STATS_VAL_TOKENS validation tokens: their memory (int64 copies, the bigram's sorted pairs) stays bounded.
+STATS_TOKENS = 4_000_000
+STATS_VAL_TOKENS = 1_000_000
 
 
 @dataclass
@@ -119,7 +122,13 @@ def prepare_source(opened: OpenedSource, src: HFSourceConfig, weight: float, tok
         if len(streams[s]) == 0:
             raise ConfigError(f"{where}: no {'training' if s == 'train' else 'validation'} rows (the train split has "
                               f"{len(opened.train)} rows; every {opened.period or '-'}th validates)")
-    train_sample, val_sample = streams["train"][:STATS_TOKENS], streams["val"][:STATS_TOKENS]
+    manifest = {"format": FORMAT, "source": opened.name, "source_fingerprint": opened.fingerprint,
+                "text_field": src.text_field, "tokenizer_sha256": tokenizer_key, "vocab_size": tokenizer.vocab_size,
+                "dtype": dtype.name, "shard_docs": shard_docs, "streams": files}
+    written = read_manifest(directory)
+    if written is not None and {k: written.get(k) for k in manifest} == manifest and "stats" in written:
+        return PreparedSource(opened.name, weight, streams["train"], streams["val"], written["stats"], directory)
+    train_sample, val_sample = streams["train"][:STATS_TOKENS], streams["val"][:STATS_VAL_TOKENS]
     stats = {
         "name": opened.name,
         "train_documents": sum(f["documents"] for f in files["train"]),
@@ -131,13 +140,8 @@ def prepare_source(opened: OpenedSource, src: HFSourceConfig, weight: float, tok
         "bigram_loss": bigram_loss(train_sample, val_sample, tokenizer.vocab_size),
         "baseline_tokens": [len(train_sample), len(val_sample)],  # what the baselines were fitted and scored on
     }
-    manifest = {"format": FORMAT, "source": opened.name, "source_fingerprint": opened.fingerprint,
-                "text_field": src.text_field, "tokenizer_sha256": tokenizer_key, "vocab_size": tokenizer.vocab_size,
-                "dtype": dtype.name, "shard_docs": shard_docs, "streams": files, "stats": stats}
-    text = json.dumps(manifest, indent=1)
-    if not (directory / MANIFEST).is_file() or (directory / MANIFEST).read_text() != text:
-        write_atomic(directory / MANIFEST, text)
-        write_atomic(directory / "dataset_stats.json", json.dumps(stats, indent=2))
+    write_atomic(directory / "dataset_stats.json", json.dumps(stats, indent=2))
+    write_atomic(directory / MANIFEST, json.dumps({**manifest, "stats": stats}, indent=1))  # last: complete
     return PreparedSource(opened.name, weight, streams["train"], streams["val"], stats, directory)
 
 
@@ -149,6 +153,14 @@ def source_jobs(opened: OpenedSource, field: str, tokenizer_dir: Path, directory
         rows["val"] = rows_of(opened.val, field)
     return [Job(p, rows[p.split], field, opened.period if p.split == "train" else 0, str(tokenizer_dir),
                 str(directory), opened.name) for p in parts]
+
+
+def read_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def combined_stats(prepared: list[PreparedSource], tokenizer: Tokenizer, from_cache: bool) -> dict:

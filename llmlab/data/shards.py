@@ -62,23 +62,28 @@ class ArrowRows:
     column: str
 
     def texts(self, start: int, stop: int) -> Iterator[list]:
+        for a in range(start, stop, ROWS_PER_READ):
+            yield self.read(a, min(a + ROWS_PER_READ, stop))
+
+    def read(self, start: int, stop: int) -> list:
+        """Rows [start, stop) of the column. The files are mapped for this read only: a process keeps no pages of
+        them between reads, so its resident memory does not grow with the rows it has read."""
         import pyarrow as pa
 
-        offset = 0
+        out, offset = [], 0
         for path, rows in self.files:
             if offset < stop and start < offset + rows:
-                with pa.memory_map(path) as source:  # unmapped when done: the process keeps no pages of it
+                with pa.memory_map(path) as source:
                     position = offset
-                    for batch in pa.ipc.open_stream(source):
+                    for batch in pa.ipc.open_stream(source):  # skipping a batch reads its header only
                         lo, hi = max(start, position), min(stop, position + batch.num_rows)
                         if lo < hi:
-                            column = batch.column(self.column).slice(lo - position, hi - lo)
-                            for i in range(0, hi - lo, ROWS_PER_READ):
-                                yield column.slice(i, ROWS_PER_READ).to_pylist()
+                            out += batch.column(self.column).slice(lo - position, hi - lo).to_pylist()
                         position += batch.num_rows
                         if position >= stop:
                             break
             offset += rows
+        return out
 
 
 @dataclass(frozen=True)
