@@ -120,8 +120,9 @@ def prepare_source(opened: OpenedSource, src: HFSourceConfig, weight: float, tok
     streams = {s: ShardedTokens([directory / f["file"] for f in files[s]], dtype) for s in STREAMS}
     for s in STREAMS:
         if len(streams[s]) == 0:
-            raise ConfigError(f"{where}: no {'training' if s == 'train' else 'validation'} rows (the train split has "
-                              f"{len(opened.train)} rows; every {opened.period or '-'}th validates)")
+            rule = (f"the validation split {src.val_split} is empty" if opened.val is not None else
+                    f"the {src.split} split has {len(opened.train)} rows, and every {opened.period}th validates")
+            raise ConfigError(f"{where}: no {'training' if s == 'train' else 'validation'} tokens ({rule})")
     manifest = {"format": FORMAT, "source": opened.name, "source_fingerprint": opened.fingerprint,
                 "text_field": src.text_field, "tokenizer_sha256": tokenizer_key, "vocab_size": tokenizer.vocab_size,
                 "dtype": dtype.name, "shard_docs": shard_docs, "streams": files}
