@@ -15,7 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmlab.config import commands
 from llmlab.config.errors import ConfigError, find_config_error
-from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
+from llmlab.config.schema import (
+    ChatDataConfig,
+    HFDataConfig,
+    MixDataConfig,
+    RunConfig,
+    SyntheticDataConfig,
+    TasksDataConfig,
+    TextDataConfig,
+)
 from llmlab.stages import all_stages
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -39,6 +47,8 @@ def register_configs() -> None:
     cs.store(group="data", name="base_text", node=TextDataConfig)
     cs.store(group="data", name="base_tasks", node=TasksDataConfig)
     cs.store(group="data", name="base_chat", node=ChatDataConfig)
+    cs.store(group="data", name="base_hf", node=HFDataConfig)
+    cs.store(group="data", name="base_mix", node=MixDataConfig)
     # likewise each stage's YAML: conf/stage/<name>.yaml lists base_<name>
     for name, stage in all_stages().items():
         cs.store(group="stage", name=f"base_{name}", node=stage.config)

@@ -14,7 +14,8 @@ from llmlab.bench.__main__ import main as bench
 def test_data_benchmark_times_batches_against_steps_and_every_tokenizer(tmp_path):
     out = tmp_path / "data.json"
     bench(["data", "--sizes", "tiny", "--batch", "2", "--tokens", "100000", "--batches", "20", "--steps", "2",
-           "--warmup", "0", "--text-mb", "0.2", "--train-mb", "0.1", "--out", str(out)])
+           "--warmup", "0", "--text-mb", "0.2", "--train-mb", "0.1", "--sections", "batches", "tokenizers",
+           "--out", str(out)])
     report = json.loads(out.read_text())
     tiny = report["batches"]["tiny"]
     assert (tiny["batch"], tiny["context_length"]) == (2, 128)
@@ -28,6 +29,21 @@ def test_data_benchmark_times_batches_against_steps_and_every_tokenizer(tmp_path
     assert byte["tokens"] == round(report["text_mb"] * 1e6) + report["documents"]  # one per ASCII char, one eos per doc
     assert report["tokenizers"]["bpe"]["tokens"] < byte["tokens"]  # learnt pieces compress
     assert report["tokenizers"]["unigram"]["trained_on_mb"] <= 0.1 < report["tokenizers"]["char"]["trained_on_mb"]
+
+
+@pytest.mark.slow
+def test_data_benchmark_tokenizes_in_parallel_and_measures_the_memory_of_prepare_and_train(tmp_path):
+    out = tmp_path / "data.json"
+    bench(["data", "--sections", "parallel", "memory", "--parallel-kinds", "byte", "--parallel-mb", "0.5",
+           "--processes", "2", "--memory-mb", "0.5", "--train-steps", "2", "--tmp", str(tmp_path), "--out", str(out)])
+    report = json.loads(out.read_text())
+    byte = report["parallel_tokenization"]["byte"]
+    assert byte["1_processes"]["mb_per_s"] > 0 and byte["2_processes"]["mb_per_s"] > 0 and byte["speedup"] > 0
+    run = report["prepare_memory"]["0.5"]
+    assert run["shards_mb"] > 0.9  # uint16: two bytes per character
+    assert 0 < run["prepare"]["peak_anon_rss_mb"] <= run["prepare"]["peak_rss_mb"] < 2048
+    assert run["train"]["peak_rss_mb"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["data.json"]  # the corpora and shards are deleted
 
 
 @pytest.mark.slow

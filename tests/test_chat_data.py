@@ -126,7 +126,8 @@ BAD_CONVERSATIONS = [
     ({"messages": ["Hi"]}, "messages[0]: expected a message with role and content, got 'Hi'"),
     ({"messages": [{"content": "Hi"}]}, 'messages[0]: expected a message with role and content, got an object '
                                         'with keys ["content"]'),
-    ({"conversations": msgs(("user", "Hi"))}, "conversations[0]: expected a message with from and value"),
+    ({"conversations": [{"text": "Hi"}]},
+     "conversations[0]: expected a message with from and value or role and content"),
     ({"messages": msgs(("bot", "Hi"))}, "messages[0].role: unknown role 'bot'; expected one of system|user|assistant"),
     ({"conversations": [{"from": "bing", "value": "Hi"}]},
      "conversations[0].from: unknown role 'bing'; expected one of system|human|user|gpt|assistant"),

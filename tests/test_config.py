@@ -6,7 +6,15 @@ import pytest
 from conftest import CONF_DIR, compose_config, run_cli
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import ChatDataConfig, RunConfig, SyntheticDataConfig, TasksDataConfig, TextDataConfig
+from llmlab.config.schema import (
+    ChatDataConfig,
+    HFDataConfig,
+    MixDataConfig,
+    RunConfig,
+    SyntheticDataConfig,
+    TasksDataConfig,
+    TextDataConfig,
+)
 from llmlab.store import to_dataclass
 
 GROUP_OPTIONS = [
@@ -18,7 +26,8 @@ SFT, DPO = ["stage=sft", "stage.init_from=x"], ["stage=dpo", "stage.init_from=x"
 NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path=models/gpt2"],
          ("data", "tasks"): SFT, ("data", "chat"): [*SFT, "data.paths=[x.jsonl]"], ("data", "task_prefs"): DPO,
          ("data", "prefs"): [*DPO, "data.paths=[x.jsonl]"], ("stage", "sft"): ["data=tasks", "stage.init_from=x"],
-         ("stage", "dpo"): ["data=task_prefs", "stage.init_from=x"]}
+         ("stage", "dpo"): ["data=task_prefs", "stage.init_from=x"], ("data", "hf"): ["data.path=corpus.parquet"],
+         ("data", "mix"): ["data.sources=[{path: a.txt}]"]}
 
 
 OPTIONAL_GROUPS = {"debug"}  # in no defaults list: added with +group=option
@@ -29,7 +38,8 @@ def test_every_option_composes_into_dataclasses(group, option):
     add = "+" if group in OPTIONAL_GROUPS else ""
     cfg = to_dataclass(compose_config([f"{add}{group}={option}", *NEEDS.get((group, option), [])]))
     assert isinstance(cfg, RunConfig)
-    assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig))
+    assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig, HFDataConfig,
+                                 MixDataConfig))
 
 
 def test_groups_cover_what_the_design_promises():

@@ -10,7 +10,8 @@ from llmlab.config import monitors, schema
 from llmlab.stages import all_stages
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DATA = (schema.SyntheticDataConfig, schema.TextDataConfig, schema.TasksDataConfig, schema.ChatDataConfig)
+DATA = (schema.SyntheticDataConfig, schema.TextDataConfig, schema.TasksDataConfig, schema.ChatDataConfig,
+        schema.HFDataConfig, schema.MixDataConfig)
 
 
 def keys(cls: type, prefix: str = "") -> set[str]:

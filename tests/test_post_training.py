@@ -108,7 +108,7 @@ def test_dpo_starts_at_ln2():
 def test_chat_stages_need_a_start_and_matching_data(tmp_path):
     with pytest.raises(ConfigError, match="stage=sft starts from a trained model: give stage.init_from"):
         make_config(tmp_path, ["stage=sft", "data=tasks"])
-    with pytest.raises(ConfigError, match=r"stage=dpo trains on data=task_prefs\|prefs, got data=tasks"):
+    with pytest.raises(ConfigError, match=r"stage=dpo trains on data=task_prefs\|prefs\|hf_prefs, got data=tasks"):
         make_config(tmp_path, ["stage=dpo", "data=tasks", "stage.init_from=x"])
     with pytest.raises(ConfigError, match="LoRA adapts a trained model"):
         run_config(tmp_path, ["model.lora.rank=4"])

@@ -172,6 +172,85 @@ class TextDataConfig:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
+HF_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+               ".arrow": "arrow"}  # a data file's suffix -> the `datasets` builder that reads it
+
+
+@dataclass
+class HFSourceConfig:
+    """One Hugging Face `datasets` source (llmlab/data/hf.py): a save_to_disk directory, data files of a builder
+    (parquet, json, csv, text, arrow) or a hub name (fetched only when online)."""
+
+    path: str = MISSING  # save_to_disk dir | builder name with files | a data file (its suffix names the builder) | hub
+    files: Any = field(default_factory=list)  # data files or globs (a list, or one) for a builder name (parquet, ...)
+    name: str | None = None  # the dataset's configuration (subset) name, for hub datasets that have several
+    text_field: str = "text"  # pretrain: the column holding each document's text
+    split: str = "train"  # the split that trains
+    val_split: str | None = None  # a split that validates; None = every round(1/val_fraction)-th training row
+    val_fraction: float = 0.01  # without val_split: the share of rows that validate
+
+    def __post_init__(self) -> None:
+        if not self.path or self.path == MISSING:
+            raise ConfigError("data.path is empty: give a save_to_disk directory, a data file, a builder name "
+                              "(parquet, json, csv, text, arrow) with data.files, or a hub dataset name")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        self.files = [self.files] if isinstance(self.files, str) else list(self.files)
+        if not all(isinstance(f, str) for f in self.files):
+            raise ConfigError(f"data.files: expected file names or globs, got {self.files!r}")
+
+
+@dataclass
+class HFDataConfig(HFSourceConfig):
+    """A Hugging Face dataset (`data=hf`); kind hf_chat / hf_prefs read conversations or preference pairs."""
+
+    kind: str = "hf"  # hf: documents (pretrain) | hf_chat: conversations (sft) | hf_prefs: preference pairs (dpo)
+    shard_docs: int = 100_000  # pretrain: documents per token shard (the unit of parallel work and of resuming)
+    num_proc: int | None = None  # processes that tokenize; None = every core
+    sample_chars: int = 20_000_000  # the tokenizer learns from the first this many characters of training text
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("data.kind", self.kind, ("hf", "hf_chat", "hf_prefs"))
+        check_sharding(self.shard_docs, self.num_proc, self.sample_chars)
+
+
+def check_sharding(shard_docs: int, num_proc: int | None, sample_chars: int) -> None:
+    check_positive("data.shard_docs", shard_docs)
+    check_positive("data.sample_chars", sample_chars)
+    if num_proc is not None:
+        check_positive("data.num_proc", num_proc)
+
+
+@dataclass
+class MixSourceConfig(HFSourceConfig):
+    """One source of a mixture: any `data=hf` source, with the share of training windows drawn from it."""
+
+    weight: float = 1.0  # relative: windows come from this source with probability weight / sum of weights
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("data.sources[].weight", self.weight)
+
+
+@dataclass
+class MixDataConfig:
+    """Several sources, each tokenized into its own shards; training windows come from each by its weight."""
+
+    kind: str = "mix"  # fixed: which data schema this is
+    sources: list[MixSourceConfig] = field(default_factory=list)  # [{path: a.txt, weight: 0.7}, ...]
+    shard_docs: int = 100_000  # documents per token shard, in every source
+    num_proc: int | None = None  # processes that tokenize; None = every core
+    sample_chars: int = 20_000_000  # the tokenizer learns from this many characters, shared by weight
+
+    def __post_init__(self) -> None:
+        self.sources = [MixSourceConfig(**s) if isinstance(s, dict) else s for s in self.sources]
+        if not self.sources:
+            raise ConfigError("data.sources is empty: give e.g. "
+                              "'[{path: a.txt, weight: 0.7}, {path: b.parquet, weight: 0.3}]'")
+        check_sharding(self.shard_docs, self.num_proc, self.sample_chars)
+
+
 TASK_FAMILIES = ("copy", "reverse", "count", "recall", "pattern")  # llmlab/data/tasks.py generates each
 
 
@@ -306,14 +385,15 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)  # model group: conf/model/ sizes, conf/arch/ presets
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # tokenizer group
-    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig | TasksDataConfig | ChatDataConfig (data group)
+    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig | TasksDataConfig | ChatDataConfig | HFDataConfig |
+    # MixDataConfig (data group)
     stage: Any = MISSING  # a StageConfig subclass: the stage group's option names its schema
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # trainer group: the training loop
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)  # monitors group (llmlab/config/monitors.py)
     seed: int = 0  # weight init, dropout, batch order, samples (data generators have their own data.seed)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     out_dir: str = "."  # filled from Hydra's run directory
-    cache_dir: str = "outputs/.cache"  # tokenizers and token streams, shared across runs
+    cache_dir: str = "outputs/.cache"  # tokenizers, token streams and shards, shared across runs
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

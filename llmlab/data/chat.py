@@ -1,7 +1,8 @@
 """Chat data for the SFT stage and preference data for the DPO stage, read from JSON or JSONL files.
 
 A conversation record is in one of three shapes, told apart by its keys: Alpaca (instruction, input,
-output), ShareGPT (conversations of from/value) or messages (role/content). Every mistake in a record is
+output), ShareGPT (conversations of from/value, or of role/content as minimind writes them) or messages
+(role/content). Every mistake in a record is
 one ConfigError line that starts with where it is (file:line, or file: record N) and names the field,
 so a user can fix a large file without a debugger.
 """
@@ -126,8 +127,9 @@ def parse_conversation(record: dict, where: str) -> tuple[Message, ...]:
     if fmt == "Alpaca":
         turns = alpaca_turns(record, where)
     else:
-        field, shape = ("conversations", SHAREGPT) if fmt == "ShareGPT" else ("messages", MESSAGES)
-        turns = parse_messages(record[field], field, where, (shape,))
+        # minimind's SFT files spell conversations with role/content, as messages do
+        field, shapes = ("conversations", (SHAREGPT, MESSAGES)) if fmt == "ShareGPT" else ("messages", (MESSAGES,))
+        turns = parse_messages(record[field], field, where, shapes)
         check_turns(turns, where, field, last="assistant")
     return tuple(message for _, message in turns)
 

@@ -2,19 +2,29 @@
 
 `data=tasks` / `data=task_prefs` come from the embedded task generator (llmlab/data/tasks.py) and carry
 held-out tasks scored by exact match; `data=chat` / `data=prefs` read the user's files (llmlab/data/chat.py),
-whose last val_fraction validates.
+whose last val_fraction validates; `data=hf data.kind=hf_chat|hf_prefs` reads the same records from a Hugging
+Face dataset's rows.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import ChatDataConfig, TasksDataConfig
-from llmlab.data.chat import Message, PreferencePair, load_conversations, load_preferences
+from llmlab.config.schema import ChatDataConfig, HFDataConfig, TasksDataConfig
+from llmlab.data.chat import (
+    Message,
+    PreferencePair,
+    load_conversations,
+    load_preferences,
+    parse_conversation,
+    parse_preference,
+)
 from llmlab.data.chat_batches import Item, truncate
 from llmlab.data.chat_template import ChatTemplate
+from llmlab.data.hf import open_source, records
 from llmlab.data.tasks import Task, make_tasks
 
 
@@ -68,7 +78,8 @@ def split(records: list, val_fraction: float, what: str) -> tuple[list, list]:
     return records[:-n_val], records[-n_val:]
 
 
-def prepare_chat_items(data, template: ChatTemplate, max_len: int) -> ChatItems:
+def prepare_chat_items(data, template: ChatTemplate, max_len: int,
+                       cache_dir: Path = Path("outputs/.cache")) -> ChatItems:
     kind = data.kind  # RunConfig has checked it fits the stage
     eval_tasks: list[Task] = []
     if isinstance(data, TasksDataConfig):
@@ -76,10 +87,19 @@ def prepare_chat_items(data, template: ChatTemplate, max_len: int) -> ChatItems:
         val_tasks, eval_tasks = held_out_tasks(data)
         convert = task_preference if kind == "task_prefs" else task_conversation
         train_records, val_records = [convert(t) for t in train_tasks], [convert(t) for t in val_tasks]
+    elif isinstance(data, HFDataConfig):  # kind hf_chat | hf_prefs: rows of a Hugging Face dataset
+        train_rows, val_rows = records(open_source(data, cache_dir))
+        parse = parse_preference if kind == "hf_prefs" else parse_conversation
+        where = f"data.path={data.path}"
+        train_records = [parse(row, f"{where}: train row {i}") for i, row in enumerate(train_rows)]
+        val_records = [parse(row, f"{where}: validation row {i}") for i, row in enumerate(val_rows)]
+        if not train_records or not val_records:
+            raise ConfigError(f"{where}: {len(train_records)} training and {len(val_records)} validation records; "
+                              "both must be at least one (lower data.val_fraction's period or add rows)")
     else:
         assert isinstance(data, ChatDataConfig)
-        records = load_preferences(data.paths) if kind == "prefs" else load_conversations(data.paths)
-        train_records, val_records = split(records, data.val_fraction, "records")
+        records_ = load_preferences(data.paths) if kind == "prefs" else load_conversations(data.paths)
+        train_records, val_records = split(records_, data.val_fraction, "records")
     train, cut_train = encode_items(template, train_records, max_len)
     val, cut_val = encode_items(template, val_records, max_len)
     if cut_train + cut_val:

@@ -6,6 +6,8 @@ A source yields documents; in the token stream each document is followed by the 
 from __future__ import annotations
 
 import glob
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,19 +62,42 @@ def annotated_validation(cfg: SyntheticDataConfig) -> list[tuple[str, list[NameC
     return sample_annotated_documents(Language(), cfg.val_docs, seed=cfg.seed + 1)[0]
 
 
-def resolve_paths(patterns: list[str]) -> list[Path]:
+DATA_DIR_VARIABLE = "LLMLAB_DATA_DIR"  # relative data paths resolve against this directory when it is set
+
+
+def data_dir() -> Path:
+    """Where relative data paths are looked up: $LLMLAB_DATA_DIR, else the working directory."""
+    return Path(os.environ.get(DATA_DIR_VARIABLE) or ".")
+
+
+def searched() -> str:
+    """The directory relative paths were looked up in, as an error names it."""
+    where = os.environ.get(DATA_DIR_VARIABLE)
+    if where:
+        return f"{where}, from {DATA_DIR_VARIABLE}"
+    return f"{Path.cwd()}; set {DATA_DIR_VARIABLE} to look elsewhere"
+
+
+def data_path(pattern: str) -> str:
+    """A user's path or glob, resolved against LLMLAB_DATA_DIR when relative (and ~ expanded)."""
+    path = Path(pattern).expanduser()
+    return str(path if path.is_absolute() else data_dir() / path)
+
+
+def resolve_paths(patterns: list[str], field: str = "data.paths") -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if glob.has_magic(pattern) and not matches:
-            raise ConfigError(f"data.paths: no file matches {pattern!r}")
+        full = data_path(pattern)
+        matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+        if glob.has_magic(full) and not matches:
+            raise ConfigError(f"{field}: no file matches {pattern!r} (looked in {searched()})")
         for match in matches:
             path = Path(match)
             if path.is_dir():
-                raise ConfigError(f"data.paths: {path} is a directory; give its files, or a glob such as "
+                raise ConfigError(f"{field}: {path} is a directory; give its files, or a glob such as "
                                   f"{path / '*.txt'}")
             if not path.is_file():
-                raise ConfigError(f"data.paths: file not found: {path}")
+                raise ConfigError(f"{field}: file not found: {pattern} (looked in {searched()})")
             paths.append(path)
     return paths
 
@@ -91,7 +116,11 @@ def read_text(path: Path) -> str:
 
 
 def text_source(path: Path, val_fraction: float) -> Source:
-    """One file is one document; its last val_fraction (cut at a line break if one is near) is validation."""
+    """One file is one document; its last val_fraction (cut at a line break if one is near) is validation.
+    A .jsonl file holds one document per record, in its `text` field (minimind's pretraining format); every
+    round(1 / val_fraction)-th record validates, as `data=hf` splits rows."""
+    if path.suffix == ".jsonl":
+        return jsonl_text_source(path, val_fraction)
     text = read_text(path)
     cut = int(len(text) * (1 - val_fraction))
     newline = text.rfind("\n", max(1, cut - 1000), cut)
@@ -100,3 +129,31 @@ def text_source(path: Path, val_fraction: float) -> Source:
     if not train or not val:
         raise ConfigError(f"data.paths: {path} is too short to split into train and validation")
     return Source(str(path), [train], [val])
+
+
+def validation_period(val_fraction: float) -> int:
+    """Row i (from 0) validates when (i + 1) % period == 0: a split that needs no row count, so it streams."""
+    return max(2, round(1 / val_fraction))
+
+
+def jsonl_text_source(path: Path, val_fraction: float) -> Source:
+    docs = []
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ConfigError(f"{path}:{lineno}: text: expected a record with a string `text` field "
+                              "(one document per line)")
+        docs.append(text)
+    period = validation_period(val_fraction)
+    train = [d for i, d in enumerate(docs) if (i + 1) % period]
+    val = [d for i, d in enumerate(docs) if not (i + 1) % period]
+    if not train or not val:
+        raise ConfigError(f"data.paths: {path} has {len(docs)} records: too few to split into train and "
+                          f"validation (every {period}th validates)")
+    return Source(str(path), train, val)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -54,7 +55,7 @@ class ChatStage(Stage):
         if ctx.place.is_main and not (ctx.out_dir / "tokenizer").is_dir():
             tokenizer.save(ctx.out_dir / "tokenizer")
 
-        items = prepare_chat_items(cfg.data, template, context)
+        items = prepare_chat_items(cfg.data, template, context, Path(cfg.cache_dir))
         pad = tokenizer.eos_id  # padded positions are never targets, any id will do
         trainer, place = cfg.trainer, ctx.place
         train_batches = ChatBatches(items.train, trainer.batch_size, pad, cfg.seed, place.rank, place.world_size)
@@ -71,7 +72,7 @@ class ChatStage(Stage):
 
 @dataclass
 class SFTConfig(StageConfig):
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat", "hf_chat")
     STARTS_FROM_MODEL: ClassVar[bool] = True
 
     name: str = "sft"  # next-token loss on the assistant's tokens only
@@ -87,7 +88,7 @@ class SFT(ChatStage):
 
 @dataclass
 class DPOConfig(StageConfig):
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs", "hf_prefs")
     STARTS_FROM_MODEL: ClassVar[bool] = True
 
     name: str = "dpo"  # preference loss against the frozen starting model (the reference)

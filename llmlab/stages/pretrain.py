@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -11,11 +12,20 @@ from typing import ClassVar
 import torch
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import RunConfig, StageConfig, SyntheticDataConfig, architecture_differences
+from llmlab.config.schema import (
+    HFDataConfig,
+    MixDataConfig,
+    RunConfig,
+    StageConfig,
+    SyntheticDataConfig,
+    architecture_differences,
+)
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
+from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
+from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample
 from llmlab.data.sources import annotated_validation, load_corpus
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
@@ -26,7 +36,7 @@ from llmlab.train.objectives import NextTokenObjective
 
 @dataclass
 class PretrainConfig(StageConfig):
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text", "hf", "mix")
 
     name: str = "pretrain"  # next-token loss on every token, from a new (or imported) model
 
@@ -37,8 +47,10 @@ class Pretrain(Stage):
 
     def build(self, ctx: StageContext) -> StageParts:
         cfg, trainer = ctx.cfg, ctx.cfg.trainer
+        if isinstance(cfg.data, HFDataConfig | MixDataConfig):
+            return self.build_sharded(ctx)
         corpus = load_corpus(cfg.data)
-        tokenizer, from_cache = self.tokenizer(ctx, "\n".join(corpus.train_docs))
+        tokenizer, from_cache = self.tokenizer(ctx, lambda: "\n".join(corpus.train_docs))
         streams = token_streams(corpus, tokenizer, ctx.out_dir / "tokenizer", Path(cfg.cache_dir) / "tokens",
                                 from_cache)
         model = new_model(cfg, tokenizer.vocab_size, ctx.device, pretrained=ctx.resume_from is None)
@@ -47,14 +59,46 @@ class Pretrain(Stage):
                                      rank=ctx.place.rank, world_size=ranks)
         # every rank evaluates the whole validation set, batched as one process with the global batch would
         val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches)
-        tokens_per_step = trainer.batch_size * ranks * trainer.grad_accum_steps * seq_len
+        return self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats)
+
+    def build_sharded(self, ctx: StageContext) -> StageParts:
+        """data=hf / data=mix: the sources tokenized into shards (once; python -m llmlab.prepare can do it ahead),
+        memory-mapped; windows drawn from each source by weight."""
+        cfg, trainer, cache = ctx.cfg, ctx.cfg.trainer, Path(ctx.cfg.cache_dir)
+        tokenizer, from_cache = self.tokenizer(ctx, lambda: tokenizer_sample(cfg.data, cache))
+        prepared = prepare_sources(cfg.data, tokenizer, cache, progress=ctx.place.is_main)
+        model = new_model(cfg, tokenizer.vocab_size, ctx.device, pretrained=ctx.resume_from is None)
+        seq_len, ranks, batch = cfg.model.context_length, ctx.place.world_size, trainer.batch_size
+        if isinstance(cfg.data, HFDataConfig):
+            source = prepared[0]
+            train_batches = TrainBatches(source.train, batch, seq_len, seed=cfg.seed, rank=ctx.place.rank,
+                                         world_size=ranks)
+            val_batches = validation_batches(source.val, batch * ranks, seq_len, trainer.eval_batches)
+        else:
+            weights, names = [p.weight for p in prepared], [p.name for p in prepared]
+            if ctx.place.is_main:
+                total = sum(weights)
+                print("mixture: " + ", ".join(f"{p.name} {p.weight / total:.3f} ({len(p.train):,} tokens)"
+                                              for p in prepared))
+            train_batches = MixtureBatches([p.train for p in prepared], weights, batch, seq_len, seed=cfg.seed,
+                                           rank=ctx.place.rank, world_size=ranks, names=names)
+            val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
+                                                   trainer.eval_batches)
+        stats = combined_stats(prepared, tokenizer, from_cache)
+        return self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats)
+
+    def parts(self, ctx: StageContext, model: Transformer, tokenizer: Tokenizer, train_batches, val_batches,
+              train_tokens: int, stats: dict) -> StageParts:
+        cfg, trainer = ctx.cfg, ctx.cfg.trainer
+        tokens_per_step = (trainer.batch_size * ctx.place.world_size * trainer.grad_accum_steps
+                           * cfg.model.context_length)
         return StageParts(
             model, NextTokenObjective(), train_batches, val_batches,
-            steps_per_epoch=len(streams.train) / tokens_per_step, stats=streams.stats,
+            steps_per_epoch=train_tokens / tokens_per_step, stats=stats,
             sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
             decode=tokenizer.decode, manifest={"base": None}, copy_probe=copy_prober(cfg, tokenizer))
 
-    def tokenizer(self, ctx: StageContext, train_text: str) -> tuple[Tokenizer, bool]:
+    def tokenizer(self, ctx: StageContext, train_text: Callable[[], str]) -> tuple[Tokenizer, bool]:
         """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);
         saved into the run directory; whether it came from a cache."""
         resumed = ctx.resume_from.parent.parent / "tokenizer" if ctx.resume_from else None
@@ -67,7 +111,7 @@ class Pretrain(Stage):
 
             tokenizer, cached = pretrained_tokenizer(ctx.cfg.model), False
         else:
-            tokenizer, cached = build_tokenizer(ctx.cfg.tokenizer, train_text)
+            tokenizer, cached = build_tokenizer(ctx.cfg.tokenizer, train_text())
         own = ctx.out_dir / "tokenizer"
         if resumed != own and ctx.place.is_main:
             tokenizer.save(own)
