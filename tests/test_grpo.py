@@ -209,10 +209,13 @@ def a_start(tmp_path):
     return tmp_path / "base"
 
 
-def grpo_config(out, start, overrides):
-    cfg = compose_config(["+debug=fast", "device=cpu", "stage=grpo", "data=tasks", f"stage.init_from={start}",
-                          "data.train_tasks=40", "data.val_tasks=8", "data.eval_tasks=4", "trainer.eval_batches=1",
-                          "trainer.batch_size=2", "stage.group_size=4", "stage.max_new_tokens=8",
+TASKS = ["data=tasks", "data.train_tasks=40", "data.val_tasks=8", "data.eval_tasks=4"]
+
+
+def grpo_config(out, start, overrides, data=TASKS):
+    cfg = compose_config(["+debug=fast", "device=cpu", "stage=grpo", *data, f"stage.init_from={start}",
+                          "trainer.eval_batches=1", "trainer.batch_size=2", "stage.group_size=4",
+                          "stage.max_new_tokens=8",
                           "stage.updates_per_batch=2", "stage.reward._target_=test_grpo.vowel_reward",
                           "trainer.warmup_steps=20", "trainer.lr=1e-2", "trainer.eval_every=3",
                           "trainer.checkpoint_every=3", "trainer.progress=false", *overrides])
@@ -239,3 +242,47 @@ def test_a_resumed_grpo_run_ends_bitwise_where_an_uninterrupted_one_does(tmp_pat
     assert {"grpo/reward_mean", "grpo/kl", "grpo/entropy", "eval/task_accuracy", "val/loss"} <= logged
     changed = load_file(start / "checkpoints/step_1/model.safetensors")
     assert not torch.equal(changed["lm_head.weight"], a["lm_head.weight"][: changed["lm_head.weight"].shape[0]])
+
+
+def test_the_trained_tokens_are_scored_by_the_distribution_that_sampled_them():
+    """Greedy completions of left-padded prompts: the training forward's argmax is every completion token, so
+    the log-probabilities trained on are those of the sampling policy (positions and padding agree)."""
+    from llmlab.model.generation import SamplingConfig, generate, pad_prompts
+
+    policy = tiny_policy().eval()
+    prompts = [[1, 5, 9, 200, 30], [7, 8], [3, 4, 250]]
+    ids, mask = pad_prompts(prompts, TEMPLATE.end_id)
+    seq = generate(policy, ids, SamplingConfig(max_new_tokens=6, temperature=0.0), attention_mask=mask)
+    full_mask = torch.cat((mask, torch.ones(3, seq.shape[1] - ids.shape[1], dtype=mask.dtype)), 1)
+    logits = policy(seq[:, :-1], attention_mask=full_mask[:, :-1])[:, ids.shape[1] - 1:]
+    assert torch.equal(logits.argmax(-1), seq[:, ids.shape[1]:])
+    logp, entropy = completion_logps(policy, seq, full_mask, ids.shape[1])
+    assert torch.equal(logp, logits.float().log_softmax(-1).max(-1).values) and (entropy > 0).all()
+
+
+@pytest.mark.slow
+def test_lora_grpo_on_chat_prompts_with_a_user_reward_trains_only_adapters_and_evaluates(tmp_path):
+    """data=chat with the user's reward (no verifier there) and LoRA: the reference stays the start without
+    adapters (KL 0 at the first step), the checkpoint holds adapters only, and llmlab.evaluate reads the run."""
+    from safetensors import safe_open
+
+    from llmlab.evaluate import EvaluateConfig, evaluate
+
+    start = a_start(tmp_path)
+    chat = tmp_path / "prompts.jsonl"
+    chat.write_text("\n".join(json.dumps({"instruction": f"Name {w}.", "output": w})
+                              for w in ("the lake", "a pear", "the map", "a key") * 5))
+    data = ["data=chat", f"data.paths=[{chat}]", "data.val_fraction=0.2"]
+    common = ["model.lora.rank=4", "trainer.max_steps=2", "trainer.log_every=1", "trainer.eval_every=2",
+              "trainer.checkpoint_every=2", "stage.updates_per_batch=1"]
+    with pytest.raises(Exception, match="stage=grpo data=chat needs a reward: stage.reward._target_"):
+        Run(grpo_config(tmp_path / "none", start, [*common, "stage.reward._target_=null"], data)).setup()
+    assert Run(grpo_config(tmp_path / "lora", start, common, data)).execute().status == "completed"
+    rows = [json.loads(line) for line in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["grpo/kl"] == 0.0 and "grpo/reward_mean" in rows[0]
+    with safe_open(tmp_path / "lora" / "checkpoints" / "step_2" / "model.safetensors", "pt") as f:
+        assert all(n.endswith((".lora_A", ".lora_B")) for n in f.keys())
+    scores = evaluate(EvaluateConfig(run=str(tmp_path / "lora"), data=to_dataclass(
+        compose_config(["stage=sft", "data=tasks", "data.eval_tasks=5", "data.val_tasks=4",
+                        f"stage.init_from={start}"])).data))
+    assert 0.0 <= scores["task_accuracy"]["all"] <= 1.0
