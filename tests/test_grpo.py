@@ -286,3 +286,31 @@ def test_lora_grpo_on_chat_prompts_with_a_user_reward_trains_only_adapters_and_e
         compose_config(["stage=sft", "data=tasks", "data.eval_tasks=5", "data.val_tasks=4",
                         f"stage.init_from={start}"])).data))
     assert 0.0 <= scores["task_accuracy"]["all"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_processes_sample_their_own_prompts_and_train_one_model(tmp_path):
+    """torchrun (gloo, CPU): each rank samples its own prompts with its own generator; the run completes, logs
+    the rank-0 rewards and a KL of 0 at the first step, and checkpoints one model."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    start = a_start(tmp_path)
+    (tmp_path / "my_rewards.py").write_text("def vowels(prompt, completion, record):\n"
+                                            "    return sum(c in 'aeiou' for c in completion) / 10\n")
+    args = ["+debug=fast", "device=cpu", "stage=grpo", *TASKS, f"stage.init_from={start}", "trainer.eval_batches=1",
+            "trainer.batch_size=2", "stage.group_size=4", "stage.max_new_tokens=8", "trainer.max_steps=3",
+            "trainer.log_every=1", "trainer.eval_every=3", "trainer.checkpoint_every=3", "trainer.threads=1",
+            "monitors=none", "trainer.progress=false", "stage.reward._target_=my_rewards.vowels",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'ddp'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "llmlab.run", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["grpo/kl"] == 0.0 and "eval/task_accuracy" in rows[-1]
+    assert (tmp_path / "ddp" / "checkpoints" / "step_3" / "model.safetensors").is_file()
