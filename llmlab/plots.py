@@ -134,3 +134,26 @@ def write_circuits_plot(run_dir: str | Path) -> Path | None:
     render(circuits_over_training_figure(steps, scores, lens, series(read_metrics(run_dir), "val/loss"), formed,
                                          model_level, title=f"circuits: {run_dir.name}"), path)
     return path
+
+
+def metric_panels(runs: dict[str, list[dict]], panels: list[tuple[str, list[str]]], x: str = "step",
+                  title: str = "", columns: int = 3) -> Figure:
+    """One panel per (title, keys): each key of each run (label -> its metrics rows) a line against x, so runs
+    and metrics compare side by side (a stage's own scalars, e.g. rewards, KL and entropy)."""
+    rows_n = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(4.4 * columns, 3.3 * rows_n), dpi=100, layout="constrained")
+    axes = fig.subplots(rows_n, columns, squeeze=False).flatten()
+    for ax, (name, keys) in zip(axes, panels, strict=False):
+        for label, rows in runs.items():
+            for key in keys:
+                tag = label if len(keys) == 1 else f"{label}: {key.rsplit('/', 1)[-1]}" if len(runs) > 1 else key
+                plot_series(ax, rows, key, x, label=tag, marker="o" if key.startswith("eval/") else None,
+                            markersize=3)
+        ax.set_title(name)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -15,6 +15,7 @@ from llmlab.config.schema import (
     TasksDataConfig,
     TextDataConfig,
 )
+from llmlab.stages import all_stages
 from llmlab.store import to_dataclass
 
 GROUP_OPTIONS = [
@@ -33,10 +34,18 @@ NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path
 OPTIONAL_GROUPS = {"debug"}  # in no defaults list: added with +group=option
 
 
+def needs(group: str, option: str) -> list[str]:
+    """What an option needs to compose; a stage without an entry in NEEDS: what its schema says it takes."""
+    if (group, option) in NEEDS or group != "stage":
+        return NEEDS.get((group, option), [])
+    config = all_stages()[option].config
+    return [f"data={config.DATA_KINDS[0]}", *(["stage.init_from=x"] if config.STARTS_FROM_MODEL else [])]
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_into_dataclasses(group, option):
     add = "+" if group in OPTIONAL_GROUPS else ""
-    cfg = to_dataclass(compose_config([f"{add}{group}={option}", *NEEDS.get((group, option), [])]))
+    cfg = to_dataclass(compose_config([f"{add}{group}={option}", *needs(group, option)]))
     assert isinstance(cfg, RunConfig)
     assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig, HFDataConfig,
                                  MixDataConfig))

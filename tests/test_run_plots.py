@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import run_config
 
-from llmlab.plots import read_metrics, run_baselines, series, training_curves, write_training_curves
+from llmlab.plots import metric_panels, read_metrics, run_baselines, series, training_curves, write_training_curves
 from llmlab.runner import Run
 
 ROWS = [
@@ -36,6 +36,17 @@ def test_the_figure_draws_every_panel_and_the_baselines():
     assert list(loss_time.get_lines()[1].get_xdata()) == [3.0, 4.5]
     assert ppl.get_lines()[1].get_ydata()[-1] == pytest.approx(math.exp(1.7))
     assert [len(ax.get_lines()[0].get_xdata()) for ax in (lr, grad, speed)] == [3, 3, 3]
+
+
+def test_metric_panels_draw_each_key_of_each_run_and_hide_the_spare_axes():
+    other = [{**row, "train/loss": row["train/loss"] / 2} for row in ROWS]
+    fig = metric_panels({"a": ROWS, "b": other}, [("loss", ["train/loss"]), ("both", ["train/lr", "val/loss"])],
+                        columns=3)
+    loss, both, spare = fig.axes
+    assert [line.get_label() for line in loss.get_lines()] == ["a", "b"]
+    assert list(loss.get_lines()[1].get_ydata()) == [1.5, 1.0, 0.75]
+    assert [line.get_label() for line in both.get_lines()] == ["a: lr", "a: loss", "b: lr", "b: loss"]
+    assert not spare.get_visible()
 
 
 def test_metrics_stop_at_a_torn_line_and_no_metrics_means_no_figure(tmp_path):

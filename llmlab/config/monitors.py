@@ -90,6 +90,7 @@ class HealthMonitorConfig:
     every: int = 100  # how often to probe attention entropy and dead MLP units
     entropy_collapse: float = 0.05  # alert when a layer's mean attention entropy (nats) falls below this
     dead_fraction: float = 0.25  # alert when more than this fraction of a layer's MLP units never fire
+    policy_entropy_collapse: float = 0.02  # alert when a logged policy entropy (*/entropy, nats/token) falls below
 
     def __post_init__(self) -> None:
         check_positive("monitors.health.window", self.window)

@@ -184,6 +184,9 @@ class Monitor:
 
     def on_eval_end(self, step: int, val_loss: float) -> None: ...
 
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Every row the trainer logs (train/..., val/..., what the stage's objective reports): read, never changed."""
+
     def on_train_end(self, step: int) -> None: ...
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -307,6 +310,9 @@ class MonitorSet:
 
     def eval_end(self, step: int, val_loss: float) -> None:
         self._call("on_eval_end", step, val_loss)
+
+    def logged(self, step: int, metrics: dict[str, float]) -> None:
+        self._call("on_log", step, metrics)
 
     def train_end(self, step: int) -> None:
         self._call("on_train_end", step)

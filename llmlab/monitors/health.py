@@ -4,7 +4,10 @@
   not finite; what happens next is the trainer's policy (`trainer.on_nonfinite`);
 - spikes: loss or gradient norm more than `z_threshold` standard deviations above a moving window;
 - attention entropy collapse: a layer's mean attention entropy falling below `entropy_collapse` nats;
-- dead MLP units: units whose activation never reaches 1% of the layer's typical peak on the probe.
+- dead MLP units: units whose activation never reaches 1% of the layer's typical peak on the probe;
+- policy entropy collapse: a logged `*/entropy` metric (the entropy of a policy over the tokens it sampled, as
+  GRPO's grpo/entropy) below `policy_entropy_collapse` nats: the policy has stopped exploring, so a group's
+  samples agree and teach nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class HealthMonitor(Monitor):
                 self.history[key].append(value)
         if self.probe is not None and self.schedule.due(info.step):
             self._probe(info.step)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key.endswith("/entropy") and value < self.cfg.policy_entropy_collapse:
+                self.ctx.alerts.alert(step, "policy_entropy_collapse", key,
+                                      f"policy entropy collapse at step {step}: {key} {value:.3g} nats per token",
+                                      entropy=value)
 
     def _zscore(self, window: deque, value: float) -> float | None:
         if len(window) < max(10, window.maxlen // 2):

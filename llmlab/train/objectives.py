@@ -19,6 +19,14 @@ class Objective:
     def tokens_in(self, batch: Batch) -> int:
         return batch.input_ids.numel()
 
+    # An objective may own state the next steps depend on (GRPO: its sampling generator and the samples it still
+    # trains on); the trainer checkpoints it with its own, so a resumed run continues exactly. Most own none.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class NextTokenObjective(Objective):
     """Pretraining and SFT: mean cross-entropy of the next tokens; IGNORE targets (SFT's padding and

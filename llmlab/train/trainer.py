@@ -107,6 +107,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if objective_state := self.objective.state_dict():  # absent for the objectives that keep none
+            state["objective"] = objective_state
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -116,6 +118,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        self.objective.load_state_dict(state.get("objective", {}))
         self.state = TrainState(**state["trainer"])
 
     def save(self) -> None:
@@ -263,6 +266,7 @@ class Trainer:
                 tqdm.write(f"the evaluation at step {step} was cut short and is not logged")
         if row:
             self.sinks.log_scalars(step, row)
+            self.monitors.logged(step, row)
         stopping = self.agreed_stop if self.place.enabled else stop.signal_name
         if every(step, cfg.checkpoint_every, cfg.max_steps) or stopping or early_stop:
             self.sinks.flush()
