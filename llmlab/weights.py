@@ -102,10 +102,16 @@ def check_tensors(found: dict[str, TensorInfo], expected: Iterable[Expected], de
 
 
 # ---- the llmlab Transformer's tensors, from one meta-device layer of it ------------------------------------
+def _period(cfg: ModelConfig) -> int:
+    """Blocks repeat with this period: 1, or model.moe.every (a MoE block after every - 1 dense ones)."""
+    return min(cfg.moe.every, cfg.n_layers) if cfg.moe.experts else 1
+
+
 def _one_layer(cfg: ModelConfig, lora: bool) -> Transformer:
-    """Transformer(cfg) with one block, on the meta device; lora: with (cfg.lora.rank) adapters on every linear."""
+    """Transformer(cfg) with one block (one period of dense and MoE blocks), on the meta device; lora: with
+    (cfg.lora.rank) adapters on every linear."""
     with torch.device("meta"):
-        model = Transformer(dataclasses.replace(cfg, n_layers=1))
+        model = Transformer(dataclasses.replace(cfg, n_layers=_period(cfg)))
         if lora and cfg.lora.rank:
             apply_lora(model, cfg.lora.rank, cfg.lora.alpha, 0.0, ["all"])
     return model
@@ -122,13 +128,16 @@ def model_tensors(cfg: ModelConfig, adapters: bool = False, layers: Iterable[int
         if not adapters or name.endswith(ADAPTER_SUFFIXES):
             names.setdefault(id(tensor), []).append(name)
     entries = [Expected(tuple(n), tuple(state[n[0]].shape), not adapters) for n in names.values()]
-    block = [e for e in entries if e.names[0].startswith("blocks.0.")]
-    start = entries.index(block[0]) if block else len(entries)
+    period = _period(cfg)
+    blocks = [[e for e in entries if e.names[0].startswith(f"blocks.{j}.")] for j in range(period)]
+    inside = [e for block in blocks for e in block]
+    start = entries.index(inside[0]) if inside else len(entries)
     yield from entries[:start]
     for i in range(cfg.n_layers) if layers is None else layers:
-        for e in block:
-            yield dataclasses.replace(e, names=tuple(f"blocks.{i}.{n.removeprefix('blocks.0.')}" for n in e.names))
-    yield from entries[start + len(block):]
+        template = f"blocks.{i % period}."
+        for e in blocks[i % period]:
+            yield dataclasses.replace(e, names=tuple(f"blocks.{i}.{n.removeprefix(template)}" for n in e.names))
+    yield from entries[start + len(inside):]
 
 
 def check_model_file(found: dict[str, TensorInfo], cfg: ModelConfig, declared: str, source: str, prefix: str = "",
@@ -150,7 +159,9 @@ def parameter_count(cfg: ModelConfig) -> int:
     """Elements of Transformer(cfg)'s parameters and buffers (the RoPE tables), plus (lora.rank > 0) at most its
     adapters: a one-layer meta model's, its block counted n_layers times."""
     model = _one_layer(cfg, lora=True)
-    return _numel(model) + (cfg.n_layers - 1) * _numel(model.blocks[0])
+    period = len(model.blocks)
+    outside = _numel(model) - sum(_numel(b) for b in model.blocks)
+    return outside + sum(_numel(model.blocks[i % period]) for i in range(cfg.n_layers))
 
 
 # ---- memory ----------------------------------------------------------------------------------------------

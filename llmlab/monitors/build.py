@@ -16,10 +16,12 @@ from llmlab.monitors.base import AlertLog, Monitor, MonitorContext, MonitorSet, 
 from llmlab.monitors.distribution import DistributionMonitor
 from llmlab.monitors.health import HealthMonitor
 from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
 
 
-def build_monitors(cfg: MonitorsConfig) -> list[Monitor]:
+def build_monitors(cfg: MonitorsConfig, moe: bool = False) -> list[Monitor]:
+    """moe: the model has mixture-of-experts layers (the router monitor watches nothing in a dense one)."""
     monitors: list[Monitor] = []
     if cfg.attention.enabled:
         monitors.append(AttentionMonitor(cfg.attention, probe=cfg.probe))
@@ -27,6 +29,8 @@ def build_monitors(cfg: MonitorsConfig) -> list[Monitor]:
         monitors.append(DistributionMonitor(cfg.distribution))
     if cfg.health.enabled:
         monitors.append(HealthMonitor(cfg.health))
+    if cfg.router.enabled and moe:
+        monitors.append(RouterMonitor(cfg.router))
     return monitors
 
 
@@ -34,7 +38,7 @@ def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batche
                 writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
                 steps_per_epoch: float, resume_step: int | None) -> MonitorSet:
     """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
-    monitors = build_monitors(cfg)
+    monitors = build_monitors(cfg, moe=bool(moe_layers(model)))
     if not monitors:
         return MonitorSet([])
     # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor
