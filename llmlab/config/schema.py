@@ -100,8 +100,8 @@ class ModelConfig:
     rope_original_context: int = 8192  # llama3: the context length the model was pretrained at
     norm_eps: float = 1e-5  # epsilon of every RMSNorm / LayerNorm
     init_std: float = 0.02  # std of the normal init (o_proj and down_proj: / sqrt(2 * n_layers))
-    # A local transformers model directory (Llama, Qwen2 or GPT-2 style): its architecture and weights replace
-    # the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
+    # A local transformers model directory (Llama, Qwen2, Mixtral, Qwen2-MoE or GPT-2 style): its architecture and
+    # weights replace the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
     path: str | None = None
     local_files_only: bool = True  # false: path may be a hub id, fetched when online
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora.*: adapters for sft/dpo
