@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--vocab", type=int, default=64, help="vocabulary (the embedded language's char scale)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out", default="bench/moe.json")
 
 
@@ -56,6 +57,8 @@ def main(args: argparse.Namespace) -> None:
     from llmlab.train.optim import build_optimizer
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     torch.manual_seed(0)
     models, optimizers = {}, {}
