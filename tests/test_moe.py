@@ -189,6 +189,17 @@ def test_parameter_counts_total_and_active_and_the_flops_count_active_ones():
     assert sorted(n for e in model_tensors(cfg) for n in e.names) == sorted(model.state_dict())
 
 
+@pytest.mark.parametrize("n_layers,every", [(4, 1), (5, 3), (3, 4), (1, 2)])
+def test_the_tensors_and_counts_computed_from_a_moe_config_are_the_models(n_layers, every):
+    cfg = dataclasses.replace(moe_cfg(every=every, shared_experts=1, balance="bias"), n_layers=n_layers)
+    model = Transformer(cfg)
+    state = model.state_dict()
+    expected = list(model_tensors(cfg))
+    assert sorted(n for e in expected for n in e.names) == sorted(state)
+    assert all(tuple(state[e.names[0]].shape) == e.shape for e in expected)
+    assert parameter_count(cfg) == model.num_params() + sum(b.numel() for b in model.buffers())
+
+
 def test_moe_options_are_checked_in_one_line():
     with pytest.raises(ConfigError, match=r"model.moe.top_k=5 must be in \[1, model.moe.experts=4\]"):
         MoEConfig(experts=4, top_k=5)
@@ -196,6 +207,8 @@ def test_moe_options_are_checked_in_one_line():
         MoEConfig(experts=4, balance="sometimes")
     with pytest.raises(ConfigError, match="model.moe.every"):
         MoEConfig(experts=4, every=0)
+    with pytest.raises(ConfigError, match=r"model.moe.experts must be in \[0, 1024\]"):  # a forged manifest's
+        MoEConfig(experts=10**9)
     saved = dataclasses.asdict(moe_cfg())
     assert architecture_differences(saved, moe_cfg(aux_loss_coef=0.5)) == []  # a loss weight is not architecture
     assert [d[0] for d in architecture_differences(saved, moe_cfg(experts=8))] == ["moe"]

@@ -36,6 +36,9 @@ class LoRAConfig:
             raise ConfigError("model.lora.targets is empty: name projections, e.g. [q_proj,v_proj] or [all]")
 
 
+MAX_EXPERTS = 1024  # routed experts per block; DeepSeek-V3 has 256
+
+
 @dataclass
 class MoEConfig:
     """Mixture of experts in place of the feed-forward MLP (llmlab/model/moe.py); experts 0 = a dense model.
@@ -54,8 +57,8 @@ class MoEConfig:
     bias_rate: float = 0.001  # balance=bias: each training forward moves each expert's bias by this toward balance
 
     def __post_init__(self) -> None:
-        if self.experts < 0:
-            raise ConfigError(f"model.moe.experts must be >= 0 (0 = dense), got {self.experts}")
+        if not 0 <= self.experts <= MAX_EXPERTS:  # the bound keeps a forged manifest's model cheap to describe
+            raise ConfigError(f"model.moe.experts must be in [0, {MAX_EXPERTS}] (0 = dense), got {self.experts}")
         for name in ("aux_loss_coef", "z_loss_coef", "bias_rate"):
             check_finite(f"model.moe.{name}", getattr(self, name))
             if getattr(self, name) < 0:
