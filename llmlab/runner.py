@@ -99,6 +99,7 @@ class Run:
             distributed.barrier(place)  # the caches are full: the other ranks may read them
         model = parts.model
         self.params = model.num_params()
+        self.active_params = model.active_params() if model.inactive_params() else None  # MoE: what a token uses
         if place.is_main:
             write_run_record(out, cfg, parts.stats, model, self.device, place)
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
@@ -179,7 +180,8 @@ class Run:
             monitor_summary = self.monitors.close()
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
-                                    {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary})
+                                    {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary,
+                                     **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)
         finally:

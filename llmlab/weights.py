@@ -102,10 +102,25 @@ def check_tensors(found: dict[str, TensorInfo], expected: Iterable[Expected], de
 
 
 # ---- the llmlab Transformer's tensors, from one meta-device layer of it ------------------------------------
+def _templates(cfg: ModelConfig) -> tuple[ModelConfig, list[bool]]:
+    """The config of a model whose blocks are one of each kind cfg has (a dense block, then a MoE block: as
+    many as cfg has kinds, whatever n_layers and model.moe.every say), and which kinds those are (True: MoE)."""
+    kinds = sorted({cfg.moe.is_moe(i) for i in (0, cfg.moe.every - 1) if i < cfg.n_layers})
+    if True not in kinds:  # no block is MoE (a dense model, or every > n_layers)
+        return dataclasses.replace(cfg, n_layers=1, moe=dataclasses.replace(cfg.moe, experts=0)), kinds
+    every = 2 if kinds == [False, True] else 1  # block 1 of 2 is the MoE one
+    return dataclasses.replace(cfg, n_layers=len(kinds), moe=dataclasses.replace(cfg.moe, every=every)), kinds
+
+
+def _template_of(cfg: ModelConfig, layer: int, kinds: list[bool]) -> int:
+    return kinds.index(cfg.moe.is_moe(layer))
+
+
 def _one_layer(cfg: ModelConfig, lora: bool) -> Transformer:
-    """Transformer(cfg) with one block, on the meta device; lora: with (cfg.lora.rank) adapters on every linear."""
+    """Transformer(cfg) with one block of each kind (dense, MoE), on the meta device; lora: with (cfg.lora.rank)
+    adapters on every linear."""
     with torch.device("meta"):
-        model = Transformer(dataclasses.replace(cfg, n_layers=1))
+        model = Transformer(_templates(cfg)[0])
         if lora and cfg.lora.rank:
             apply_lora(model, cfg.lora.rank, cfg.lora.alpha, 0.0, ["all"])
     return model
@@ -122,13 +137,17 @@ def model_tensors(cfg: ModelConfig, adapters: bool = False, layers: Iterable[int
         if not adapters or name.endswith(ADAPTER_SUFFIXES):
             names.setdefault(id(tensor), []).append(name)
     entries = [Expected(tuple(n), tuple(state[n[0]].shape), not adapters) for n in names.values()]
-    block = [e for e in entries if e.names[0].startswith("blocks.0.")]
-    start = entries.index(block[0]) if block else len(entries)
+    kinds = _templates(cfg)[1]
+    blocks = [[e for e in entries if e.names[0].startswith(f"blocks.{j}.")] for j in range(len(kinds))]
+    inside = [e for block in blocks for e in block]
+    start = entries.index(inside[0]) if inside else len(entries)
     yield from entries[:start]
     for i in range(cfg.n_layers) if layers is None else layers:
-        for e in block:
-            yield dataclasses.replace(e, names=tuple(f"blocks.{i}.{n.removeprefix('blocks.0.')}" for n in e.names))
-    yield from entries[start + len(block):]
+        j = _template_of(cfg, i, kinds)
+        template = f"blocks.{j}."
+        for e in blocks[j]:
+            yield dataclasses.replace(e, names=tuple(f"blocks.{i}.{n.removeprefix(template)}" for n in e.names))
+    yield from entries[start + len(inside):]
 
 
 def check_model_file(found: dict[str, TensorInfo], cfg: ModelConfig, declared: str, source: str, prefix: str = "",
@@ -148,9 +167,13 @@ def _numel(module: torch.nn.Module) -> int:
 
 def parameter_count(cfg: ModelConfig) -> int:
     """Elements of Transformer(cfg)'s parameters and buffers (the RoPE tables), plus (lora.rank > 0) at most its
-    adapters: a one-layer meta model's, its block counted n_layers times."""
+    adapters: a meta model of one block per kind (dense, MoE), each counted as often as cfg has it."""
     model = _one_layer(cfg, lora=True)
-    return _numel(model) + (cfg.n_layers - 1) * _numel(model.blocks[0])
+    outside = _numel(model) - sum(_numel(b) for b in model.blocks)
+    moe_layers = cfg.n_layers // cfg.moe.every if cfg.moe.experts else 0  # blocks every, 2 * every, ...
+    counts = {False: cfg.n_layers - moe_layers, True: moe_layers}  # arithmetic: a forged n_layers costs nothing
+    return outside + sum(_numel(block) * counts[kind] for block, kind in zip(model.blocks, _templates(cfg)[1],
+                                                                              strict=True))
 
 
 # ---- memory ----------------------------------------------------------------------------------------------

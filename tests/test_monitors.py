@@ -221,7 +221,7 @@ def test_a_monitor_that_raises_is_reported_once_and_training_goes_on(tmp_path, m
     exploding = Exploding()
     import llmlab.monitors.build as build_module
     original = build_module.build_monitors
-    monkeypatch.setattr(build_module, "build_monitors", lambda cfg, *probe: [exploding, *original(cfg, *probe)])
+    monkeypatch.setattr(build_module, "build_monitors", lambda *args, **kw: [exploding, *original(*args, **kw)])
     result = Run(run_config(tmp_path, CAPTURE)).execute()
     assert result.status == "completed" and result.steps == 12
     assert exploding.calls == 1  # disabled after the first failure

@@ -83,6 +83,18 @@ class DistributionMonitorConfig:
 
 
 @dataclass
+class RouterMonitorConfig:
+    enabled: bool = False  # run this monitor (monitors=light and full: true; it needs model.moe.experts > 0)
+    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
+    steps: list[int] = field(default_factory=list)  # extra capture steps
+    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
+    plots: bool = True  # plots/router_load.png at the end of training: layer x expert load over steps
+
+    def __post_init__(self) -> None:
+        _check_schedule("monitors.router", self.every, self.steps, self.epochs)
+
+
+@dataclass
 class HealthMonitorConfig:
     enabled: bool = False  # run this monitor (monitors=light and full: true)
     window: int = 50  # steps in the moving window for loss and gradient-norm z-scores
@@ -91,12 +103,17 @@ class HealthMonitorConfig:
     entropy_collapse: float = 0.05  # alert when a layer's mean attention entropy (nats) falls below this
     dead_fraction: float = 0.25  # alert when more than this fraction of a layer's MLP units never fire
     policy_entropy_collapse: float = 0.02  # alert when a logged policy entropy (*/entropy, nats/token) falls below
+    dead_expert_captures: int = 3  # MoE: alert when an expert gets < 1% of its fair share this many captures running
+    router_collapse: float = 0.5  # MoE: alert when a layer's load is effectively on fewer than this share of experts
 
     def __post_init__(self) -> None:
         check_positive("monitors.health.window", self.window)
         check_positive("monitors.health.z_threshold", self.z_threshold)
         if self.every < 0:
             raise ConfigError(f"monitors.health.every must be >= 0, got {self.every}")
+        check_positive("monitors.health.dead_expert_captures", self.dead_expert_captures)
+        if not 0.0 <= self.router_collapse <= 1.0:
+            raise ConfigError(f"monitors.health.router_collapse must be in [0, 1], got {self.router_collapse}")
 
 
 @dataclass
@@ -131,6 +148,7 @@ class MonitorsConfig:
     distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)  # weight/grad/act stats
     health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)  # alerts: spikes, non-finite, collapse
     circuits: CircuitsMonitorConfig = field(default_factory=CircuitsMonitorConfig)  # induction, copy, logit lens
+    router: RouterMonitorConfig = field(default_factory=RouterMonitorConfig)  # MoE routing: load, entropy, losses
     max_workers: int = 2  # background threads for files, plots and TensorBoard images (0 = inline)
     max_pending: int = 64  # queued jobs beyond this drop the oldest (counted and reported)
 

@@ -7,6 +7,7 @@ with one line naming the field. Library code receives these plain dataclasses, n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +36,47 @@ class LoRAConfig:
             raise ConfigError("model.lora.targets is empty: name projections, e.g. [q_proj,v_proj] or [all]")
 
 
+MAX_EXPERTS = 1024  # routed experts per block; DeepSeek-V3 has 256
+
+
+@dataclass
+class MoEConfig:
+    """Mixture of experts in place of the feed-forward MLP (llmlab/model/moe.py); experts 0 = a dense model.
+
+    Routing is dropless: every token reaches its top_k experts, however unevenly they are loaded."""
+
+    experts: int = 0  # routed experts in each MoE block (0 = dense: no MoE anywhere)
+    top_k: int = 2  # experts each token is sent to
+    shared_experts: int = 0  # always-on experts (Qwen2-MoE/DeepSeek): one MLP of shared_experts x d_ff, sigmoid-gated
+    every: int = 1  # blocks every, 2*every, ... (counting from 1) are MoE, the others dense; 1 = all blocks
+    d_ff: int | None = None  # hidden width of each expert (None = the dense MLP's width, model.d_ff)
+    norm_topk: bool = True  # rescale the top_k router probabilities to sum to 1 (Mixtral); false: raw softmax ones
+    balance: str = "aux_loss"  # aux_loss (Switch/GShard loss) | bias (DeepSeek-V3, no loss) | none
+    aux_loss_coef: float = 0.01  # balance=aux_loss: weight of E * sum_i f_i P_i (1.0 when perfectly balanced)
+    z_loss_coef: float = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2), any balance (0 = off)
+    bias_rate: float = 0.001  # balance=bias: each training forward moves each expert's bias by this toward balance
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.experts <= MAX_EXPERTS:  # the bound keeps a forged manifest's model cheap to describe
+            raise ConfigError(f"model.moe.experts must be in [0, {MAX_EXPERTS}] (0 = dense), got {self.experts}")
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_rate"):
+            check_finite(f"model.moe.{name}", getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.moe.{name} must be >= 0, got {getattr(self, name)}")
+        check_choice("model.moe.balance", self.balance, ("aux_loss", "bias", "none"))
+        check_positive("model.moe.every", self.every)
+        if self.shared_experts < 0:
+            raise ConfigError(f"model.moe.shared_experts must be >= 0, got {self.shared_experts}")
+        if self.d_ff is not None:
+            check_positive("model.moe.d_ff", self.d_ff)
+        if self.experts and not 1 <= self.top_k <= self.experts:
+            raise ConfigError(f"model.moe.top_k={self.top_k} must be in [1, model.moe.experts={self.experts}]")
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) is a MoE block."""
+        return self.experts > 0 and (layer + 1) % self.every == 0
+
+
 @dataclass
 class ModelConfig:
     """One decoder family; sizes live in conf/model/, architecture presets in conf/arch/."""
@@ -61,15 +103,18 @@ class ModelConfig:
     rope_original_context: int = 8192  # llama3: the context length the model was pretrained at
     norm_eps: float = 1e-5  # epsilon of every RMSNorm / LayerNorm
     init_std: float = 0.02  # std of the normal init (o_proj and down_proj: / sqrt(2 * n_layers))
-    # A local transformers model directory (Llama, Qwen2 or GPT-2 style): its architecture and weights replace
-    # the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
+    # A local transformers model directory (Llama, Qwen2, Mixtral, Qwen2-MoE or GPT-2 style): its architecture and
+    # weights replace the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
     path: str | None = None
     local_files_only: bool = True  # false: path may be a hub id, fetched when online
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora.*: adapters for sft/dpo
+    moe: MoEConfig = field(default_factory=MoEConfig)  # model.moe.*: mixture of experts (experts 0 = dense)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):  # a checkpoint manifest holds plain dicts
             self.lora = LoRAConfig(**self.lora)
+        if isinstance(self.moe, dict):
+            self.moe = MoEConfig(**self.moe)
         if self.context_length is None and self.path is None:
             raise ConfigError("model.context_length: null is only for an imported model (model.path); give a length")
         sized = ("context_length",) if self.context_length is not None else ()  # 0 is a length too: refused
@@ -101,6 +146,11 @@ class ModelConfig:
             check_positive("model.d_ff", self.d_ff)
 
     @property
+    def expert_dim(self) -> int:
+        """Hidden width of one expert."""
+        return self.moe.d_ff if self.moe.d_ff is not None else self.ffn_dim
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
 
@@ -120,12 +170,23 @@ class ModelConfig:
 # What makes two models the same function of the same weights; name, dropout, init and the run's context do not.
 ARCHITECTURE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "positions", "norm", "mlp", "tie_embeddings",
                 "bias", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                "rope_original_context", "norm_eps")
+                "rope_original_context", "norm_eps", "moe")
+MOE_ARCHITECTURE = ("experts", "top_k", "shared_experts", "every", "d_ff", "norm_topk", "balance")
+
+
+def _architecture_value(value: Any) -> Any:
+    """A field's value as compared: of model.moe only what changes the function (not its loss weights)."""
+    if isinstance(value, MoEConfig):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: value.get(k) for k in MOE_ARCHITECTURE}
+    return value
 
 
 def architecture_differences(saved: dict, current: ModelConfig) -> list[tuple[str, Any, Any]]:
     """(field, saved value, current value) for each architecture field that differs (fields saved lacks: none)."""
-    return [(k, saved[k], getattr(current, k)) for k in ARCHITECTURE if k in saved and saved[k] != getattr(current, k)]
+    return [(k, saved[k], getattr(current, k)) for k in ARCHITECTURE
+            if k in saved and _architecture_value(saved[k]) != _architecture_value(getattr(current, k))]
 
 
 @dataclass
@@ -407,6 +468,11 @@ class RunConfig:
         if self.model.lora.rank and not stage.STARTS_FROM_MODEL:
             raise ConfigError(f"model.lora.rank: LoRA adapts a trained model, and stage={stage.name} trains one "
                               "from scratch; use it with a stage that starts from stage.init_from")
+        moe = self.model.moe
+        if moe.experts and moe.balance == "bias" and self.trainer.activation_checkpointing:
+            raise ConfigError("model.moe.balance=bias moves the router bias in each training forward, which "
+                              "trainer.activation_checkpointing would recompute with another bias; use "
+                              "balance=aux_loss")
         if self.model.lora.rank and self.trainer.strategy == "fsdp":
             raise ConfigError("model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp")
 

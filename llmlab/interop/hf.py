@@ -14,6 +14,15 @@ import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
+from llmlab.interop.hf_moe import (
+    fuse_experts,
+    hf_moe_config,
+    moe_family,
+    moe_fields,
+    moe_layer_tensors,
+    moe_names,
+    split_experts,
+)
 from llmlab.weights import Expected
 
 LLAMA_STYLE = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
@@ -21,9 +30,15 @@ GPT2_STYLE = {"positions": "learned", "norm": "layernorm", "mlp": "gelu"}
 
 
 def hf_family(cfg: ModelConfig) -> str:
-    """'llama' or 'gpt2'; ConfigError naming the options that fit neither."""
+    """'llama', 'gpt2', or for a mixture of experts 'mixtral' or 'qwen2_moe'; ConfigError naming the options that
+    fit none."""
     for family, style in (("llama", LLAMA_STYLE), ("gpt2", GPT2_STYLE)):
         if all(getattr(cfg, k) == v for k, v in style.items()):
+            if cfg.moe.experts:
+                if family == "gpt2":
+                    raise ConfigError(f"model.moe.experts={cfg.moe.experts}: Mixtral and Qwen2-MoE are Llama "
+                                      "style; a GPT-2-style mixture of experts has no transformers class")
+                return moe_family(cfg)
             if family == "gpt2" and cfg.kv_heads != cfg.n_heads:
                 raise ConfigError(f"model.n_kv_heads={cfg.kv_heads}: GPT-2 has no grouped-query attention; "
                                   "export a Llama-style model or use n_kv_heads=n_heads")
@@ -35,17 +50,20 @@ def hf_family(cfg: ModelConfig) -> str:
                       + ", ".join(f"{k}={v}" for k, v in closest.items()))
 
 
-def llama_config(cfg: ModelConfig):
+def llama_config(cfg: ModelConfig, family: str = "llama"):
+    """LlamaConfig, or (family mixtral | qwen2_moe) that family's config with the same Llama-style fields."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+    common = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps,
-        rope_parameters=rope_parameters(cfg), hidden_act="silu",
-        attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
+        rope_parameters=rope_parameters(cfg), hidden_act="silu", tie_word_embeddings=cfg.tie_embeddings,
         attention_dropout=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
+    if family != "llama":
+        return hf_moe_config(cfg, family, common)
+    return LlamaConfig(**common, intermediate_size=cfg.ffn_dim, attention_bias=cfg.bias, mlp_bias=cfg.bias)
 
 
 def rope_parameters(cfg: ModelConfig) -> dict:
@@ -86,11 +104,14 @@ def llama_names(cfg: ModelConfig) -> dict[str, str]:
             per_layer[f"mlp.{proj}.{p}"] = f"mlp.{proj}.{p}"
     for i in range(cfg.n_layers):
         names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in per_layer.items()})
+    names.update(moe_names(cfg))  # a MoE block's router and shared experts (its experts are fused: fuse_experts)
     return names
 
 
 def llama_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    return {theirs: state[ours] for ours, theirs in llama_names(cfg).items() if ours in state}
+    """transformers' in-memory state dict (Llama, Mixtral or Qwen2-MoE) from llmlab's."""
+    return {**{theirs: state[ours] for ours, theirs in llama_names(cfg).items() if ours in state},
+            **fuse_experts(state, cfg)}
 
 
 def gpt2_config(cfg: ModelConfig):
@@ -130,14 +151,16 @@ def gpt2_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
 
 
 def to_hf(model) -> torch.nn.Module:
-    """A transformers LlamaForCausalLM or GPT2LMHeadModel holding model's weights (copies, fp32, eval mode)."""
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    """A transformers LlamaForCausalLM, GPT2LMHeadModel, MixtralForCausalLM or Qwen2MoeForCausalLM holding model's
+    weights (copies, fp32, eval mode)."""
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM
 
     cfg = model.cfg
     family = hf_family(cfg)
     state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-    if family == "llama":
-        hf_model, mapped = LlamaForCausalLM(llama_config(cfg)), llama_state_dict(state, cfg)
+    causal_lm = {"llama": LlamaForCausalLM, "mixtral": MixtralForCausalLM, "qwen2_moe": Qwen2MoeForCausalLM}
+    if family in causal_lm:
+        hf_model, mapped = causal_lm[family](llama_config(cfg, family)), llama_state_dict(state, cfg)
     else:
         hf_model, mapped = GPT2LMHeadModel(gpt2_config(cfg)), gpt2_state_dict(state, cfg)
     if cfg.tie_embeddings:
@@ -153,7 +176,7 @@ def to_hf(model) -> torch.nn.Module:
 def config_from_hf(hf_cfg) -> ModelConfig:
     """The llmlab ModelConfig of a transformers Llama, Qwen2 or GPT-2 config; ConfigError for what it cannot hold."""
     kind = hf_cfg.model_type
-    if kind in ("llama", "qwen2"):
+    if kind in ("llama", "qwen2", "mixtral", "qwen2_moe"):
         if hf_cfg.hidden_act != "silu":
             raise ConfigError(f"{kind}: hidden_act={hf_cfg.hidden_act} is not supported; only silu (SwiGLU)")
         head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
@@ -161,11 +184,13 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             raise ConfigError(f"{kind}: head_dim={head_dim} x {hf_cfg.num_attention_heads} heads != hidden_size="
                               f"{hf_cfg.hidden_size}; llmlab needs d_model = n_heads x head_dim")
         # Qwen2 has biases on q, k and v only: llmlab's all-linears bias, with zeros where Qwen2 has none
-        bias = kind == "qwen2" or bool(getattr(hf_cfg, "attention_bias", False) or getattr(hf_cfg, "mlp_bias", False))
+        bias = kind == "qwen2" or bool(getattr(hf_cfg, "attention_bias", False) or getattr(hf_cfg, "mlp_bias", False)
+                                       or getattr(hf_cfg, "qkv_bias", False))
+        sizes = moe_fields(hf_cfg) if kind in ("mixtral", "qwen2_moe") else {"d_ff": hf_cfg.intermediate_size}
         return ModelConfig(
             name=f"hf-{kind}", n_layers=hf_cfg.num_hidden_layers, d_model=hf_cfg.hidden_size,
             n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
-            d_ff=hf_cfg.intermediate_size, context_length=hf_cfg.max_position_embeddings,
+            **sizes, context_length=hf_cfg.max_position_embeddings,
             vocab_size=hf_cfg.vocab_size, positions="rope", norm="rmsnorm", mlp="swiglu",
             tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=bias, norm_eps=hf_cfg.rms_norm_eps,
             **rope_fields(kind, hf_cfg))
@@ -178,7 +203,8 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             d_ff=hf_cfg.n_inner or 4 * hf_cfg.n_embd, context_length=hf_cfg.n_positions,
             vocab_size=hf_cfg.vocab_size, positions="learned", norm="layernorm", mlp="gelu",
             tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=True, norm_eps=hf_cfg.layer_norm_epsilon)
-    raise ConfigError(f"model_type={kind!r} is not supported: llmlab imports llama, qwen2 and gpt2")
+    raise ConfigError(f"model_type={kind!r} is not supported: llmlab imports llama, qwen2, mixtral, qwen2_moe and "
+                      "gpt2")
 
 
 def hf_tensors(cfg: ModelConfig):
@@ -201,6 +227,10 @@ def hf_tensors(cfg: ModelConfig):
                 yield one(f"{layer}self_attn.{proj}.weight", (out, n_in), m)
                 yield one(f"{layer}self_attn.{proj}.bias", (out,), m, required=False)
             yield one(f"{layer}post_attention_layernorm.weight", (d,), m)
+            if cfg.moe.is_moe(i):
+                for name, shape in moe_layer_tensors(cfg, i):
+                    yield one(name, shape, m)
+                continue
             for proj, out, n_in in (("gate_proj", f, d), ("up_proj", f, d), ("down_proj", d, f)):
                 yield one(f"{layer}mlp.{proj}.weight", (out, n_in), m)
                 yield one(f"{layer}mlp.{proj}.bias", (out,), m, required=False)
@@ -228,8 +258,9 @@ def state_dict_from_hf(theirs: dict[str, torch.Tensor], cfg: ModelConfig, ours: 
                        ) -> dict[str, torch.Tensor]:
     """llmlab's state dict (names and shapes of `ours`) from a transformers one; zeros for biases it lacks."""
     if cfg.positions == "rope":
-        names = llama_names(cfg)
-        out = {k: theirs[names[k]] if names[k] in theirs else torch.zeros_like(v) for k, v in ours.items()}
+        names, experts = llama_names(cfg), split_experts(theirs, cfg)
+        out = {k: experts[k] if k in experts else theirs[names[k]] if names.get(k) in theirs else torch.zeros_like(v)
+               for k, v in ours.items()}
         if cfg.tie_embeddings:
             out["lm_head.weight"] = out["tok_emb.weight"]
         return out
@@ -255,7 +286,8 @@ def state_dict_from_hf(theirs: dict[str, torch.Tensor], cfg: ModelConfig, ours: 
 
 
 def from_hf(hf_model):
-    """An llmlab Transformer computing what a transformers Llama, Qwen2 or GPT-2 causal LM computes (fp32)."""
+    """An llmlab Transformer computing what a transformers Llama, Qwen2, Mixtral, Qwen2-MoE or GPT-2 causal LM
+    computes (fp32)."""
     from llmlab.model.transformer import Transformer
 
     cfg = config_from_hf(hf_model.config)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from llmlab.config.schema import ModelConfig
+from llmlab.model.moe import MoE
 
 
 @dataclass
@@ -149,10 +150,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, hidden: int | None = None):
+        """hidden: the width of its hidden units (None = cfg.ffn_dim; an expert's is cfg.expert_dim)."""
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
-        hidden = cfg.ffn_dim
+        hidden = cfg.ffn_dim if hidden is None else hidden
         self.up_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         if self.swiglu:
             self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
@@ -167,14 +169,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); mlp is a MoE in a MoE block."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
         self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
         self.mlp_norm = make_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg, MLP) if moe else MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, past=None, padding_mask=None, keep_kv=True):
@@ -194,7 +196,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, cfg.moe.is_moe(i)) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg)
         self.activation_checkpointing = False  # trainer.activation_checkpointing: memory for ~1/3 more compute
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -319,10 +321,41 @@ class Transformer(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, vocab_size=vocab_size)
         return True
 
+    def moe_layers(self) -> list[tuple[int, MoE]]:
+        """(block index, its MoE) for each MoE block; empty for a dense model."""
+        return [(i, block.mlp) for i, block in enumerate(self.blocks) if isinstance(block.mlp, MoE)]
+
+    def inactive_params(self) -> int:
+        """Expert weights a token does not use: in each MoE block, all but top_k of the routed experts."""
+        return sum(sum(p.numel() for e in moe.experts[: moe.n_experts - moe.top_k] for p in e.parameters())
+                   for _, moe in self.moe_layers())
+
+    def active_params(self, include_embeddings: bool = True) -> int:
+        """Parameters one token's forward uses (num_params for a dense model)."""
+        return self.num_params(include_embeddings) - self.inactive_params()
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The training terms the last training forward left besides the objective's own loss, weighted by their
+        coefficients (MoE: load balancing and router z-loss); None when there are none (a dense model). An
+        objective adds it to its loss in training mode (llmlab.train.objectives.with_auxiliary)."""
+        terms = []
+        for _, moe in self.moe_layers():
+            if moe.losses is None:
+                continue
+            aux, z = moe.losses
+            moe.losses = None  # each forward's terms are added once
+            cfg = self.cfg.moe
+            if cfg.balance == "aux_loss" and cfg.aux_loss_coef:
+                terms.append(cfg.aux_loss_coef * aux)
+            if cfg.z_loss_coef:
+                terms.append(cfg.z_loss_coef * z)
+        return torch.stack(terms).sum() if terms else None
+
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 per non-embedding weight plus attention's score/value matmuls."""
+        """Training FLOPs per token: 6 per non-embedding weight it uses (MoE: its active experts) plus attention's
+        score/value matmuls."""
         cfg = self.cfg
-        n = self.num_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model  # lm_head matmul
+        n = self.active_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model  # lm_head matmul
         attn = 12 * cfg.n_layers * cfg.d_model * cfg.context_length // 2  # causal: half the scores on average
         return 6 * n + attn
 

@@ -90,7 +90,7 @@ class ProbeResult:
 
     step: int
     attention: list[torch.Tensor]  # per layer (B, H, T, T) probabilities
-    mlp_peaks: list[torch.Tensor]  # per layer (ffn,) peak |activation| of each MLP unit over the probe
+    mlp_peaks: list[torch.Tensor | None]  # per layer (ffn,) peak |activation| of each MLP unit; None: no dense MLP
 
 
 @torch.no_grad()
@@ -105,13 +105,14 @@ def probe_forward(model: nn.Module, probe: torch.Tensor, step: int, view: ModelV
             peaks[i] = inputs[0].detach().abs().amax(dim=(0, 1))  # the MLP's hidden units, (ffn,)
         return capture
 
-    handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(view.hidden_units())]
+    hidden = view.hidden_units()
+    handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(hidden) if module is not None]
     try:
         attention = view.attention(model, probe)
     finally:
         for handle in handles:
             handle.remove()
-    return ProbeResult(step, attention, [peaks[i] for i in sorted(peaks)])
+    return ProbeResult(step, attention, [peaks.get(i) for i in range(len(hidden))])
 
 
 @dataclass

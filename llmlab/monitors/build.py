@@ -18,13 +18,17 @@ from llmlab.monitors.circuits import CircuitsMonitor
 from llmlab.monitors.distribution import DistributionMonitor
 from llmlab.monitors.health import HealthMonitor
 from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
 
 # (rows, tokens) -> the copy probe of the run's data, or None where its data has none
 CopyProbeSource = Callable[[int, int], CopyProbe | None]
 
 
-def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = None) -> list[Monitor]:
+def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = None, moe: bool = False
+                   ) -> list[Monitor]:
+    """copy_probe: where the circuits monitor gets its copy probe; moe: the model has mixture-of-experts layers
+    (the router monitor watches nothing in a dense one)."""
     monitors: list[Monitor] = []
     if cfg.attention.enabled:
         monitors.append(AttentionMonitor(cfg.attention, probe=cfg.probe))
@@ -36,6 +40,8 @@ def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = Non
         circuits = cfg.circuits
         probe = copy_probe(circuits.copy_rows, circuits.tokens) if copy_probe is not None else None
         monitors.append(CircuitsMonitor(circuits, copy_probe=probe))
+    if cfg.router.enabled and moe:
+        monitors.append(RouterMonitor(cfg.router))
     return monitors
 
 
@@ -44,7 +50,7 @@ def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batche
                 steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None
                 ) -> MonitorSet:
     """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
-    monitors = build_monitors(cfg, copy_probe)
+    monitors = build_monitors(cfg, copy_probe, moe=bool(moe_layers(model)))
     if not monitors:
         return MonitorSet([])
     # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor

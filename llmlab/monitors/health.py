@@ -8,6 +8,9 @@
 - policy entropy collapse: a logged `*/entropy` metric (the entropy of a policy over the tokens it sampled, as
   GRPO's grpo/entropy) below `policy_entropy_collapse` nats: the policy has stopped exploring, so a group's
   samples agree and teach nothing.
+- mixture of experts: a dead expert (under 1% of its fair share of the last training forward's assignments for
+  `dead_expert_captures` captures running) and router collapse (a layer's load effectively on fewer than
+  `router_collapse` x E experts: exp of the entropy of the load shares).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from llmlab.config.monitors import HealthMonitorConfig
 from llmlab.monitors.attention import attention_stats
 from llmlab.monitors.base import Monitor, MonitorContext, Schedule, StepInfo
+from llmlab.monitors.router import moe_layers, router_stats
 
 DEAD_RELATIVE = 0.01  # a unit is dead if its peak |activation| stays below 1% of the layer's mean peak
 
@@ -35,6 +39,8 @@ class HealthMonitor(Monitor):
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
         self.probe = ctx.probe
+        self.moe = moe_layers(ctx.model)
+        self.starved: dict[tuple[int, int], int] = {}  # (layer, expert) -> captures running under 1% of fair
 
     def on_nonfinite(self, info: StepInfo) -> None:
         culprit = first_nonfinite_gradient(self.ctx.model)
@@ -54,6 +60,30 @@ class HealthMonitor(Monitor):
                 self.history[key].append(value)
         if self.probe is not None and self.schedule.due(info.step):
             self._probe(info.step)
+        if self.moe and self.schedule.due(info.step):
+            self._routing(info.step)
+
+    def _routing(self, step: int) -> None:
+        stats = [(layer, router_stats(moe)) for layer, moe in self.moe]
+        stats = [(layer, s) for layer, s in stats if s is not None]
+        if not stats:
+            return
+        for (layer, _), row in zip(stats, torch.stack([s for _, s in stats]).cpu().tolist(), strict=True):
+            n_experts = len(row) - 6  # the shares, then router_stats' six layer statistics
+            share = row[:n_experts]
+            for expert, s in enumerate(share):
+                key = (layer, expert)
+                self.starved[key] = self.starved.get(key, 0) + 1 if s < DEAD_RELATIVE / n_experts else 0
+                if self.starved[key] == self.cfg.dead_expert_captures:
+                    self.ctx.alerts.alert(step, "dead_expert", f"layer{layer}.expert{expert}",
+                                          f"expert {expert} of layer {layer} got {s:.2%} of the assignments (fair "
+                                          f"share {1 / n_experts:.0%}) for {self.starved[key]} captures running, "
+                                          f"at step {step}", share=s)
+            effective = math.exp(-sum(s * math.log(s) for s in share if s > 0))
+            if effective < self.cfg.router_collapse * n_experts:
+                self.ctx.alerts.alert(step, "router_collapse", f"layer{layer}",
+                                      f"router collapse in layer {layer} at step {step}: its load is effectively "
+                                      f"on {effective:.1f} of {n_experts} experts", effective_experts=effective)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -72,17 +102,20 @@ class HealthMonitor(Monitor):
     def _probe(self, step: int) -> None:
         probe = self.ctx.probe_forward(step)
         entropy = torch.stack([attention_stats(p)[:, 0].mean() for p in probe.attention])
-        dead = torch.stack([(peak < DEAD_RELATIVE * peak.mean()).float().mean() for peak in probe.mlp_peaks])
-        entropy, dead = entropy.cpu().tolist(), dead.cpu().tolist()
+        peaks = [peak for peak in probe.mlp_peaks if peak is not None]
+        fractions = torch.stack([(peak < DEAD_RELATIVE * peak.mean()).float().mean() for peak in peaks]
+                                ) if peaks else torch.zeros(0)
+        entropy, found = entropy.cpu().tolist(), iter(fractions.cpu().tolist())
+        dead = [None if peak is None else next(found) for peak in probe.mlp_peaks]
         writer = self.ctx.writer
         for layer, (e, d) in enumerate(zip(entropy, dead, strict=True)):
-            if writer is not None:
+            if writer is not None and d is not None:  # None: a mixture of experts, whose routing is watched instead
                 writer.add_scalar(f"health/layer{layer}/dead_mlp_fraction", d, step)
             if e < self.cfg.entropy_collapse:
                 self.ctx.alerts.alert(step, "entropy_collapse", f"layer{layer}",
                                       f"attention entropy collapse in layer {layer} at step {step}: "
                                       f"mean entropy {e:.3g} nats", entropy=e)
-            if d > self.cfg.dead_fraction:
+            if d is not None and d > self.cfg.dead_fraction:
                 self.ctx.alerts.alert(step, "dead_units", f"layer{layer}",
                                       f"{d:.0%} of layer {layer}'s MLP units are dead on the probe at step {step}",
                                       fraction=d)

@@ -47,8 +47,16 @@ class ModelView:
             found[self.layer_name(i)] = layer
         return found
 
-    def hidden_units(self) -> list[nn.Module]:
-        return [layer.get_submodule(self.mlp_hidden) for layer in self.layers]
+    def hidden_units(self) -> list[nn.Module | None]:
+        """Per layer, the module whose input is the MLP's hidden units; None where the layer has no dense MLP (a
+        mixture of experts: its experts' units are not one layer's)."""
+        found = []
+        for layer in self.layers:
+            try:
+                found.append(layer.get_submodule(self.mlp_hidden))
+            except AttributeError:
+                found.append(None)
+        return found
 
 
 @torch.no_grad()

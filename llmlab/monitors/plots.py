@@ -227,3 +227,24 @@ def circuits_over_training_figure(steps: list[int], scores: dict[str, np.ndarray
         fig.suptitle(title)
     return fig
 
+
+def router_load_figure(steps: list[int], loads: dict[str, np.ndarray]) -> Figure:
+    """One panel per MoE layer: each expert's load (rows) at each capture (columns), as a multiple of its fair
+    share (1 = balanced, 0 = the expert gets no token); loads[name] is (experts, captures) of shares."""
+    n = len(loads)
+    n_experts = max(v.shape[0] for v in loads.values())
+    fig = _figure(min(3 + 0.25 * len(steps), 12), 0.9 + (0.3 * n_experts + 0.6) * n)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    top = max(2.0, max(float(v.max()) * v.shape[0] for v in loads.values()))
+    image = None
+    for ax, (name, share) in zip(axes, loads.items(), strict=True):
+        image = ax.imshow(share * share.shape[0], aspect="auto", cmap=SEQUENTIAL, vmin=0.0, vmax=top,
+                          interpolation="nearest")
+        ax.set_ylabel(f"{name.replace('layer', 'layer ')}\nexpert", fontsize=8)
+        ax.set_yticks(range(share.shape[0]), [str(e) for e in range(share.shape[0])], fontsize=7)
+        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
+        ax.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=7)
+    axes[-1].set_xlabel("step", fontsize=8)
+    axes[0].set_title("router load per expert (x fair share)", fontsize=9)
+    fig.colorbar(image, ax=list(axes), label="load / fair share")
+    return fig

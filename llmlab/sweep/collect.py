@@ -204,7 +204,10 @@ def declared_sweep(sweep_dir: Path) -> list[str] | None:
         key, _, value = str(override).partition("=")
         if any(mark in value for mark in SWEEP_SYNTAX):
             keys.append(key.lstrip("+~"))
-    keys += [str(k) for k in (params if isinstance(params, dict) else {}) if str(k) not in keys]
+    # a swept config group added with + (`+experiment/moe_vs_dense: a,b`) is named without it, as in the overrides
+    for key in (str(k).lstrip("+~") for k in (params if isinstance(params, dict) else {})):
+        if key not in keys:
+            keys.append(key)
     return [k for k in keys if k not in NOT_SWEPT]
 
 

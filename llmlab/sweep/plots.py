@@ -110,7 +110,8 @@ def circuits_comparison(jobs: list[JobRecord], labels: dict[str, str]) -> Figure
 
 
 def write_sweep_plots(sweep_dir: Path, jobs: list[JobRecord], rows: list[dict], keys: list[str]) -> list[Path]:
-    figures = {f"val_loss_vs_{k}": loss_vs_parameter(rows, k) for k in keys if k != SEED}
+    # a swept config group (experiment/moe_vs_dense) names a file, not a folder
+    figures = {f"val_loss_vs_{k.replace('/', '.')}": loss_vs_parameter(rows, k) for k in keys if k != SEED}
     labels = {row["dir"]: row["job"] for row in rows}
     figures["val_loss_curves_steps"] = loss_curves(jobs, labels, "step", "steps")
     figures["val_loss_curves_time"] = loss_curves(jobs, labels, "perf/wall_s", "training time (s)")

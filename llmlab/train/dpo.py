@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.data.batch import IGNORE, Batch
-from llmlab.train.objectives import Objective
+from llmlab.train.objectives import Objective, with_auxiliary
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -47,4 +47,4 @@ class DPOObjective(Objective):
                                 ("dpo/reward_accuracy", (margin > 0).float().mean()),
                                 ("dpo/chosen_logp", chosen.mean()), ("dpo/rejected_logp", rejected.mean())):
                 record.setdefault(name, []).append(value.detach())
-        return loss
+        return with_auxiliary(model, loss, record)

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.data.batch import IGNORE, Batch
+from llmlab.train.distributed import unwrap
 
 
 class Objective:
@@ -28,10 +29,25 @@ class Objective:
         pass
 
 
+def with_auxiliary(model: nn.Module, loss: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+    """loss plus the auxiliary training loss the model's last forward left (a MoE's load balancing and router
+    z-loss: Transformer.auxiliary_loss), in training mode only, so validation losses stay the objective's own
+    and compare across dense and MoE models. Recorded as train/objective_loss and train/aux_loss."""
+    auxiliary = getattr(unwrap(model), "auxiliary_loss", None)
+    extra = auxiliary() if model.training and auxiliary is not None else None
+    if extra is None:
+        return loss
+    if record is not None:
+        record.setdefault("train/objective_loss", []).append(loss.detach())
+        record.setdefault("train/aux_loss", []).append(extra.detach())
+    return loss + extra
+
+
 class NextTokenObjective(Objective):
     """Pretraining and SFT: mean cross-entropy of the next tokens; IGNORE targets (SFT's padding and
     non-assistant tokens) are left out."""
 
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         logits = model(batch.input_ids)  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
+        return with_auxiliary(model, loss, record)

@@ -21,8 +21,10 @@ def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, plac
     (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
     write_atomic(out / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
+    active = model.active_params() if getattr(model, "inactive_params", lambda: 0)() else None
+    per_token = f", {active:,} active per token" if active else ""  # a mixture of experts
     print(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
-          f"embeddings) on {device}{ranks}")
+          f"embeddings{per_token}) on {device}{ranks}")
 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
