@@ -42,6 +42,9 @@ bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSO
 	$(BIN)/python -m llmlab.bench data
 	$(BIN)/python -m llmlab.bench scaling
 	$(BIN)/python -m llmlab.bench monitors $(BENCH_ARGS)
+	$(BIN)/python -m llmlab.bench moe
+	$(BIN)/python -m llmlab.bench circuits
+	$(BIN)/python -m llmlab.bench circuits --model small --batch-size 8 --out bench/circuits_small.json
 
 soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to bench/soak.json
 	$(BIN)/python -m llmlab.bench soak

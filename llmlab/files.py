@@ -96,6 +96,18 @@ def _step_of(line: str) -> int | None:
         return None  # torn by a kill mid-write
 
 
+def read_jsonl(path: Path) -> list:
+    """The values of a JSON-lines file, up to a torn last line (a writer killed mid-line); [] when it is missing."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
 def truncate_jsonl(path: Path, step: int) -> None:
     """Keep the JSON lines (one object with a "step" each) at or before step; a torn last line is dropped."""
     if not path.exists():

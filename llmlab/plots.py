@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from llmlab.files import read_jsonl
 from llmlab.monitors.circuit_history import circuits_history
 from llmlab.monitors.plots import circuits_over_training_figure, render
 
@@ -25,19 +26,7 @@ X_AXES = {"step": "steps", "perf/wall_s": "training time (s)"}
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of <run_dir>/metrics.jsonl, up to a torn last line (a run killed mid-write)."""
-    return read_metrics_file(Path(run_dir) / "metrics.jsonl")
-
-
-def read_metrics_file(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file, up to a torn last line."""
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def run_baselines(run_dir: str | Path) -> dict[str, float]:

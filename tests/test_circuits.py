@@ -213,3 +213,18 @@ def test_a_run_measures_plots_and_announces_circuits_once(tmp_path):
     for key in ("induction", "prev_token", "copy"):
         assert torch.allclose(torch.tensor(saved["scores"][key]), torch.tensor(history[-1]["scores"][key]), atol=1e-5)
     assert saved["copy_accuracy"] == history[-1]["copy_accuracy"]
+
+
+@pytest.mark.slow
+def test_the_capture_cost_benchmark_writes_its_json(tmp_path):
+    import argparse
+
+    from llmlab.bench import circuits as bench
+
+    out = tmp_path / "circuits.json"
+    bench.main(argparse.Namespace(model="tiny", rounds=2, warmup=0, batch_size=None, device="cpu", out=str(out),
+                                  overrides=["+debug=fast", "data.train_docs=400", "data.val_docs=40",
+                                             f"cache_dir={tmp_path / 'cache'}"]))
+    saved = json.loads(out.read_text())
+    assert saved["step_ms"] > 0 and saved["capture_ms"] > 0 and saved["induction_rows"] == [8, 32]
+    assert saved["overhead_at_every_100"] == pytest.approx(saved["capture_ms"] / (100 * saved["step_ms"]))

@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.bench import analyze_memory, data_pipeline, generation, moe, monitors, scaling, soak, vs_transformers
+from llmlab.bench import (
+    analyze_memory,
+    circuits,
+    data_pipeline,
+    generation,
+    moe,
+    monitors,
+    scaling,
+    soak,
+    vs_transformers,
+)
 
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory,
               "vs-transformers": vs_transformers, "generation": generation,
-              "data": data_pipeline, "scaling": scaling, "moe": moe}
+              "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits}
 
 
 def main(argv: list[str] | None = None) -> None:

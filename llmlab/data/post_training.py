@@ -78,8 +78,7 @@ def split(records: list, val_fraction: float, what: str) -> tuple[list, list]:
     return records[:-n_val], records[-n_val:]
 
 
-def prepare_chat_items(data, template: ChatTemplate, max_len: int,
-                       cache_dir: Path = Path("outputs/.cache")) -> ChatItems:
+def prepare_chat_items(data, template: ChatTemplate, max_len: int, cache_dir: Path) -> ChatItems:
     kind = data.kind  # RunConfig has checked it fits the stage
     eval_tasks: list[Task] = []
     if isinstance(data, TasksDataConfig):

@@ -3,9 +3,10 @@ report. No torch, no matplotlib: readers of finished runs stay light."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from llmlab.files import read_jsonl
 
 HISTORY = Path("monitors") / "circuits" / "history.jsonl"
 
@@ -13,16 +14,8 @@ HISTORY = Path("monitors") / "circuits" / "history.jsonl"
 def circuits_history(run_dir: str | Path) -> list[dict]:
     """The circuits monitor's captures of a run, in step order, up to a torn last line (a resumed run captured the
     steps after its checkpoint again: the later row wins)."""
-    path = Path(run_dir) / HISTORY
-    rows: dict[int, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("scores"), dict):
-                rows[row["step"]] = row
+    rows = {row["step"]: row for row in read_jsonl(Path(run_dir) / HISTORY)
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("scores"), dict)}
     return [rows[step] for step in sorted(rows)]
 
 

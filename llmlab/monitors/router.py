@@ -11,7 +11,6 @@ over steps (`plots/router_load.png`) are written by the background worker.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from llmlab.config.monitors import RouterMonitorConfig
+from llmlab.files import read_jsonl
 from llmlab.model.moe import MoE
 from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo
 from llmlab.monitors.files import append_history, truncate_history
@@ -83,7 +83,7 @@ class RouterMonitor(Monitor):
         self.plots_dir = (self.door.save_dir if self.door else ctx.out_dir.parent) / "plots"
         history = self.dir / "history.jsonl"
         truncate_history(history, ctx.resume_step)
-        self.records = read_history(history) if ctx.resume_step is not None else []
+        self.records = read_jsonl(history) if ctx.resume_step is not None else []
 
     def on_step_end(self, info: StepInfo) -> None:
         if not self.schedule.due(info.step):
@@ -118,15 +118,3 @@ class RouterMonitor(Monitor):
         loads = {name: np.array([r["layers"][name]["load"] for r in records if name in r["layers"]]).T
                  for name in names}  # (E, captures): share of assignments
         render(router_load_figure(steps, loads), self.plots_dir / "router_load.png")
-
-
-def read_history(path: Path) -> list[dict]:
-    """The capture records of an earlier (resumed) part of the run, up to a torn last line."""
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from llmlab.config.errors import ConfigError, check_positive
-from llmlab.config.schema import RunConfig, StageConfig, TasksDataConfig, architecture_differences
+from llmlab.config.schema import LoRAConfig, RunConfig, StageConfig, TasksDataConfig, architecture_differences
 from llmlab.data.batch import Batch
 from llmlab.data.chat_batches import ChatBatches, fixed_batches
 from llmlab.data.chat_template import ChatTemplate
@@ -40,20 +40,10 @@ class ChatStage(Stage):
     def build(self, ctx: StageContext) -> StageParts:
         cfg = ctx.cfg
         model, tokenizer, base = starting_model(cfg)
-        template = ChatTemplate(tokenizer)
-        model.resize_vocab(template.vocab_size)  # the role markers' embeddings, new to a pretrained model
+        model, template = chat_policy(ctx, model, tokenizer)
         context = model.cfg.context_length
-        model.cfg = dataclasses.replace(model.cfg, name=cfg.model.name, lora=cfg.model.lora)  # adapters added below
-        model = model.to(ctx.device).train()
         objective = self.objective(model)  # before any adapter: DPO's reference is the starting model
-        lora = cfg.model.lora
-        if lora.rank:
-            adapted = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
-            trainable, total = count_parameters(model)
-            print(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
-        # a resumed run finds the tokenizer it trained with here (load_trained does too)
-        if ctx.place.is_main and not (ctx.out_dir / "tokenizer").is_dir():
-            tokenizer.save(ctx.out_dir / "tokenizer")
+        add_adapters(cfg.model.lora, model)
 
         items = prepare_chat_items(cfg.data, template, context, Path(cfg.cache_dir))
         pad = tokenizer.eos_id  # padded positions are never targets, any id will do
@@ -104,6 +94,28 @@ class DPO(ChatStage):
 
     def objective(self, model: Transformer) -> Objective:
         return DPOObjective(copy.deepcopy(model), self.cfg.beta)  # the reference: frozen, without adapters
+
+
+def chat_policy(ctx: StageContext, model: Transformer, tokenizer: Tokenizer) -> tuple[Transformer, ChatTemplate]:
+    """The starting model made a chat policy: the chat template's role-marker embeddings added (new to a pretrained
+    model), named and configured for this run, on the device in train mode; the run's tokenizer saved (a resumed
+    run finds the tokenizer it trained with there, and load_trained does too)."""
+    cfg = ctx.cfg
+    template = ChatTemplate(tokenizer)
+    model.resize_vocab(template.vocab_size)
+    model.cfg = dataclasses.replace(model.cfg, name=cfg.model.name, lora=cfg.model.lora)  # adapters: add_adapters
+    if ctx.place.is_main and not (ctx.out_dir / "tokenizer").is_dir():
+        tokenizer.save(ctx.out_dir / "tokenizer")
+    return model.to(ctx.device).train(), template
+
+
+def add_adapters(lora: LoRAConfig, model: Transformer) -> None:
+    """LoRA adapters where model.lora.rank asks for them (then only they train); after any frozen copy of the
+    starting model (a reference) was taken."""
+    if lora.rank:
+        adapted = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
+        trainable, total = count_parameters(model)
+        print(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
 
 
 def starting_model(cfg: RunConfig) -> tuple[Transformer, Tokenizer, str]:

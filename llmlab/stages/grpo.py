@@ -28,6 +28,7 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -43,9 +44,8 @@ from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.post_training import prepare_chat_items, tasks_of
 from llmlab.data.tasks import Task, is_correct
 from llmlab.model.generation import SamplingConfig, generate, pad_prompts
-from llmlab.model.lora import apply_lora, count_parameters
 from llmlab.stages.base import Stage, StageContext, StageParts
-from llmlab.stages.chat import starting_model, task_sampler
+from llmlab.stages.chat import add_adapters, chat_policy, starting_model, task_sampler
 from llmlab.train import distributed
 from llmlab.train.evaluators import TaskAccuracy
 from llmlab.train.objectives import Objective
@@ -349,27 +349,18 @@ class GRPO(Stage):
             raise ConfigError("stage=grpo samples a different number of tokens on each rank, which FSDP's collectives "
                               "cannot follow: use trainer.strategy=ddp")
         model, tokenizer, base = starting_model(cfg)
-        template = ChatTemplate(tokenizer)
-        model.resize_vocab(template.vocab_size)
         context = model.cfg.context_length
         if stage.max_new_tokens >= context:
             raise ConfigError(f"stage.max_new_tokens={stage.max_new_tokens} leaves no room for a prompt in "
                               f"model.context_length={context}")
-        model.cfg = dataclasses.replace(model.cfg, name=cfg.model.name, lora=cfg.model.lora)
-        model = model.to(ctx.device).train()
+        model, template = chat_policy(ctx, model, tokenizer)
         reference = copy.deepcopy(model)  # before any adapter: the frozen starting model
-        lora = cfg.model.lora
-        if lora.rank:
-            adapted = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
-            trainable, total = count_parameters(model)
-            print(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
-        if ctx.place.is_main and not (ctx.out_dir / "tokenizer").is_dir():
-            tokenizer.save(ctx.out_dir / "tokenizer")
+        add_adapters(cfg.model.lora, model)
 
         tasks = isinstance(cfg.data, TasksDataConfig)
         if not tasks and not stage.reward._target_:
             raise ConfigError("stage=grpo data=chat needs a reward: stage.reward._target_=<module.function>")
-        items = prepare_chat_items(cfg.data, template, context)  # validation replies and held-out tasks
+        items = prepare_chat_items(cfg.data, template, context, Path(cfg.cache_dir))  # validation, held-out tasks
         limit = context - stage.max_new_tokens
         records = task_prompts(cfg.data, template, limit) if tasks else \
             file_prompts(cfg.data.paths, template, limit, cfg.data.val_fraction)
