@@ -90,7 +90,8 @@ def training_curves(rows: list[dict], baselines: dict[str, float] | None = None,
                           (axes[1, 2], "perf/tokens_per_s", "throughput (tokens/s)")):
         plot_series(ax, rows, key)
         ax.set_title(name)
-    axes[1, 1].set_yscale("log")
+    if any(v > 0 for v in series(rows, "train/grad_norm")[1]):  # a log axis needs a positive value to show
+        axes[1, 1].set_yscale("log")
     if title:
         fig.suptitle(title)
     return fig
