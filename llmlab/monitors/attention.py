@@ -17,7 +17,7 @@ import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import AttentionMonitorConfig, ProbeConfig
-from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo, input_ids
+from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo
 from llmlab.monitors.files import append_history, truncate_history
 
 HEAD_STATS = ("entropy", "max", "mean", "std", "sink", "distance")
@@ -71,16 +71,10 @@ class AttentionMonitor(Monitor):
     def __init__(self, cfg: AttentionMonitorConfig | None = None, *, save_dir: str | Path | None = None,
                  tensorboard: bool = False, decode_token=None, probe: ProbeConfig | None = None, **fields):
         cfg = cfg or AttentionMonitorConfig(enabled=True, **fields)
-        self.probe_cfg = probe or ProbeConfig()  # in any loop: how the first batch becomes the probe
         door = Door(Path(save_dir), tensorboard, decode_token) if save_dir is not None else None
-        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door)
+        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door, probe or ProbeConfig())
         self.cfg = cfg
         self.layers: list[int] = []
-
-    def probe_of(self, batch) -> torch.Tensor | None:
-        if batch is None:
-            return None
-        return input_ids(batch)[: self.probe_cfg.sequences, : self.probe_cfg.tokens].detach()
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)

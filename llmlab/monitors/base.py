@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
+from llmlab.config.monitors import ProbeConfig
 from llmlab.monitors.models import ModelView, view_of
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
@@ -163,12 +164,13 @@ class Monitor:
 
     name = "monitor"
 
-    def __init__(self, schedule: Schedule, door: Door | None = None):
+    def __init__(self, schedule: Schedule, door: Door | None = None, probe_cfg: ProbeConfig | None = None):
         self.schedule = schedule
         self.ctx: MonitorContext | None = None
         self.door = door
         self._own: MonitorSet | None = None
         self._last_step, self._tokens = -1, 0
+        self.probe_cfg = probe_cfg  # a monitor that looks through a probe: how, in any loop, the first batch is cut
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         self.ctx = ctx
@@ -216,8 +218,11 @@ class Monitor:
         return self._own
 
     def probe_of(self, batch) -> torch.Tensor | None:
-        """The fixed probe a monitor takes from the first batch it is given (None: it needs none)."""
-        return None
+        """The fixed probe a monitor takes from the first batch it is given: its first probe_cfg.sequences rows,
+        cut to probe_cfg.tokens (None: it needs none)."""
+        if batch is None or self.probe_cfg is None:
+            return None
+        return input_ids(batch)[: self.probe_cfg.sequences, : self.probe_cfg.tokens].detach()
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         """Call after loss.backward() and before optimizer.step(): gradients are read here."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from llmlab.config.monitors import CircuitsMonitorConfig, ProbeConfig
 from llmlab.data.copy_probe import CopyProbe
-from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo, input_ids
+from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo
 from llmlab.monitors.files import append_history, truncate_history
 from llmlab.monitors.models import ModelView
 
@@ -139,15 +139,9 @@ class CircuitsMonitor(Monitor):
                  **fields):
         cfg = cfg or CircuitsMonitorConfig(enabled=True, **fields)
         door = Door(Path(save_dir), tensorboard) if save_dir is not None else None
-        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door)
+        super().__init__(Schedule(cfg.every, list(cfg.steps), list(cfg.epochs)), door, probe or ProbeConfig())
         self.cfg, self.copy_probe = cfg, copy_probe
-        self.probe_cfg = probe or ProbeConfig()
         self.formed: set[tuple[str, int, int]] = set()  # (score, layer, head) that crossed the threshold
-
-    def probe_of(self, batch) -> torch.Tensor | None:
-        if batch is None:
-            return None
-        return input_ids(batch)[: self.probe_cfg.sequences, : self.probe_cfg.tokens].detach()
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
