@@ -228,3 +228,18 @@ def test_the_capture_cost_benchmark_writes_its_json(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["step_ms"] > 0 and saved["capture_ms"] > 0 and saved["induction_rows"] == [8, 32]
     assert saved["overhead_at_every_100"] == pytest.approx(saved["capture_ms"] / (100 * saved["step_ms"]))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("threshold", 0.0, "monitors.circuits.threshold must be in \\(0, 1\\], got 0.0"),
+    ("threshold", 1.5, "monitors.circuits.threshold must be in \\(0, 1\\], got 1.5"),
+    ("tokens", 3, "monitors.circuits.tokens must be >= 4"),
+    ("copy_rows", 0, "monitors.circuits.copy_rows"),
+    ("every", -1, "monitors.circuits.every must be >= 0"),
+])
+def test_bad_circuits_settings_are_one_line_naming_the_field(field, value, message):
+    from llmlab.config.errors import ConfigError
+    from llmlab.config.monitors import CircuitsMonitorConfig
+
+    with pytest.raises(ConfigError, match=message):
+        CircuitsMonitorConfig(**{field: value})
