@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llmlab.card import CARD, check_push, model_card, push_export
+from llmlab.config.argv import quote_path_arguments
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
@@ -136,7 +137,7 @@ def export_run(cfg: ExportConfig) -> Path:
     from llmlab.run_info import read_run_info
     from llmlab.stages import is_chat_checkpoint
 
-    model, tokenizer, checkpoint = load_trained(cfg.run)
+    model, tokenizer, checkpoint = load_trained(cfg.run, checkpoint=cfg.checkpoint)
     check_outside_run(out, f"out={cfg.out}", checkpoint.parent.parent, cfg.run)
     if model.cfg.lora.rank:
         raise ConfigError(f"run={cfg.run} holds LoRA adapters: merge them first "
@@ -176,4 +177,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    quote_path_arguments()
     main()

@@ -26,34 +26,31 @@ from llmlab.weights import check_memory, check_model_file, read_header
 WEIGHTS = "model.safetensors"
 
 
-def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Transformer, Tokenizer, Path]:
-    """path: a run directory, its checkpoints/ directory, or one checkpoints/step_<N> directory."""
+def load_trained(path: str | Path, device: torch.device | str = "cpu", checkpoint: str = "latest"
+                 ) -> tuple[Transformer, Tokenizer, Path]:
+    """path: a run directory, its checkpoints/ directory, or one checkpoints/step_<N> directory; checkpoint: which
+    of a run's (latest | best | step_<N>)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"run={path}: no such directory")
-    if (path / ckpt.MANIFEST).is_file():  # one checkpoint named explicitly: it must be intact
-        checkpoint, manifest = path, ckpt.verify_checkpoint(path)
-    else:
-        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        checkpoint, skipped = ckpt.newest_intact(root)
-        for reason in skipped:
-            print(f"warning: {reason}; using an earlier checkpoint", file=sys.stderr)
-        if checkpoint is None:
-            raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
-        manifest = ckpt.read_manifest(checkpoint)  # newest_intact has verified it
-    model_cfg = manifest_model_config(manifest, checkpoint)
+    chosen, manifest, skipped = ckpt.select_checkpoint(path, checkpoint)
+    for reason in skipped:
+        print(f"warning: {reason}; using an earlier checkpoint", file=sys.stderr)
+    if chosen is None:
+        raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
+    model_cfg = manifest_model_config(manifest, chosen)
     adapters_only = manifest.get("weights") == ckpt.ADAPTERS_ONLY
-    check_checkpoint(checkpoint, model_cfg, adapters_only)  # before anything is allocated
+    check_checkpoint(chosen, model_cfg, adapters_only)  # before anything is allocated
     if adapters_only:
-        model = base_model(manifest, model_cfg, checkpoint)
+        model = base_model(manifest, model_cfg, chosen)
     else:
         model = Transformer.uninitialized(model_cfg)  # every weight comes from the checkpoint
     try:
-        ckpt.load_weights(checkpoint, model)
+        ckpt.load_weights(chosen, model)
     except SafetensorError as e:  # checked above; a file changed since is still one line
-        raise ConfigError(f"checkpoint file {checkpoint / WEIGHTS}: {str(e).strip().splitlines()[0]}") from None
-    tokenizer_dir = checkpoint.parent.parent / "tokenizer"
-    return model.to(device).eval(), load_tokenizer(tokenizer_dir), checkpoint
+        raise ConfigError(f"checkpoint file {chosen / WEIGHTS}: {str(e).strip().splitlines()[0]}") from None
+    tokenizer_dir = chosen.parent.parent / "tokenizer"
+    return model.to(device).eval(), load_tokenizer(tokenizer_dir), chosen
 
 
 def check_checkpoint(checkpoint: Path, model_cfg: ModelConfig, adapters_only: bool) -> None:

@@ -30,6 +30,7 @@ from llmlab.train.evaluators import Samples
 from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
+from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.trainer import Trainer, TrainResult
 
@@ -56,6 +57,7 @@ class Run:
         self.stage = get_stage(cfg.stage.name)(cfg.stage)
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
         self.lock: RunDirLock | None = None
+        self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
 
     def setup(self) -> Trainer:
         """Everything up to the first step: the stage's parts, sinks, monitors, the trainer (resumed if a
@@ -151,6 +153,7 @@ class Run:
     def train(self, trainer: Trainer, stop: StopRequested) -> TrainResult:
         try:
             result = trainer.fit(stop)
+            self.split = self.score_split(trainer) if result.status == "completed" else {}
         except Exception as exc:  # leave a record a sweep report can show, then let it propagate
             state = trainer.state
             result = TrainResult("failed", state.step, state.tokens_seen, trainer.last_train_loss,
@@ -159,6 +162,22 @@ class Run:
             raise
         self.finish(trainer, result)
         return result
+
+    def score_split(self, trainer: Trainer) -> dict:
+        """The final model's loss over every validation token (every rank takes part: a sharded forward needs
+        them all); rank 0 keeps the per-window sums beside metrics.json. {} when the stage has no such split."""
+        streams = self.parts.val_split
+        if not streams:
+            return {}
+        batch = self.cfg.trainer.batch_size * self.place.world_size
+        result = split_loss(trainer.model, streams, self.parts.model.cfg.context_length, batch, self.device,
+                            trainer.autocast)
+        record = {"val_loss_full": result.loss, "val_tokens_scored": result.tokens}
+        if self.place.is_main:
+            record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
+            if self.sinks.tensorboard is not None:
+                self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
+        return record
 
     def close(self) -> dict:
         """Flush the monitors, then close the sinks, writing no summary (benchmarks stop runs this way)."""
@@ -180,7 +199,10 @@ class Run:
             monitor_summary = self.monitors.close()
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
-                                    {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary,
+                                    {"skipped_steps": trainer.state.skipped_steps, **self.split,
+                                     "flops_per_token": trainer.flops_per_token,
+                                     "train_flops": result.tokens_seen * trainer.flops_per_token,
+                                     "monitors": monitor_summary,
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)

@@ -35,9 +35,9 @@ class Speaker:
     device: torch.device
 
     @classmethod
-    def load(cls, run: str | Path, device: str = "auto") -> Speaker:
+    def load(cls, run: str | Path, device: str = "auto", checkpoint: str = "latest") -> Speaker:
         where = pick_device(device)
-        model, tokenizer, checkpoint = load_trained(run, where)
+        model, tokenizer, checkpoint = load_trained(run, where, checkpoint)
         return cls(model, tokenizer, checkpoint, read_manifest(checkpoint), where)
 
     @property
@@ -84,9 +84,16 @@ def sampling_config(settings: SamplingSettings, stop_id: int | None, use_cache: 
         top_p=settings.top_p, repetition_penalty=settings.repetition_penalty, use_cache=use_cache, stop_id=stop_id)
 
 
-def complete(cfg: GenerateConfig) -> list[str]:
-    """Completions, num_samples per prompt, in prompt order (without the prompt text)."""
-    speaker = Speaker.load(cfg.run, cfg.device)
+@dataclass
+class Completion:
+    text: str  # without the prompt, up to the stop token
+    tokens: int  # generated before the stop token (all of them when it never came)
+    ended: bool  # the stop token came within max_new_tokens
+
+
+def completions(cfg: GenerateConfig) -> list[Completion]:
+    """num_samples completions per prompt, in prompt order, from one left-padded batch."""
+    speaker = Speaker.load(cfg.run, cfg.device, cfg.checkpoint)
     prompts = cfg.prompts or [cfg.prompt]
     encoded = [speaker.encode(p) for p in prompts]
     unknown = sum(speaker.unknown(ids) for ids in encoded)
@@ -98,7 +105,14 @@ def complete(cfg: GenerateConfig) -> list[str]:
     generator = torch.Generator(speaker.device).manual_seed(cfg.seed)
     # one left-padded batch, num_samples rows per prompt in prompt order; the pad id is masked, so any will do
     batch, mask = pad_prompts([e for e in encoded for _ in range(cfg.num_samples)], stop or 0, speaker.device)
-    texts = []
+    out = []
     for ids in generate(speaker.model, batch, sampling, generator, mask)[:, batch.shape[1]:].tolist():
-        texts.append(speaker.decode(ids, at_stop=cfg.stop_at_eos))
-    return texts
+        ended = stop in ids
+        out.append(Completion(speaker.decode(ids, at_stop=cfg.stop_at_eos),
+                              ids.index(stop) if ended else len(ids), ended))
+    return out
+
+
+def complete(cfg: GenerateConfig) -> list[str]:
+    """Completions, num_samples per prompt, in prompt order (without the prompt text)."""
+    return [c.text for c in completions(cfg)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +26,33 @@ from llmlab.config.schema import (
     TextDataConfig,
 )
 from llmlab.stages import all_stages
+from llmlab.sweep.collect import NOT_SWEPT, declared_sweep
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def job_dirname(override_dirname: str) -> str:
-    """A multirun job's directory name from its overrides: no path separators, never too long."""
-    name = override_dirname.replace("/", "_") or "default"
+def job_dirname(overrides, sweep_dir: str | None = None) -> str:
+    """A multirun job's directory name: the swept keys and this job's values (`model.n_layers=2,seed=1`); the
+    sweep's fixed overrides are in its report's header, not in every name. A value with characters a path should
+    not hold (`/`, brackets, spaces) or a long one is shortened and given a hash of itself."""
+    items = [(k.lstrip("+~"), v) for k, _, v in (str(o).partition("=") for o in overrides or [])]
+    swept = declared_sweep(Path(sweep_dir)) if sweep_dir else None
+    if swept is not None:
+        items = sorted((kv for kv in items if kv[0] in swept), key=lambda kv: swept.index(kv[0]))
+    else:  # no multirun.yaml to say what is swept: every override that says what the job studies
+        items = [kv for kv in items if kv[0] not in NOT_SWEPT | {"experiment", "debug"}
+                 and not kv[0].startswith("hydra.")]
+    name = ",".join(f"{k.replace('/', '.')}={path_safe(v)}" for k, v in items) or "default"
     if len(name) > 180:
         name = f"{name[:160]}~{hashlib.sha1(name.encode()).hexdigest()[:10]}"
     return name
+
+
+def path_safe(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.+\-@:%]", "_", value)
+    if cleaned == value and len(value) <= 40:
+        return value
+    return f"{cleaned[:24]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
 
 
 def register_configs() -> None:

@@ -48,16 +48,33 @@ def test_generate_on_a_directory_without_checkpoint_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_job_multirun_makes_two_run_directories_named_by_override(tmp_path):
-    args = ["-m", "model.n_layers=1,2", "model.d_model=32", "model.context_length=32", "data.train_docs=300",
-            "data.val_docs=40", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_every=4",
+def test_a_multirun_names_its_jobs_by_the_swept_keys_and_every_command_takes_them_unquoted(tmp_path):
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 400)
+    args = ["-m", "model.n_layers=1,2", "data=text", "data.paths=[corpus.txt]", "model.d_model=32",
+            "model.context_length=32", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_every=4",
             "trainer.eval_batches=1", "trainer.progress=false", f"cache_dir={tmp_path / 'cache'}",
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = run_cli("llmlab.run", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != ".hydra")
-    assert "model.n_layers=1," in jobs[0] and "model.n_layers=2," in jobs[1]
-    assert "cache_dir" not in jobs[0]  # paths and machine settings stay out of job names
+    assert jobs == ["model.n_layers=1", "model.n_layers=2"]  # the fixed overrides are the report's header
     for job in jobs:
         summary = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == 4
+    assert "`data.paths=[corpus.txt]`" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
+    job = tmp_path / "sweep" / jobs[1]
+    generated = run_cli("llmlab.generate", [f"run={job}", "max_new_tokens=8", "checkpoint=best"], cwd=tmp_path,
+                        timeout=120)
+    assert generated.returncode == 0 and "sample 1" in generated.stdout, generated.stderr
+    # a directory named with = and , (an older sweep's job) is taken as typed too, by a command and by a run
+    older = tmp_path / "sweep" / "data.paths=[corpus.txt],model.n_layers=2"
+    job.rename(older)
+    generated = run_cli("llmlab.generate", [f"run={older}", "max_new_tokens=8"], cwd=tmp_path, timeout=120)
+    assert generated.returncode == 0 and "sample 1" in generated.stdout, generated.stderr
+    continued = run_cli("llmlab.run", [f"stage.init_from={older}", "stage=sft", "data=tasks", "data.train_tasks=50",
+                                       "model.n_layers=2", "model.d_model=32", "model.context_length=32",
+                                       "data.val_tasks=8", "data.eval_tasks=2", "trainer.max_steps=1",
+                                       "trainer.batch_size=2", "trainer.eval_batches=1",
+                                       "monitors=none", "trainer.progress=false", f"cache_dir={tmp_path / 'cache'}",
+                                       f"hydra.run.dir={tmp_path / 'sft=1,x'}"], cwd=tmp_path, timeout=300)
+    assert continued.returncode == 0, continued.stderr[-2000:]

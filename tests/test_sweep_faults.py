@@ -202,4 +202,4 @@ def test_a_real_sweep_run_again_keeps_its_finished_rows_and_files(tmp_path):
     assert [r["status"] for r in now] == ["completed", "incomplete"]
     assert now[0] == rows[0] and now[1]["steps"] == "6" and now[1]["val_loss"] == rows[1]["val_loss"]
     assert json.loads((jobs[0] / "generations.json").read_text())["completions"]
-    assert len(list(csv.DictReader((sweep / "generation_comparison.csv").open()))) == 2
+    assert len(list(csv.DictReader((sweep / "generation_comparison.csv").open()))) == 2 * 8  # 8 samples per job

@@ -36,6 +36,7 @@ class SamplingSettings:
 @dataclass
 class GenerateConfig(SamplingSettings):
     run: str = "???"  # a run directory or checkpoint directory
+    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
     prompt: str = ""  # the text to continue (a chat run: the user's message); ignored when prompts is set
     prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
     num_samples: int = 1  # samples per prompt
@@ -78,6 +79,7 @@ class ChatConfig(SamplingSettings):
 @dataclass
 class EvaluateConfig:
     run: str = "???"  # a run directory or checkpoint directory
+    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
     data: TasksDataConfig = field(default_factory=TasksDataConfig)  # the held-out embedded tasks scored (data=tasks)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
 
@@ -109,6 +111,7 @@ class AnalyzeConfig:
 @dataclass
 class ExportConfig:
     run: str = "???"  # a run directory or one of its checkpoints
+    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
     out: str = "???"  # the directory to write
     overwrite: bool = False  # replace `out` if it exists
     card: bool = False  # also write README.md: a model card (Hub metadata, metrics, the training command and config)

@@ -397,6 +397,7 @@ class TrainerConfig:
     eval_batches: int = 8  # validation batches per evaluation, the same ones each time
     checkpoint_every: int = 200  # steps between checkpoints (also the last step, a signal, early stopping)
     keep_checkpoints: int = 3  # the newest N stay (a corrupt newest one falls back to the one before); 0 = all
+    keep_best: bool = True  # also checkpoints/best: the weights at the lowest periodic val/loss, never rotated away
     sample_tokens: int = 120  # length of the sample generated at each eval
     sample_prompt: str = ""  # pretrain: the text each sample continues ("" = a document's start)
     resume: str = "auto"  # auto | never | <checkpoint or run dir>
@@ -441,6 +442,14 @@ class TrainerConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun's report compares its jobs (read by the report, not by training)."""
+
+    reference: str | None = None  # the setting the others are compared against: a value of the one swept key
+    # (sweep.reference=4), or "key=value,key=value" (quoted); seeds are grouped, never named; None = the first job's
+
+
+@dataclass
 class RunConfig:
     """The whole run: one node per group plus run-level fields."""
 
@@ -451,6 +460,7 @@ class RunConfig:
     stage: Any = MISSING  # a StageConfig subclass: the stage group's option names its schema
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # trainer group: the training loop
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)  # monitors group (llmlab/config/monitors.py)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # the sweep report's comparison (multirun only)
     seed: int = 0  # weight init, dropout, batch order, samples (data generators have their own data.seed)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     out_dir: str = "."  # filled from Hydra's run directory

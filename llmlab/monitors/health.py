@@ -23,6 +23,7 @@ import torch
 from llmlab.config.monitors import HealthMonitorConfig
 from llmlab.monitors.attention import attention_stats
 from llmlab.monitors.base import Monitor, MonitorContext, Schedule, StepInfo
+from llmlab.monitors.files import append_history, truncate_history
 from llmlab.monitors.router import moe_layers, router_stats
 
 DEAD_RELATIVE = 0.01  # a unit is dead if its peak |activation| stays below 1% of the layer's mean peak
@@ -39,6 +40,8 @@ class HealthMonitor(Monitor):
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
         self.probe = ctx.probe
+        self.dir = self.output_dir(ctx)
+        truncate_history(self.dir / "history.jsonl", ctx.resume_step)
         self.moe = moe_layers(ctx.model)
         self.starved: dict[tuple[int, int], int] = {}  # (layer, expert) -> captures running under 1% of fair
 
@@ -107,6 +110,8 @@ class HealthMonitor(Monitor):
                                 ) if peaks else torch.zeros(0)
         entropy, found = entropy.cpu().tolist(), iter(fractions.cpu().tolist())
         dead = [None if peak is None else next(found) for peak in probe.mlp_peaks]
+        record = {"step": step, "attention_entropy": entropy, "dead_mlp_fraction": dead}
+        self.submit(lambda: append_history(self.dir / "history.jsonl", record))  # per layer, for the sweep report
         writer = self.ctx.writer
         for layer, (e, d) in enumerate(zip(entropy, dead, strict=True)):
             if writer is not None and d is not None:  # None: a mixture of experts, whose routing is watched instead

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from llmlab.config.schema import RunConfig, StageConfig
@@ -51,6 +52,9 @@ class StageParts:
     manifest: dict = field(default_factory=dict)  # what each checkpoint records for later tools (base, chat)
     # (rows, tokens) -> validation rows with the names that must be copied (the circuits monitor); None: no such data
     copy_probe: Callable[[int, int], CopyProbe | None] | None = None
+    # the whole validation split as token streams, scored once at the end (llmlab.train.split_eval); None: the
+    # stage's validation batches are all it has
+    val_split: list[np.ndarray] | None = None
 
 
 class Stage(ABC):

@@ -59,7 +59,8 @@ class Pretrain(Stage):
                                      rank=ctx.place.rank, world_size=ranks)
         # every rank evaluates the whole validation set, batched as one process with the global batch would
         val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches)
-        return self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats)
+        return self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
+                          [streams.val])
 
     def build_sharded(self, ctx: StageContext) -> StageParts:
         """data=hf / data=mix: the sources tokenized into shards (once; python -m llmlab.prepare can do it ahead),
@@ -85,10 +86,11 @@ class Pretrain(Stage):
             val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
                                                    trainer.eval_batches)
         stats = combined_stats(prepared, tokenizer, from_cache)
-        return self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats)
+        return self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
+                          [p.val for p in prepared])
 
     def parts(self, ctx: StageContext, model: Transformer, tokenizer: Tokenizer, train_batches, val_batches,
-              train_tokens: int, stats: dict) -> StageParts:
+              train_tokens: int, stats: dict, val_split: list) -> StageParts:
         cfg, trainer = ctx.cfg, ctx.cfg.trainer
         tokens_per_step = (trainer.batch_size * ctx.place.world_size * trainer.grad_accum_steps
                            * cfg.model.context_length)
@@ -96,7 +98,8 @@ class Pretrain(Stage):
             model, NextTokenObjective(), train_batches, val_batches,
             steps_per_epoch=train_tokens / tokens_per_step, stats=stats,
             sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
-            decode=tokenizer.decode, manifest={"base": None}, copy_probe=copy_prober(cfg, tokenizer))
+            decode=tokenizer.decode, manifest={"base": None}, copy_probe=copy_prober(cfg, tokenizer),
+            val_split=val_split)
 
     def tokenizer(self, ctx: StageContext, train_text: Callable[[], str]) -> tuple[Tokenizer, bool]:
         """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);

@@ -18,7 +18,8 @@ import yaml
 
 # overrides that say where or how a job ran, not what it studies
 SEED = "seed"  # the swept key whose values are grouped over, not compared
-NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir"}
+NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir",
+             "sweep.reference"}
 
 
 STATUSES = {
@@ -209,6 +210,16 @@ def declared_sweep(sweep_dir: Path) -> list[str] | None:
         if key not in keys:
             keys.append(key)
     return [k for k in keys if k not in NOT_SWEPT]
+
+
+def declared_reference(sweep_dir: Path) -> str | None:
+    """sweep.reference as the sweep was launched with it (its multirun.yaml), None when unset or unreadable."""
+    try:
+        loaded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))
+        reference = loaded["sweep"]["reference"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return str(reference) if reference is not None else None
 
 
 def swept_keys(jobs: list[JobRecord], sweep_dir: Path | None = None) -> list[str]:

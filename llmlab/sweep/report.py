@@ -13,16 +13,31 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
+
+from llmlab.config.errors import ConfigError
 from llmlab.files import write_atomic
 from llmlab.monitors.circuit_history import circuit_summary, circuits_history
-from llmlab.sweep.collect import SEED, STATUSES, JobRecord, find_jobs, is_number, swept_keys
+from llmlab.sweep.collect import SEED, STATUSES, JobRecord, declared_reference, find_jobs, is_number, swept_keys
+from llmlab.sweep.internals import COLUMNS as INTERNALS
+from llmlab.sweep.internals import MEANING, internals
+from llmlab.sweep.intervals import compare, describe
+from llmlab.train.split_eval import SplitLoss, read_windows
 
-METRICS = ("val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor", "params", "wall_s",
-           "tokens_per_s", "peak_mem_mb", "steps")
+METRICS = ("val_loss_full", "rank", "val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor",
+           "compute_matched", "params", "train_flops", "wall_s", "tokens_per_s", "peak_mem_mb", "steps")
 # from the circuits monitor's history, where a job has one (llmlab.monitors.circuit_history.circuit_summary)
 CIRCUITS = ("max_induction", "max_copy", "formed_at", "copy_accuracy")
-GROUPED = ("val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "wall_s", "tokens_per_s", "max_induction",
-           "max_copy", "copy_accuracy")
+GROUPED = ("val_loss_full", "val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "compute_matched", "wall_s",
+           "tokens_per_s", *INTERNALS, "max_induction", "max_copy", "copy_accuracy")
+MEANINGS = {
+    "val_loss_full": "the final model's loss over every validation token (nats per token); the ranking's",
+    "val_loss": "the last periodic evaluation's, on its fixed sample of windows",
+    "gap_to_floor": "val_loss_full - entropy_floor (0 is the best any model can do)",
+    "compute_matched": "val/loss at the smallest training FLOPs any job reached (interpolated between "
+                       "evaluations), so a bigger model is not credited for the compute it spent",
+    "train_flops": "tokens seen x training FLOPs per token",
+}
 
 
 def job_row(job: JobRecord, keys: list[str]) -> dict:
@@ -30,25 +45,67 @@ def job_row(job: JobRecord, keys: list[str]) -> dict:
         value = job.value(key)
         return value if is_number(value) else None
 
-    val, floor = number("val_loss"), number("entropy_floor")
+    full, floor = number("val_loss_full"), number("entropy_floor")
+    val = full if full is not None else number("val_loss")
     label = (",".join(f"{k}={job.overrides.get(k, '')}" for k in keys) if job.overrides else "") or job.name
     row = {"job": label, **{k: job.overrides.get(k, "") for k in keys}, "status": job.status}
     row.update({
-        "val_loss": val,
+        "val_loss_full": full,
+        "val_loss": number("val_loss"),
         "best_val_loss": number("best_val_loss"),
         "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
         "entropy_floor": floor,
         "gap_to_floor": val - floor if val is not None and floor is not None else None,
         "params": number("params"),
+        "train_flops": number("train_flops"),
         "wall_s": number("wall_s"),
         "tokens_per_s": number("tokens_per_s"),
         "peak_mem_mb": number("peak_mem_mb"),
         "steps": job.steps if is_number(job.steps) else None,
         **circuit_summary(circuits_history(job.path)),
+        **{k: v for k, v in internals(job.path).items() if k != "layers"},
         "dir": job.name,
         "note": job.note,
     })
     return row
+
+
+def val_curve_by_flops(job: JobRecord) -> list[tuple[float, float]]:
+    """(training FLOPs, val/loss) at each evaluation: FLOPs per step from the job's own summary."""
+    flops, steps = job.value("train_flops"), job.value("steps")
+    if not (is_number(flops) and is_number(steps) and steps):
+        return []
+    per_step = flops / steps
+    return [(row["step"] * per_step, row["val/loss"]) for row in job.curve
+            if isinstance(row.get("step"), int) and is_number(row.get("val/loss"))]
+
+
+def add_compute_matched(rows: list[dict], jobs: list[JobRecord]) -> float | None:
+    """Each row's val/loss at the smallest total training FLOPs any job reached; that budget."""
+    curves = {job.name: val_curve_by_flops(job) for job in jobs}
+    budgets = [row["train_flops"] for row in rows if row["train_flops"] and curves.get(row["dir"])]
+    budget = min(budgets) if budgets else None
+    for row in rows:
+        curve = curves.get(row["dir"]) or []
+        row["compute_matched"] = None
+        if budget is None or not curve or curve[0][0] > budget * (1 + 1e-9):
+            continue
+        xs, ys = [x for x, _ in curve], [y for _, y in curve]
+        row["compute_matched"] = float(np.interp(budget, xs, ys))
+    return budget
+
+
+def add_ranks(rows: list[dict]) -> None:
+    """rank 1 = the lowest whole-split loss (the periodic one for jobs that have none)."""
+    scored = sorted((r for r in rows if rank_value(r) is not None), key=rank_value)
+    for row in rows:
+        row["rank"] = None
+    for i, row in enumerate(scored, start=1):
+        row["rank"] = i
+
+
+def rank_value(row: dict) -> float | None:
+    return row["val_loss_full"] if row["val_loss_full"] is not None else row["val_loss"]
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -130,10 +187,114 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: dict | None = None) -> dict:
+def setting_label(overrides: dict[str, str], others: list[str]) -> str:
+    return ",".join(f"{k}={overrides.get(k, '')}" for k in others) or "(defaults)"
+
+
+def find_reference(labels: list[str], settings: dict[str, dict[str, str]], reference: str | None) -> str:
+    """The setting `reference` names (a value of the one swept key, or key=value pairs); the first by default."""
+    if not reference:
+        return labels[0]
+    if "=" in reference:
+        wanted = dict(part.split("=", 1) for part in reference.split(",") if "=" in part)
+    else:
+        keys = {k for overrides in settings.values() for k in overrides}
+        if len(keys) != 1:
+            raise ConfigError(f"sweep.reference={reference}: more than one key is swept ({', '.join(sorted(keys))}); "
+                              "name it as \"key=value,key=value\"")
+        wanted = {keys.pop(): reference}
+    for label in labels:
+        if all(same_value(settings[label].get(k), v) for k, v in wanted.items()):
+            return label
+    raise ConfigError(f"sweep.reference={reference}: no setting of this sweep matches it (the settings: "
+                      f"{'; '.join(labels)})")
+
+
+def same_value(a: str | None, b: str) -> bool:
+    if a is None:
+        return False
+    try:
+        return a == b or float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def compare_to_reference(jobs: list[JobRecord], keys: list[str], reference: str | None, seed: int = 0
+                         ) -> tuple[list[dict], str]:
+    """One row per setting (its seeds grouped), ordered by whole-split loss, each with its difference from the
+    reference setting and a paired bootstrap interval; and the summary in words. ([], "") without per-window
+    losses (runs that predate them, or stages without a validation split)."""
+    others = [k for k in keys if k != SEED]
+    settings: dict[str, dict[str, str]] = {}
+    runs: dict[str, list[SplitLoss]] = {}
+    for job in jobs:
+        label = setting_label(job.overrides, others)
+        settings.setdefault(label, {k: job.overrides.get(k, "") for k in others})
+        found, _ = read_windows(job.path, job.summary.get("val_windows_sha256")) if job.status == "completed" \
+            else (None, "")
+        if found is not None:
+            runs.setdefault(label, []).append(found)
+    labels = [label for label in settings if label in runs]
+    if len(labels) < 2:
+        return [], ""
+    ref = find_reference(labels, settings, reference)
+    table = []
+    for label in labels:
+        row = {"setting": label, "seeds": len(runs[label]),
+               "val_loss_full": statistics.fmean(r.loss for r in runs[label]), "reference": label == ref}
+        if label != ref:
+            diff = compare(runs[label], runs[ref], seed=seed)
+            row.update({"diff": diff.diff, "low": diff.low, "high": diff.high, "verdict": diff.verdict,
+                        "paired": diff.paired, "sentence": describe(label, diff)})
+        table.append(row)
+    table.sort(key=lambda r: r["val_loss_full"])
+    same = [r["setting"] for r in table if r.get("verdict") == "indistinguishable"]
+    differ = [r["sentence"] for r in table if r.get("verdict") in ("better", "worse")]
+    parts = ([f"{', '.join(same)}: indistinguishable from it"] if same else []) + differ
+    seeds = {len(runs[label]) for label in labels}
+    spread = "windows and seeds" if max(seeds) > 1 else "windows"
+    summary = (f"Against {ref} (the reference), on the whole validation split, 95% paired bootstrap intervals over "
+               f"{spread}: " + "; ".join(parts) + ".")
+    return table, summary
+
+
+def comparison_markdown(table: list[dict]) -> str:
+    rows = []
+    for r in table:
+        rows.append({"setting": r["setting"] + (" (reference)" if r["reference"] else ""), "seeds": r["seeds"],
+                     "val_loss_full": r["val_loss_full"],
+                     "difference": "–" if r["reference"] else f"{r['diff']:+.4f}",
+                     "95% interval": "–" if r["reference"] else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
+                     "verdict": "–" if r["reference"] else r["verdict"] + ("" if r["paired"] else " (unpaired)")})
+    return markdown_table(rows, ["setting", "seeds", "val_loss_full", "difference", "95% interval", "verdict"])
+
+
+def title(keys: list[str], sweep_dir: Path) -> str:
+    others = [k for k in keys if k != SEED]
+    if not others:
+        return f"Sweep report: {sweep_dir.name}"
+    return "Sweep report: " + " x ".join(others) + (" (over seeds)" if SEED in keys else "")
+
+
+def fixed_overrides(jobs: list[JobRecord], keys: list[str]) -> list[str]:
+    """The overrides every job shares besides the swept keys: the sweep's fixed setting, for the header."""
+    shared = None
+    for job in jobs:
+        items = {(k, v) for k, v in job.overrides.items() if k not in keys}
+        shared = items if shared is None else shared & items
+    return sorted(f"{k}={v}" for k, v in shared or ())
+
+
+def present(rows: list[dict], columns) -> list[str]:
+    return [c for c in columns if any(r.get(c) is not None for r in rows)]
+
+
+def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: dict | None = None,
+                       reference: str | None = None) -> dict:
     """Write sweep_summary.{csv,md,json} (+ plots, generation comparison) into sweep_dir; the JSON content.
 
-    generations: options for the generation comparison (prompts, max_new_tokens, seed, ...), None to skip it.
+    generations: options for the generation comparison (prompts, max_new_tokens, seed, num_samples, checkpoint,
+    ...), None to skip it. reference: sweep.reference (None: the sweep's own, else its first setting).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -143,41 +304,70 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         raise FileNotFoundError(f"{sweep_dir}: no jobs in it (expected <job>/.hydra/ in it, as a multirun writes)")
     keys = swept_keys(jobs, sweep_dir)
     rows = [job_row(job, keys) for job in jobs]
+    budget = add_compute_matched(rows, jobs)
+    add_ranks(rows)
     grouped = group_over_seeds(rows, keys)
-    circuits = [c for c in CIRCUITS if any(r[c] is not None for r in rows)]
-    columns = ["job", *keys, "status", *METRICS, *circuits, "dir", "note"]
-    report = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows, "grouped_over_seeds": grouped}
+    reference = reference if reference is not None else declared_reference(sweep_dir)
+    table, summary = compare_to_reference(jobs, keys, reference)
+    metrics = present(rows, METRICS)
+    extra = present(rows, (*INTERNALS, *CIRCUITS))
+    columns = ["job", *keys, "status", *METRICS, *INTERNALS, *CIRCUITS, "dir", "note"]
+    report = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows, "grouped_over_seeds": grouped,
+              "comparison": table, "summary": summary, "compute_budget_flops": budget}
 
-    md = [f"# Sweep report: {sweep_dir.name}", "",
+    md = [f"# {title(keys, sweep_dir)}", "",
           f"{len(jobs)} jobs, swept: {', '.join(keys) or '(nothing)'}; "
-          f"{sum(r['status'] == 'completed' for r in rows)} completed.", "",
-          "gap_to_floor = val_loss - entropy_floor (nats per token; 0 is the best any model can do).", ""]
+          f"{sum(r['status'] == 'completed' for r in rows)} completed. (`{sweep_dir}`)"]
+    fixed = fixed_overrides(jobs, keys)
+    if fixed:
+        md += ["", "Fixed overrides: " + " ".join(f"`{f}`" for f in fixed)]
+    if summary:
+        md += ["", f"**{summary}**", "", comparison_markdown(table)]
+    md += ["", "## Jobs", "", *(f"- {m}: {MEANINGS[m]}." for m in metrics if m in MEANINGS)]
+    if budget is not None and "compute_matched" in metrics:
+        md += [f"- The compute budget matched: {budget:.3g} FLOPs."]
+    if "entropy_floor" in metrics:
+        md += ["- entropy_floor: the data's own entropy (no model beats it on average)."]
+    md += [""]
     legend = status_legend(rows)
     if legend:
         md += ["Status:", "", *legend, ""]
     show_dir = not keys or any(not job.overrides for job in jobs)  # a row the swept values cannot name
-    if circuits:
-        md += ["max_induction / max_copy: the largest score of any head at any capture; formed_at: the first step a "
-               "head's score passed monitors.circuits.threshold; copy_accuracy: at the last capture.", ""]
-    md += [markdown_table(rows, [*keys, *(["dir"] if show_dir else []), "status", *METRICS, *circuits,
+    md += [markdown_table(rows, [*keys, *(["dir"] if show_dir else []), "status", *metrics,
                                  *(["note"] if any(r["note"] for r in rows) else [])])]
+    if extra:
+        md += ["", "## Inside the models", "", *(f"- {c}: {MEANING[c]}." for c in extra if c in MEANING)]
+        if any(c in CIRCUITS for c in extra):
+            md += ["- max_induction / max_copy: the largest score of any head at any capture; formed_at: the first "
+                   "step a head's score passed monitors.circuits.threshold; copy_accuracy: at the last capture."]
+        md += ["", markdown_table(rows, [*keys, *extra])]
     if grouped:
         md += ["", "## Over seeds", "", grouped_markdown(grouped, [k for k in keys if k != SEED])]
+    if generations is not None:
+        from llmlab.sweep.generations import QUALITY, compare_generations
+
+        labels = {row["dir"]: row["job"] for row in rows}
+        side_by_side, scores = compare_generations(sweep_dir, jobs, labels, **generations)
+        report["generations"], report["generation_quality"] = side_by_side, scores
+        if scores:
+            n = scores[0]["samples"]
+            md += ["", "## Generation quality", "",
+                   f"{n} samples per job ({generations.get('num_samples', 8)} per prompt, seeded alike for every job; "
+                   "every sample in generation_comparison.csv): distinct_1/2 = distinct words / word pairs over all, "
+                   "repeat_4gram = share of a sample's 4-grams it already wrote, mean_tokens = tokens to the end "
+                   "token, ended = share that reached it; on the embedded language, grammatical and names_copied "
+                   "= shares of complete sentences the language's grammar accepts / whose names are the two "
+                   "introduced, valid_documents = whole documents it could have written.", "",
+                   markdown_table(scores, ["job", "checkpoint", *present(scores, QUALITY)])]
+        if side_by_side:
+            md += ["", "## Generations", "", "The first sample of each prompt; same seed and settings for every job.",
+                   "", markdown_table(side_by_side, ["job", "prompt", "completion"], limit=None)]
     if plots:
         from llmlab.sweep.plots import write_sweep_plots
 
-        figures = write_sweep_plots(sweep_dir, jobs, rows, keys)
+        figures = write_sweep_plots(sweep_dir, jobs, rows, keys, budget)
         report["plots"] = [p.name for p in figures]
         md += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in figures)]
-    if generations is not None:
-        from llmlab.sweep.generations import compare_generations
-
-        labels = {row["dir"]: row["job"] for row in rows}
-        comparison = compare_generations(sweep_dir, jobs, labels, **generations)
-        report["generations"] = comparison
-        if comparison:
-            md += ["", "## Generations", "", "Same prompts, seed and sampling settings for every job.", "",
-                   markdown_table(comparison, ["job", "prompt", "completion"], limit=None)]
     write_atomic(sweep_dir / "sweep_summary.csv", csv_text(rows, columns))
     write_atomic(sweep_dir / "sweep_summary.md", "\n".join(md) + "\n")
     write_atomic(sweep_dir / "sweep_summary.json", json.dumps(report, indent=2, default=str))

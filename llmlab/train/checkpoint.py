@@ -31,6 +31,7 @@ from llmlab.model.lora import load_lora_state_dict, lora_state_dict
 ADAPTERS_ONLY = "lora_adapters"  # manifest["weights"] of a LoRA run: model.safetensors holds the adapters only
 
 MANIFEST = "manifest.json"
+BEST = "best"  # checkpoints/best: the weights at the lowest periodic val loss, never rotated away
 FORMAT_VERSION = 1
 
 
@@ -41,11 +42,14 @@ class Checkpoint:
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, meta: dict,
-                    keep: int = 0) -> Checkpoint:
-    """Write checkpoints/step_<step>/ atomically, point checkpoints/latest at it, keep the newest `keep` (0 = all)."""
+                    keep: int = 0, name: str | None = None) -> Checkpoint:
+    """Write checkpoints/step_<step>/ atomically, point checkpoints/latest at it, keep the newest `keep` (0 = all).
+
+    name=BEST: checkpoints/best instead, the weights alone (state = {}); no pointer moves and nothing is rotated."""
     root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(root, "step_")  # left by a process killed mid-write; never a checkpoint
-    final = root / f"step_{step}"
+    remove_temporaries(root, BEST)
+    final = root / (name or f"step_{step}")
     with publishing(final) as tmp:  # a rerun of the same step (e.g. after a resume) replaces it whole
         adapters = lora_state_dict(model)
         if adapters:  # a LoRA run: the adapters alone, beside meta["base"], the weights they adapt
@@ -57,6 +61,8 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
         files = {name: file_record(tmp / name) for name in ("model.safetensors", "state.pt")}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(root.parent), **meta}
         write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+    if name is not None:
+        return Checkpoint(final, step)
     write_atomic(root / "latest", final.name + "\n")
     if keep:
         older = [c for c in list_checkpoints(root) if c.step < step]
@@ -144,6 +150,32 @@ def find_checkpoint(path: Path) -> Path | None:
             return target
     complete = list_checkpoints(root)
     return complete[-1].path if complete else None
+
+
+def select_checkpoint(path: Path, which: str = "latest") -> tuple[Path | None, dict | None, list[str]]:
+    """The verified checkpoint `which` (latest | best | step_<N>) of a run directory or its checkpoints/, or the
+    checkpoint directory `path` names itself: (checkpoint, manifest, why newer ones were passed over).
+
+    latest walks back past damaged checkpoints (saying so); best and step_<N> are one choice, never swapped for
+    another: ConfigError when it is missing or damaged. (None, None, []) when a run has no checkpoint yet."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():  # one checkpoint named explicitly
+        if which not in ("latest", path.name):
+            raise ConfigError(f"checkpoint={which}: {path} is one checkpoint already ({path.name}); give its run "
+                              "directory to choose another")
+        return path, verify_checkpoint(path), []
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if which == "latest":
+        found, skipped = newest_intact(root)
+        return found, read_manifest(found) if found else None, skipped
+    if which != BEST and not (which.startswith("step_") and which[5:].isdigit()):
+        raise ConfigError(f"checkpoint={which}: expected latest, best or step_<N>")
+    chosen = root / which
+    if not (chosen / MANIFEST).is_file():
+        have = [c.path.name for c in list_checkpoints(root)] + ([BEST] if (root / BEST / MANIFEST).is_file() else [])
+        raise ConfigError(f"checkpoint={which}: {chosen} is not a complete checkpoint (this run has: "
+                          f"{', '.join(have) or 'none'})")
+    return chosen, verify_checkpoint(chosen), []
 
 
 def newest_intact(root: Path) -> tuple[Path | None, list[str]]:

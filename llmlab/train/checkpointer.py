@@ -101,3 +101,13 @@ class Checkpointer:
             ckpt.save_checkpoint(self.root, step, model, state, self.meta, keep=self.keep)
         distributed.barrier(self.place)
         return self.root / f"step_{step}"
+
+    def save_best(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """checkpoints/best: the weights alone, replaced whole at each new lowest val/loss (collective like save)."""
+        model = distributed.unwrap(model)
+        if self.sharded:
+            weights, _ = distributed.full_state_dicts(model, optimizer)
+            model = distributed.plain_copy(model, weights) if self.place.is_main else None
+        if self.place.is_main:
+            ckpt.save_checkpoint(self.root, step, model, {}, self.meta, name=ckpt.BEST)
+        distributed.barrier(self.place)

@@ -13,7 +13,7 @@ from llmlab.config.schema import RunConfig
 from llmlab.files import write_atomic
 from llmlab.train.trainer import TrainResult
 
-HPARAM_METRICS = ("val_loss", "best_val_loss", "val_ppl", "gap_closed", "tokens_per_s", "wall_s")
+HPARAM_METRICS = ("val_loss", "val_loss_full", "best_val_loss", "val_ppl", "gap_closed", "tokens_per_s", "wall_s")
 
 
 def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, place) -> None:

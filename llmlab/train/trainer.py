@@ -329,6 +329,8 @@ class Trainer:
             "train/skipped_steps": float(state.skipped_steps),
             "perf/tokens_per_s": tps,
             "perf/wall_s": state.wall_s,  # training time so far: the x axis for loss against time
+            "perf/flops": state.tokens_seen * self.flops_per_token,  # training compute so far: the x axis for loss
+            # against compute, so a bigger model is not credited for the FLOPs it spent
             "perf/mfu": tps * self.flops_per_token / (self.cfg.peak_flops * self.place.world_size),
         }
 
@@ -337,6 +339,8 @@ class Trainer:
         val_loss = self.evaluate()
         self.last_val_loss = val_loss
         state, early = self.state, self.cfg.early_stopping
+        if val_loss < state.best_val_loss and self.cfg.keep_best and self.checkpointer is not None:
+            self.checkpointer.save_best(step, self.model, self.optimizer)
         if val_loss < state.best_val_loss - early.min_delta:
             state.evals_without_improvement = 0
         else:
