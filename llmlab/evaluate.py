@@ -1,4 +1,9 @@
-"""`python -m llmlab.evaluate run=<run dir> data=tasks`: task accuracy and perplexity of any run.
+"""`python -m llmlab.evaluate run=<run dir> [checkpoint=best]`: the loss over the whole validation split, task
+accuracy and perplexity of any run.
+
+Whole split (a pretraining run): every validation token scored once in non-overlapping windows, the split rebuilt
+from the run's verified config (llmlab.data.validation), so it is the figure the run wrote as val_loss_full at its
+end, for any of its checkpoints.
 
 Accuracy: greedy replies to the held-out embedded tasks (the ones a chat run scores at each eval,
 `data.eval_tasks` of them), exact match per family. Perplexity: of the reference answers given their
@@ -19,7 +24,7 @@ from omegaconf import DictConfig
 
 from llmlab.config.argv import quote_path_arguments
 from llmlab.config.commands import EvaluateConfig
-from llmlab.config.errors import exit_on_config_error
+from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.store import CONF_DIR, to_dataclass
 
 
@@ -34,7 +39,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     from llmlab.train.task_eval import task_accuracy
 
     device = pick_device(cfg.device)
-    model, tokenizer, checkpoint = load_trained(cfg.run, device)
+    model, tokenizer, checkpoint = load_trained(cfg.run, device, cfg.checkpoint)
+    whole_split = split_of(model, tokenizer, checkpoint, device)
     template = ChatTemplate(tokenizer)
     model.resize_vocab(template.vocab_size)  # a pretrained run: the markers SFT would add
     model = model.to(device).eval()
@@ -50,16 +56,42 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                                                        ignore_index=-100).item()
             count += int((targets != -100).sum())
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
-    result = {"checkpoint": str(checkpoint), "eval_tasks": len(eval_tasks), "task_accuracy": accuracy,
+    result = {"checkpoint": str(checkpoint), **whole_split, "eval_tasks": len(eval_tasks), "task_accuracy": accuracy,
               "answer_loss": total / count, "answer_ppl": math.exp(total / count)}
     (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def split_of(model, tokenizer, checkpoint: Path, device) -> dict:
+    """{val_loss_full, val_tokens_scored} of a pretraining run's checkpoint; {} for a chat run."""
+    import yaml
+
+    from llmlab.data.validation import validation_streams
+    from llmlab.files import sha256_file
+    from llmlab.train import checkpoint as ckpt
+    from llmlab.train.split_eval import split_loss
+
+    config_file = checkpoint.parent.parent / "config_resolved.yaml"
+    if not config_file.is_file():
+        return {}
+    recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
+    if recorded and sha256_file(config_file) != recorded:
+        raise ConfigError(f"{config_file} has changed since checkpoint {checkpoint} was written")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    streams = validation_streams(config.get("data") or {}, tokenizer, Path(config.get("cache_dir", ".")))
+    if not streams:
+        return {}
+    scored = split_loss(model, streams, model.cfg.context_length, 32, device)
+    return {"val_loss_full": scored.loss, "val_tokens_scored": scored.tokens}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with exit_on_config_error():
         result = evaluate(to_dataclass(cfg))
+    if "val_loss_full" in result:
+        print(f"{Path(result['checkpoint'])}: val loss {result['val_loss_full']:.4f} over the whole validation split "
+              f"({result['val_tokens_scored']:,} tokens)")
     acc = result["task_accuracy"]
     print(f"{Path(result['checkpoint'])}: task accuracy {acc.get('all', float('nan')):.3f} on "
           f"{result['eval_tasks']} held-out tasks, answer perplexity {result['answer_ppl']:.3f}")

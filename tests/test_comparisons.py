@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from llmlab.config.argv import quote_paths
@@ -211,3 +212,26 @@ def test_path_arguments_that_hydra_would_misread_are_quoted_and_others_left_alon
         assert parser.parse_override(quote_paths([arg])[0]).value() == value
     untouched = ["run=outputs/a/b", "stage.init_from=a,b", "model.n_layers=2", "run='x=1'", "prompt=a=b"]
     assert quote_paths(untouched) == untouched
+
+
+# ---- a run end to end ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_run_scores_its_whole_split_and_evaluate_gives_the_same_figure_for_any_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context_length=32",
+            "data.train_docs=300", "data.val_docs=30", "trainer.max_steps=6", "trainer.batch_size=4",
+            "trainer.eval_every=3", "trainer.eval_batches=1", "trainer.keep_checkpoints=1",
+            "trainer.checkpoint_every=3", "trainer.progress=false", "monitors=none", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run}"]
+    assert run_cli("llmlab.run", args, cwd=tmp_path).returncode == 0
+    summary = json.loads((run / "metrics.json").read_text())
+    windows, why = read_windows(run, summary["val_windows_sha256"])
+    assert why == "" and windows.loss == pytest.approx(summary["val_loss_full"], rel=1e-7)  # sums kept to 1e-6
+    assert summary["val_tokens_scored"] == windows.tokens and summary["train_flops"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest", "step_6"]
+    evaluated = run_cli("llmlab.evaluate", [f"run={run}", "checkpoint=step_6", "data.eval_tasks=1", "device=cpu"],
+                        cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["val_loss_full"] == pytest.approx(summary["val_loss_full"], rel=1e-5)
+    assert result["val_tokens_scored"] == summary["val_tokens_scored"]
