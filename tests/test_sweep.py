@@ -33,7 +33,7 @@ def test_seeds_are_grouped_with_mean_std_and_n():
     assert grouped[0]["val_loss_mean"] == pytest.approx(2.0) and grouped[0]["val_loss_std"] == pytest.approx(1.0)
     assert grouped[1]["val_loss_mean"] == pytest.approx(0.6)
     assert grouped[1]["val_loss_std"] == pytest.approx(0.1414214, rel=1e-5)  # sample std (n - 1)
-    assert grouped[0]["val_ppl_mean"] is None
+    assert grouped[0]["gap_to_floor_mean"] is None
     assert group_over_seeds(rows, ["model.n_layers"]) == []  # no seed swept: nothing to group
 
 

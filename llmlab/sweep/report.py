@@ -28,8 +28,7 @@ METRICS = ("val_loss_full", "rank", "val_loss", "best_val_loss", "val_ppl", "ent
            "compute_matched", "params", "train_flops", "wall_s", "tokens_per_s", "peak_mem_mb", "steps")
 # from the circuits monitor's history, where a job has one (llmlab.monitors.circuit_history.circuit_summary)
 CIRCUITS = ("max_induction", "max_copy", "formed_at", "copy_accuracy")
-GROUPED = ("val_loss_full", "val_loss", "best_val_loss", "val_ppl", "gap_to_floor", "compute_matched", "wall_s",
-           "tokens_per_s", *INTERNALS, "max_induction", "max_copy", "copy_accuracy")
+GROUPED = ("val_loss_full", "val_loss", "gap_to_floor", "compute_matched", "wall_s", "tokens_per_s")
 MEANINGS = {
     "val_loss_full": "the final model's loss over every validation token (nats per token); the ranking's",
     "val_loss": "the last periodic evaluation's, on its fixed sample of windows",
