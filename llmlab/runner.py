@@ -20,7 +20,6 @@ from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
-from llmlab.plots import write_circuits_plot, write_training_curves
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -120,7 +119,7 @@ class Run:
             batches = ShowFirstBatch(batches, parts.describe_batch)
         evaluators = [Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step)] if parts.sample \
             else []
-        trained = distributed.prepare(model, cfg.trainer, place, self.device)
+        trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
                           self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors)
         if resume_from is not None:
@@ -139,6 +138,7 @@ class Run:
                     trainer = self.setup()
             except Interrupted as signal_name:
                 return self.interrupted_in_setup(str(signal_name))
+            trainer.timings.add("startup", time.perf_counter() - self.start)  # imports aside: they come before
             return self.train(trainer, stop)
 
     def interrupted_in_setup(self, signal_name: str) -> TrainResult:
@@ -177,16 +177,20 @@ class Run:
         if not self.place.is_main:
             return {}
         try:
-            monitor_summary = self.monitors.close()
+            with trainer.timings.measure("monitors_close"):  # the background figures still being drawn
+                monitor_summary = self.monitors.close()
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
                                     {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary,
+                                     "timing": trainer.timings.summary(),
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)
         finally:
             self.sinks.close()
             self.release()
+        from llmlab.plots import write_circuits_plot, write_training_curves  # matplotlib: only now, to draw
+
         for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot)):
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)

@@ -421,7 +421,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # trainer.early_stopping.*
     debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
     strategy: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (one process: ignored)
-    compile: bool = False  # torch.compile the model (in place: checkpoints keep plain parameter names)
+    compile: bool = False  # torch.compile each block, training forwards only; kernels cached in cache_dir/inductor
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:

@@ -76,6 +76,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
     """(x1 cos - s x2 sin, x2 cos + s x1 sin) written into one output: four ops, no chunk copies, no cat."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
+    if torch.compiler.is_compiling():  # the compiler fuses the plain form itself (and refuses out= on views)
+        return torch.cat((x1 * cos - sign * x2 * sin, x2 * cos + sign * x1 * sin), dim=-1)
     out = torch.empty(torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1])), dtype=x.dtype,
                       device=x.device)
     out1, out2 = out[..., :half], out[..., half:]

@@ -244,6 +244,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cfg.moe.is_moe(i)) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg)
         self.activation_checkpointing = False  # trainer.activation_checkpointing: memory for ~1/3 more compute
+        self.compiled_blocks: list[nn.Module] | None = None  # compile_blocks(): what training forwards run
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -273,6 +274,14 @@ class Transformer(nn.Module):
             model.register_buffer("rope_cos", cos, persistent=False)
             model.register_buffer("rope_sin", sin, persistent=False)
         return model
+
+    def compile_blocks(self, **options) -> None:
+        """Regional compilation: each block through torch.compile (one graph, reused by every block of the same
+        kind, so compiling takes seconds per kind instead of minutes for the whole model). Only training
+        forwards with gradients run them; evaluation, no_grad and generation run the eager blocks, so nothing
+        recompiles at the first evaluation or at each new generation length. The compiled wrappers are kept in a
+        plain list, not as submodules: parameter names and checkpoints stay those of the eager model."""
+        self.compiled_blocks = [torch.compile(block, **options) for block in self.blocks]
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -308,8 +317,10 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, hd // 2): over heads
         x = self.drop(x)
-        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
+        training = self.training and cache is None and torch.is_grad_enabled()
+        recompute = self.activation_checkpointing and training
+        blocks = self.compiled_blocks if training and self.compiled_blocks is not None else self.blocks
+        for i, block in enumerate(blocks):
             if recompute:  # keep only each block's input; backward runs the block again (same dropout masks)
                 x, _ = checkpoint(block, x, rope, None, padding_mask, False, use_reentrant=False)
                 continue
