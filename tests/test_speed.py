@@ -124,3 +124,13 @@ def test_the_gpu_checks_generation_section_runs_on_the_cpu():
 def test_the_gpu_checks_ddp_run_is_one_nccl_process_through_the_cli(tmp_path):
     command = gpu.ddp_command(tmp_path, steps=20)
     assert "--nproc_per_node=1" in command and "device=cuda" in command and "trainer.max_steps=20" in command
+
+
+def test_the_fused_benchmark_races_each_piece_against_what_it_replaces(tmp_path):
+    from llmlab.bench.__main__ import main as bench
+
+    out = tmp_path / "fused.json"
+    bench(["fused", "--widths", "32", "--tokens", "128", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["rms_norm"]) == {"fused", "F.rms_norm", "plain"}
+    assert report["qkv"]["32"]["three"]["one_matmul_over_this"] > 0

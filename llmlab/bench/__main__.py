@@ -10,6 +10,7 @@ from llmlab.bench import (
     circuits,
     compile_pays,
     data_pipeline,
+    fused,
     generation,
     gpu,
     moe,
@@ -22,7 +23,7 @@ from llmlab.bench import (
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays}
+              "compile-pays": compile_pays, "fused": fused}
 
 
 def main(argv: list[str] | None = None) -> None:

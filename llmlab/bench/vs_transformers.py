@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
+    parser.add_argument("--gelu", choices=["exact", "tanh"], default="exact",
+                        help="--arch gpt2: model.gelu (transformers gets the same: gelu or gelu_new)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, for GPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -48,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="against a minimal teaching-style GPT with a loop AdamW instead of transformers")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 5 llmlab steps: each op's share of self CPU time (top 12)")
     parser.add_argument("--out", default="bench/vs_transformers.json")
 
 
@@ -68,6 +72,17 @@ def step_time(forward, optimizer, ids: torch.Tensor, dtype: torch.dtype | None) 
     return time.perf_counter() - start
 
 
+def profile_shares(forward, optimizer, ids: torch.Tensor, dtype: torch.dtype | None, top: int = 12) -> dict:
+    """Each op's share of self CPU time over 5 training steps (the top ones): what a step is made of."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step_time(forward, optimizer, ids, dtype)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {e.key: round(e.self_cpu_time_total / total, 4) for e in ranked}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -85,7 +100,7 @@ def compare(size: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)
-    style = GPT2_STYLE if args.arch == "gpt2" else {}
+    style = {**GPT2_STYLE, "gelu": getattr(args, "gelu", "exact")} if args.arch == "gpt2" else {}
     ours = Transformer(ModelConfig(name=size, vocab_size=args.vocab, **shape, **style)).train()
     other = "reference" if args.reference else "transformers"
     if args.reference:
@@ -113,11 +128,14 @@ def compare(size: str, args: argparse.Namespace) -> dict:
             if i >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    shares = profile_shares(forwards["llmlab"], optimizers["llmlab"], ids, dtype) if args.profile else None
     # the median of each round's ratio as well: a busy machine slows both of one round alike
     paired = statistics.median(a / b for a, b in zip(times["llmlab"], times[other], strict=True))
     result = {"batch": batch, **shape, "repeats": repeats, "params": sum(p.numel() for p in ours.parameters()),
               "max_logit_difference": logit_gap, "ms_per_step": median,
               "ratio": median["llmlab"] / median[other], "paired_ratio": paired}
+    if shares:
+        result["llmlab_self_cpu_share"] = shares
     if args.peak_flops:  # model FLOPs utilisation of each, from llmlab's count of training FLOPs per token
         flops = ours.flops_per_token() * batch * shape["context_length"]
         result["mfu"] = {name: flops / (ms / 1000) / args.peak_flops for name, ms in median.items()}
@@ -137,7 +155,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"{size}: llmlab {r['ms_per_step']['llmlab']:.1f} ms, {other} "
               f"{r['ms_per_step'][other]:.1f} ms, ratio {r['ratio']:.3f} (paired {r['paired_ratio']:.3f})")
     report = {"what": "forward + backward + AdamW step, same weights and batch, median of interleaved steps",
-              "against": other, "arch": args.arch, "device": args.device, "precision": args.precision,
+              "against": other, "arch": args.arch, "gelu": args.gelu if args.arch == "gpt2" else None,
+              "device": args.device, "precision": args.precision,
               "compile": args.compile,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,

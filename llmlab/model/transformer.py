@@ -111,8 +111,9 @@ def rope_tables_for_heads(rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torc
 
 
 def fuse_qkv_pays(cfg: ModelConfig) -> bool:
-    """Whether one q/k/v matmul beats three on a CPU at this width: 4% faster forward + backward at d_model 128,
-    2-3% at 256, none from 512 (README "Making it fast"). On a GPU it is always one matmul."""
+    """Whether one q/k/v matmul beats three on a CPU at this width: forward + backward 4-5% faster at d_model 128
+    and 256 in two runs, within noise of three from 512 (`python -m llmlab.bench fused`, README "Making it fast").
+    On a GPU it is always one matmul."""
     return cfg.d_model <= 256
 
 
