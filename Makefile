@@ -38,6 +38,11 @@ BENCH_ARGS ?= --model small --batch-size 8 --steps 300
 bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSON under bench/
 	$(BIN)/python -m llmlab.bench vs-transformers
 	$(BIN)/python -m llmlab.bench vs-transformers --arch gpt2 --out bench/vs_transformers_gpt2.json
+	$(BIN)/python -m llmlab.bench vs-transformers --reference --sizes tiny small --out bench/vs_reference.json
+	$(BIN)/python -m llmlab.bench vs-transformers --reference --arch gpt2 --sizes tiny --out bench/vs_reference_gpt2.json
+	$(BIN)/python -m llmlab.bench fused
+	$(BIN)/python -m llmlab.bench compile-pays --cache-dir bench/.cache
+	$(BIN)/python -m llmlab.bench compile-pays --cache-dir bench/.cache --out bench/compile_pays_warm.json
 	$(BIN)/python -m llmlab.bench generation
 	$(BIN)/python -m llmlab.bench data
 	$(BIN)/python -m llmlab.bench scaling

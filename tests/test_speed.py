@@ -134,3 +134,31 @@ def test_the_fused_benchmark_races_each_piece_against_what_it_replaces(tmp_path)
     report = json.loads(out.read_text())
     assert set(report["rms_norm"]) == {"fused", "F.rms_norm", "plain"}
     assert report["qkv"]["32"]["three"]["one_matmul_over_this"] > 0
+
+
+def test_trainer_compile_compiles_the_blocks_with_the_kernel_cache_under_cache_dir(tmp_path, monkeypatch):
+    import os
+
+    from llmlab.config.schema import TrainerConfig
+    from llmlab.train import distributed
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    model = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=23))
+    trained = distributed.prepare(model, TrainerConfig(compile=True), distributed.SINGLE, torch.device("cpu"),
+                                  str(tmp_path / "cache"))
+    assert trained is model and len(model.compiled_blocks) == 2  # compiled lazily, at the first training step
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cache" / "inductor").resolve())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")  # the user's own wins
+    distributed.prepare(model, TrainerConfig(compile=True), distributed.SINGLE, torch.device("cpu"), str(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else"
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_training_section_runs_on_the_cpu():
+    import argparse
+    import time
+
+    args = argparse.Namespace(archs=["llama", "gpt2"], compile_archs=[], sizes=["tiny"], repeats=1)
+    rows = gpu.training(args, 1e12, time.perf_counter() + 600, device="cpu")
+    assert set(rows) == {"llama/tiny/eager", "gpt2/tiny/eager"}
+    assert all(r["max_logit_difference"] < 1e-4 and 0 < r["mfu"]["llmlab"] < 1 for r in rows.values())

@@ -136,7 +136,7 @@ def fused_check(device: torch.device, repeats: int = 20, batch: int = 8, tokens:
     return out
 
 
-def training(args: argparse.Namespace, peak: float | None, deadline: float) -> dict:
+def training(args: argparse.Namespace, peak: float | None, deadline: float, device: str = "cuda") -> dict:
     from llmlab.bench.vs_transformers import compare
 
     rows: dict = {}
@@ -149,7 +149,7 @@ def training(args: argparse.Namespace, peak: float | None, deadline: float) -> d
                 if time.perf_counter() > deadline:
                     rows[key] = {"skipped": "past --budget-s"}
                     continue
-                run = argparse.Namespace(device="cuda", precision="bf16", compile=compiled, arch=arch,
+                run = argparse.Namespace(device=device, precision="bf16", compile=compiled, arch=arch,
                                          repeats=args.repeats, warmup=3 if compiled else 2, reference=False,
                                          vocab=50304 if size == "gpt2_124m" else 256, peak_flops=peak or 0.0)
                 rows[key] = compare(size, run)

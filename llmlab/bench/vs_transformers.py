@@ -128,7 +128,8 @@ def compare(size: str, args: argparse.Namespace) -> dict:
             if i >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    shares = profile_shares(forwards["llmlab"], optimizers["llmlab"], ids, dtype) if args.profile else None
+    profile = getattr(args, "profile", False)
+    shares = profile_shares(forwards["llmlab"], optimizers["llmlab"], ids, dtype) if profile else None
     # the median of each round's ratio as well: a busy machine slows both of one round alike
     paired = statistics.median(a / b for a, b in zip(times["llmlab"], times[other], strict=True))
     result = {"batch": batch, **shape, "repeats": repeats, "params": sum(p.numel() for p in ours.parameters()),
