@@ -177,12 +177,10 @@ class Run:
         if not self.place.is_main:
             return {}
         try:
-            with trainer.timings.measure("monitors_close"):  # the background figures still being drawn
-                monitor_summary = self.monitors.close()
+            monitor_summary = self.monitors.close()
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
                                     {"skipped_steps": trainer.state.skipped_steps, "monitors": monitor_summary,
-                                     "timing": trainer.timings.summary(),
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)

@@ -46,6 +46,7 @@ class TrainResult:
     wall_s: float
     tokens_per_s: float
     message: str = ""
+    timing: dict | None = None  # Timings.summary(): where the time outside training steps went
 
 
 @dataclass
@@ -239,7 +240,7 @@ class Trainer:
         wall = self.state.wall_s
         return TrainResult(status, self.state.step, self.state.tokens_seen, self.last_train_loss,
                            self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
-                           message)
+                           message, self.timings.summary())
 
     def after_step(self, info: StepInfo, stop: StopRequested) -> tuple[str, str]:
         """The step's bookkeeping, in order: non-finite policy, monitors, log, evaluate, checkpoint; the run's
