@@ -126,6 +126,13 @@ def test_the_gpu_checks_ddp_run_is_one_nccl_process_through_the_cli(tmp_path):
     assert "--nproc_per_node=1" in command and "device=cuda" in command and "trainer.max_steps=20" in command
 
 
+@pytest.mark.slow
+def test_the_gpu_checks_ddp_section_runs_on_the_cpu():
+    result = gpu.ddp(steps=3, device="cpu")
+    assert result["ok"], result
+    assert result["steps"] == 3 and result["backend"] == "gloo" and result["timing"]["startup_s"] > 0
+
+
 def test_the_fused_benchmark_races_each_piece_against_what_it_replaces(tmp_path):
     from llmlab.bench.__main__ import main as bench
 

@@ -188,26 +188,28 @@ def generation(device: torch.device, batch: int = 8, prompt: int = 32, new: int 
             "same_tokens": torch.equal(outputs["llmlab_cache"], outputs["transformers"])}
 
 
-def ddp_command(run_dir: Path, steps: int = 20) -> list[str]:
-    """A 1-GPU torchrun of the real CLI: DDP with nccl (llmlab.train.distributed picks it on CUDA)."""
+def ddp_command(run_dir: Path, steps: int = 20, device: str = "cuda") -> list[str]:
+    """A 1-process torchrun of the real CLI: DDP with nccl on CUDA (llmlab.train.distributed's choice), gloo on
+    the CPU (the tests)."""
+    precision = ["trainer.precision=bf16"] if device == "cuda" else ["trainer.threads=1"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "llmlab.run",
-            "device=cuda", "trainer.precision=bf16", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
+            f"device={device}", *precision, f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
             "trainer.progress=false", "monitors=none", f"hydra.run.dir={run_dir}", f"cache_dir={run_dir}/cache"]
 
 
-def ddp(steps: int = 20) -> dict:
+def ddp(steps: int = 20, device: str = "cuda") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "ddp"
         start = time.perf_counter()
-        done = subprocess.run(ddp_command(run_dir, steps), capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        done = subprocess.run(ddp_command(run_dir, steps, device), capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         wall = time.perf_counter() - start
         if done.returncode != 0:
             return {"ok": False, "returncode": done.returncode, "stderr_tail": done.stderr[-2000:]}
         summary = json.loads((run_dir / "metrics.json").read_text())
     print(f"ddp: {summary['steps']} steps, {summary['tokens_per_s']:,.0f} tok/s, {wall:.1f} s in all")
     return {"ok": summary["status"] == "completed" and summary["steps"] == steps,
-            "backend": "nccl (llmlab.train.distributed's choice on CUDA)",
+            "backend": "nccl" if device == "cuda" else "gloo",
             "steps": summary["steps"], "tokens_per_s": summary["tokens_per_s"], "val_loss": summary["val_loss"],
             "wall_s_with_startup": wall, "timing": summary.get("timing")}
 
