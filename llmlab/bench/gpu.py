@@ -29,9 +29,9 @@ import torch
 # dense bf16 tensor-core peak FLOP/s by device name (vendors' datasheets; no sparsity), longest name matched first
 PEAK_BF16_FLOPS = {
     "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,
-    "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "RTX A6000": 155e12, "T4": 65e12, "V100": 125e12,
-}
+    "A100": 312e12, "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "RTX A6000": 155e12,  # GeForce: with fp32 accumulation
+}  # no T4 or V100: they have no bf16 tensor cores
 SIZES = ("tiny", "small", "gpt2_124m")
 
 
