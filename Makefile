@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup browser run test bench soak lint clean
+.PHONY: help setup browser run test bench gpu-check soak lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install llmlab with its dev tools and the chat page (Gradio)
 
@@ -38,6 +38,11 @@ BENCH_ARGS ?= --model small --batch-size 8 --steps 300
 bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSON under bench/
 	$(BIN)/python -m llmlab.bench vs-transformers
 	$(BIN)/python -m llmlab.bench vs-transformers --arch gpt2 --out bench/vs_transformers_gpt2.json
+	$(BIN)/python -m llmlab.bench vs-transformers --reference --sizes tiny small --out bench/vs_reference.json
+	$(BIN)/python -m llmlab.bench vs-transformers --reference --arch gpt2 --sizes tiny --out bench/vs_reference_gpt2.json
+	$(BIN)/python -m llmlab.bench fused
+	$(BIN)/python -m llmlab.bench compile-pays --cache-dir bench/.cache
+	$(BIN)/python -m llmlab.bench compile-pays --cache-dir bench/.cache --out bench/compile_pays_warm.json
 	$(BIN)/python -m llmlab.bench generation
 	$(BIN)/python -m llmlab.bench data
 	$(BIN)/python -m llmlab.bench scaling
@@ -45,6 +50,9 @@ bench: $(STAMP)  ## every speed benchmark, each side by side in one process; JSO
 	$(BIN)/python -m llmlab.bench moe
 	$(BIN)/python -m llmlab.bench circuits
 	$(BIN)/python -m llmlab.bench circuits --model small --batch-size 8 --out bench/circuits_small.json
+
+gpu-check: $(STAMP)  ## on one CUDA GPU (about 8 minutes): bf16 steps vs transformers, MFU, DDP, generation; bench/gpu.json
+	$(BIN)/python -m llmlab.bench gpu
 
 soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to bench/soak.json
 	$(BIN)/python -m llmlab.bench soak

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import ModelConfig, architecture_differences
+from llmlab.config.schema import ModelConfig, architecture_differences, saved_model_section
 from llmlab.data.tokenizers import Tokenizer, load_tokenizer
 from llmlab.model.transformer import Transformer
 from llmlab.train import checkpoint as ckpt
@@ -69,7 +69,7 @@ def manifest_model_config(manifest: dict, checkpoint: Path) -> ModelConfig:
     section = manifest.get("model")
     if not isinstance(section, dict):
         raise ConfigError(f"checkpoint {where}: no model settings in it (expected a \"model\" object)")
-    values = _typed(section, ModelConfig, "model", where)
+    values = _typed(saved_model_section(section), ModelConfig, "model", where)
     try:
         cfg = ModelConfig(**values)
     except ConfigError as e:

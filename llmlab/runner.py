@@ -20,7 +20,6 @@ from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
-from llmlab.plots import write_circuits_plot, write_training_curves
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -122,7 +121,7 @@ class Run:
             batches = ShowFirstBatch(batches, parts.describe_batch)
         evaluators = [Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step)] if parts.sample \
             else []
-        trained = distributed.prepare(model, cfg.trainer, place, self.device)
+        trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
                           self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors)
         if resume_from is not None:
@@ -141,6 +140,7 @@ class Run:
                     trainer = self.setup()
             except Interrupted as signal_name:
                 return self.interrupted_in_setup(str(signal_name))
+            trainer.timings.add("startup", time.perf_counter() - self.start)  # imports aside: they come before
             return self.train(trainer, stop)
 
     def interrupted_in_setup(self, signal_name: str) -> TrainResult:
@@ -209,6 +209,8 @@ class Run:
         finally:
             self.sinks.close()
             self.release()
+        from llmlab.plots import write_circuits_plot, write_training_curves  # matplotlib: only now, to draw
+
         for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot)):
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)

@@ -24,6 +24,7 @@ VARIANTS = {
     "llama": {}, "llama-gqa": {"n_kv_heads": 2}, "llama-mqa-untied-bias": {"n_kv_heads": 1, "tie_embeddings": False,
                                                                          "bias": True},
     "gpt2": {"positions": "learned", "norm": "layernorm", "mlp": "gelu"},
+    "gpt2-tanh": {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "gelu": "tanh"},
     "gpt2-untied-bias": {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "tie_embeddings": False,
                          "bias": True},
 }
@@ -127,6 +128,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_fre
     ("llama", {}), ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1, "rope_theta": 500.0}),
     ("llama", {"rope_parameters": LLAMA3_ROPE}),  # Llama 3.1/3.2's scaled RoPE
     ("qwen2", {"tie_word_embeddings": False}), ("gpt2", {}), ("gpt2", {"tie_word_embeddings": False}),
+    ("gpt2", {"activation_function": "gelu"}), ("gpt2", {"activation_function": "gelu_pytorch_tanh"}),
 ])
 def test_imported_models_compute_the_same_logits(kind, extra):
     torch.manual_seed(0)
@@ -151,6 +153,15 @@ def test_scaled_rope_survives_export_and_import():
     hf = to_hf(Transformer(cfg))
     assert hf.config.rope_parameters["rope_type"] == "llama3"
     assert from_hf(hf).cfg == dataclasses.replace(cfg, name="hf-llama", d_ff=cfg.ffn_dim, n_kv_heads=4)
+
+
+@pytest.mark.parametrize("gelu,activation", [("exact", "gelu"), ("tanh", "gelu_new")])
+def test_each_gelu_is_exported_as_its_own_activation_and_imported_back(gelu, activation):
+    cfg = ModelConfig(n_layers=1, d_model=32, n_heads=4, context_length=16, vocab_size=20, positions="learned",
+                      norm="layernorm", mlp="gelu", gelu=gelu)
+    hf = to_hf(Transformer(cfg))
+    assert hf.config.activation_function == activation
+    assert from_hf(hf).cfg.gelu == gelu
 
 
 def test_configs_llmlab_cannot_hold_are_refused_by_name():

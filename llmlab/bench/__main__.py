@@ -8,8 +8,11 @@ import sys
 from llmlab.bench import (
     analyze_memory,
     circuits,
+    compile_pays,
     data_pipeline,
+    fused,
     generation,
+    gpu,
     moe,
     monitors,
     scaling,
@@ -17,9 +20,10 @@ from llmlab.bench import (
     vs_transformers,
 )
 
-BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory,
+BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
-              "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits}
+              "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
+              "compile-pays": compile_pays, "fused": fused}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -92,6 +92,7 @@ class ModelConfig:
     positions: str = "rope"  # learned | rope
     norm: str = "rmsnorm"  # layernorm | rmsnorm
     mlp: str = "swiglu"  # gelu | swiglu
+    gelu: str = "exact"  # exact | tanh (GPT-2's approximation; checkpoints from before this field are tanh)
     tie_embeddings: bool = True  # the output head shares the token embedding matrix
     bias: bool = False  # biases in the attention and MLP projections and LayerNorm (never the head)
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches; training only
@@ -124,6 +125,7 @@ class ModelConfig:
         check_choice("model.positions", self.positions, ("learned", "rope"))
         check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
         check_choice("model.mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice("model.gelu", self.gelu, ("exact", "tanh"))
         check_choice("model.rope_scaling", self.rope_scaling, ("none", "llama3"))
         if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
             raise ConfigError(f"model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
@@ -168,7 +170,8 @@ class ModelConfig:
 
 
 # What makes two models the same function of the same weights; name, dropout, init and the run's context do not.
-ARCHITECTURE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "positions", "norm", "mlp", "tie_embeddings",
+ARCHITECTURE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "positions", "norm", "mlp", "gelu",
+                "tie_embeddings",
                 "bias", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
                 "rope_original_context", "norm_eps", "moe")
 MOE_ARCHITECTURE = ("experts", "top_k", "shared_experts", "every", "d_ff", "norm_topk", "balance")
@@ -183,10 +186,19 @@ def _architecture_value(value: Any) -> Any:
     return value
 
 
+def saved_model_section(saved: dict) -> dict:
+    """A checkpoint manifest's model section with the fields it predates filled in as that run had them: before
+    model.gelu existed every GELU MLP ran the tanh approximation."""
+    return saved if "gelu" in saved else {**saved, "gelu": "tanh"}
+
+
 def architecture_differences(saved: dict, current: ModelConfig) -> list[tuple[str, Any, Any]]:
-    """(field, saved value, current value) for each architecture field that differs (fields saved lacks: none)."""
+    """(field, saved value, current value) for each architecture field that differs (fields saved lacks: none;
+    model.gelu only where the MLP is a GELU one)."""
+    saved = saved_model_section(saved)
     return [(k, saved[k], getattr(current, k)) for k in ARCHITECTURE
-            if k in saved and _architecture_value(saved[k]) != _architecture_value(getattr(current, k))]
+            if k in saved and _architecture_value(saved[k]) != _architecture_value(getattr(current, k))
+            and (k != "gelu" or current.mlp == "gelu")]
 
 
 @dataclass
@@ -410,7 +422,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # trainer.early_stopping.*
     debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
     strategy: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (one process: ignored)
-    compile: bool = False  # torch.compile the model (in place: checkpoints keep plain parameter names)
+    compile: bool = False  # torch.compile each block, training forwards only; kernels cached in cache_dir/inductor
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:

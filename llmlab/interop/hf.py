@@ -27,6 +27,7 @@ from llmlab.weights import Expected
 
 LLAMA_STYLE = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
 GPT2_STYLE = {"positions": "learned", "norm": "layernorm", "mlp": "gelu"}
+GPT2_ACTIVATION = {"exact": "gelu", "tanh": "gelu_new"}  # model.gelu -> GPT2Config.activation_function
 
 
 def hf_family(cfg: ModelConfig) -> str:
@@ -119,7 +120,7 @@ def gpt2_config(cfg: ModelConfig):
 
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.d_model, n_layer=cfg.n_layers,
-        n_head=cfg.n_heads, n_inner=cfg.ffn_dim, activation_function="gelu_new",  # the tanh approximation
+        n_head=cfg.n_heads, n_inner=cfg.ffn_dim, activation_function=GPT2_ACTIVATION[cfg.gelu],
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None,
     )
@@ -195,14 +196,15 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=bias, norm_eps=hf_cfg.rms_norm_eps,
             **rope_fields(kind, hf_cfg))
     if kind == "gpt2":
-        if hf_cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}.get(hf_cfg.activation_function)
+        if gelu is None:
             raise ConfigError(f"gpt2: activation_function={hf_cfg.activation_function} is not supported; "
-                              "only the tanh GELU (gelu_new)")
+                              "only gelu (exact), gelu_new or gelu_pytorch_tanh (the tanh approximation)")
         return ModelConfig(
             name="hf-gpt2", n_layers=hf_cfg.n_layer, d_model=hf_cfg.n_embd, n_heads=hf_cfg.n_head,
             d_ff=hf_cfg.n_inner or 4 * hf_cfg.n_embd, context_length=hf_cfg.n_positions,
             vocab_size=hf_cfg.vocab_size, positions="learned", norm="layernorm", mlp="gelu",
-            tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=True, norm_eps=hf_cfg.layer_norm_epsilon)
+            gelu=gelu, tie_embeddings=bool(hf_cfg.tie_word_embeddings), bias=True, norm_eps=hf_cfg.layer_norm_epsilon)
     raise ConfigError(f"model_type={kind!r} is not supported: llmlab imports llama, qwen2, mixtral, qwen2_moe and "
                       "gpt2")
 

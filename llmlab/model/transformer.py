@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from llmlab.config.schema import ModelConfig
+from llmlab.model.fused import FusedRMSNorm, rotate_heads
 from llmlab.model.moe import MoE
 
 
@@ -42,7 +43,7 @@ class KVCache:
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        return FusedRMSNorm(cfg.d_model, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
@@ -69,11 +70,27 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of each head's features; x is (B, H, T, head_dim)."""
+    """Rotate pairs (first half, second half) of each head's features; x is (B, H, T, head_dim). The plain formula:
+    the model runs llmlab.model.fused.rotate_heads, on q and k at once, and the tests hold one to the other."""
     x1, x2 = x.chunk(2, dim=-1)
     # (T, head_dim // 2) broadcast over B and H, or per row (B, 1, T, head_dim // 2) when padded
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def plain_linear(*modules: nn.Module) -> bool:
+    """Whether these projections are plain nn.Linear with no hooks (nothing wraps them, LoRA or a monitor's
+    hook), so their weights may be concatenated into one matmul without anyone missing a call."""
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
+def fused_linear(x: torch.Tensor, *modules: nn.Linear) -> torch.Tensor:
+    """x through several projections as one matmul, their outputs side by side in the last dimension. The
+    concatenated weight is a copy made each call (small next to the activations); its gradient is split back
+    into each module's own parameter, so parameter names and checkpoints are those of separate projections."""
+    weight = torch.cat([m.weight for m in modules])
+    bias = torch.cat([m.bias for m in modules]) if modules[0].bias is not None else None
+    return F.linear(x, weight, bias)
 
 
 def padded_attention_mask(keys: torch.Tensor, T: int) -> torch.Tensor:
@@ -83,6 +100,21 @@ def padded_attention_mask(keys: torch.Tensor, T: int) -> torch.Tensor:
     causal = torch.ones(T, S, dtype=torch.bool, device=keys.device).tril(diagonal=S - T)
     itself = torch.arange(S, device=keys.device) == torch.arange(S - T, S, device=keys.device)[:, None]
     return ((causal & keys[:, None, :]) | itself)[:, None]
+
+
+def rope_tables_for_heads(rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's cos/sin, (T, hd // 2) or per row (B, 1, T, hd // 2), laid out for (B, T, heads, hd)."""
+    cos, sin = rope
+    if cos.dim() == 2:
+        return cos[:, None], sin[:, None]  # (T, 1, hd // 2)
+    return cos.transpose(1, 2), sin.transpose(1, 2)  # (B, T, 1, hd // 2)
+
+
+def fuse_qkv_pays(cfg: ModelConfig) -> bool:
+    """Whether one q/k/v matmul beats three on a CPU at this width: forward + backward 4-5% faster at d_model 128
+    and 256 in two runs, within noise of three from 512 (`python -m llmlab.bench fused`, README "Making it fast").
+    On a GPU it is always one matmul."""
+    return cfg.d_model <= 256
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,6 +127,8 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.use_rope = cfg.positions == "rope"
+        # one (d, (H + 2 Hkv) hd) matmul instead of three where it pays (fuse_qkv_pays)
+        self.fuse_qkv = fuse_qkv_pays(cfg)
         # Monitors set keep_probs for one probe forward: SDPA never returns its weights, so that
         # forward computes softmax(q k^T / sqrt(d)) explicitly and leaves it in `probs`.
         self.keep_probs = False
@@ -109,12 +143,20 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """padding_mask: None (no padding) or padded_attention_mask's (B, 1, T, S), which replaces causality."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.use_rope:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        tables = rope_tables_for_heads(rope) if self.use_rope else None
+        if (x.is_cuda or self.fuse_qkv) and plain_linear(self.q_proj, self.k_proj, self.v_proj):
+            qkv = fused_linear(x, self.q_proj, self.k_proj, self.v_proj).view(B, T, H + 2 * Hkv, hd)
+            qk, v = qkv[:, :, :H + Hkv], qkv[:, :, H + Hkv:]
+            if tables is not None:  # q's and k's heads rotated together, one op
+                qk = rotate_heads(qk, *tables)
+            q, k = qk[:, :, :H], qk[:, :, H:]
+        else:
+            q, k = self.q_proj(x).view(B, T, H, hd), self.k_proj(x).view(B, T, Hkv, hd)
+            v = self.v_proj(x).view(B, T, Hkv, hd)
+            if tables is not None:
+                q, k = rotate_heads(q, *tables), rotate_heads(k, *tables)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd), (B, Hkv, T, hd)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         present = (k, v)
@@ -154,6 +196,7 @@ class MLP(nn.Module):
         """hidden: the width of its hidden units (None = cfg.ffn_dim; an expert's is cfg.expert_dim)."""
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
         hidden = cfg.ffn_dim if hidden is None else hidden
         self.up_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         if self.swiglu:
@@ -161,10 +204,13 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
+        if self.swiglu and plain_linear(self.gate_proj, self.up_proj):  # gate and up as one matmul
+            gate, up = fused_linear(x, self.gate_proj, self.up_proj).chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.swiglu:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         else:
-            h = F.gelu(self.up_proj(x), approximate="tanh")
+            h = F.gelu(self.up_proj(x), approximate=self.gelu_approximate)
         return self.down_proj(h)
 
 
@@ -199,6 +245,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cfg.moe.is_moe(i)) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg)
         self.activation_checkpointing = False  # trainer.activation_checkpointing: memory for ~1/3 more compute
+        self.compiled_blocks: list[nn.Module] | None = None  # compile_blocks(): what training forwards run
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -228,6 +275,14 @@ class Transformer(nn.Module):
             model.register_buffer("rope_cos", cos, persistent=False)
             model.register_buffer("rope_sin", sin, persistent=False)
         return model
+
+    def compile_blocks(self, **options) -> None:
+        """Regional compilation: each block through torch.compile (one graph, reused by every block of the same
+        kind, so compiling takes seconds per kind instead of minutes for the whole model). Only training
+        forwards with gradients run them; evaluation, no_grad and generation run the eager blocks, so nothing
+        recompiles at the first evaluation or at each new generation length. The compiled wrappers are kept in a
+        plain list, not as submodules: parameter names and checkpoints stay those of the eager model."""
+        self.compiled_blocks = [torch.compile(block, **options) for block in self.blocks]
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -263,8 +318,10 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, hd // 2): over heads
         x = self.drop(x)
-        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
+        training = self.training and cache is None and torch.is_grad_enabled()
+        recompute = self.activation_checkpointing and training
+        blocks = self.compiled_blocks if training and self.compiled_blocks is not None else self.blocks
+        for i, block in enumerate(blocks):
             if recompute:  # keep only each block's input; backward runs the block again (same dropout masks)
                 x, _ = checkpoint(block, x, rope, None, padding_mask, False, use_reentrant=False)
                 continue

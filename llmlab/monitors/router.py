@@ -24,7 +24,6 @@ from llmlab.files import read_jsonl
 from llmlab.model.moe import MoE
 from llmlab.monitors.base import Door, Monitor, MonitorContext, Schedule, StepInfo
 from llmlab.monitors.files import append_history, truncate_history
-from llmlab.monitors.plots import render, router_load_figure
 
 LAYER_STATS = ("cv", "entropy", "top1_prob", "dropped_at_capacity", "aux_loss", "z_loss")
 
@@ -117,4 +116,6 @@ class RouterMonitor(Monitor):
         names = sorted(records[-1]["layers"], key=lambda n: int(n.removeprefix("layer")))
         loads = {name: np.array([r["layers"][name]["load"] for r in records if name in r["layers"]]).T
                  for name in names}  # (E, captures): share of assignments
+        from llmlab.monitors.plots import render, router_load_figure  # matplotlib only when drawing
+
         render(router_load_figure(steps, loads), self.plots_dir / "router_load.png")

@@ -13,8 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmlab.monitors import plots
-
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 SAMPLE = 1 << 14
 NEAR_ZERO = 1e-6  # |x| below this counts toward sparsity
@@ -133,5 +131,7 @@ def plot_tensor_distribution(tensor: torch.Tensor, path: Path | str, title: str 
     if dropped:
         title += f" ({dropped} non-finite dropped)"
     path = Path(path)
+    from llmlab.monitors import plots  # matplotlib only once something draws (a run imports this module anyway)
+
     plots.render(plots.histogram_figure(counts, np.linspace(lo, hi, bins + 1), title, stats), path)
     return path

@@ -18,6 +18,7 @@ import datetime
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -119,13 +120,20 @@ def wrap(model: nn.Module, strategy: str, place: Distributed, device: torch.devi
                                    **{no_sync: False})
 
 
-def prepare(model: nn.Module, cfg: TrainerConfig, place: Distributed, device: torch.device) -> nn.Module:
-    """What trains: the model with activation checkpointing, DDP-wrapped or sharded under torchrun, then
-    compiled. Checkpoints, samples and monitors use the model itself, so no compile or DDP prefix reaches a
-    checkpoint and generation (new shapes at every token) never triggers a recompile."""
+def prepare(model: nn.Module, cfg: TrainerConfig, place: Distributed, device: torch.device,
+            cache_dir: str | None = None) -> nn.Module:
+    """What trains: the model with activation checkpointing, DDP-wrapped or sharded under torchrun, its blocks
+    compiled (Transformer.compile_blocks: training forwards only, so evaluation and generation never recompile).
+    Checkpoints, samples and monitors use the model itself, so no compile or DDP prefix reaches a checkpoint.
+    cache_dir: the run's cache directory; inductor's compiled kernels are kept under it, so the next run with the
+    same shapes starts warm."""
     model.activation_checkpointing = cfg.activation_checkpointing
     trained = wrap(model, cfg.strategy, place, device)
-    return torch.compile(trained) if cfg.compile else trained
+    if cfg.compile:
+        if cache_dir is not None:  # a user's own TORCHINDUCTOR_CACHE_DIR wins
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir).resolve() / "inductor"))
+        model.compile_blocks()
+    return trained
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

@@ -50,6 +50,7 @@ def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak
         "total_s": total_s,
         "tokens_per_s": result.tokens_per_s or None,  # None: stopped before a step was timed
         "peak_mem_mb": peak_mb,
+        "timing": result.timing,  # start-up, evaluations, sampling, checkpoints (None: the run failed)
         **(extra or {}),
     }
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2))

@@ -27,12 +27,13 @@ from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.train import distributed
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
 from llmlab.train.distributed import SINGLE, Distributed
-from llmlab.train.evaluators import Evaluator
+from llmlab.train.evaluators import Evaluator, Samples
 from llmlab.train.objectives import Objective
 from llmlab.train.optim import build_optimizer
 from llmlab.train.schedule import lr_at
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import MetricSinks
+from llmlab.train.timing import Timings
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainResult:
     wall_s: float
     tokens_per_s: float
     message: str = ""
+    timing: dict | None = None  # Timings.summary(): where the time outside training steps went
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Trainer:
         self.train_batches, self.val_batches = train_batches, val_batches
         self.sinks, self.checkpointer = sinks or MetricSinks([]), checkpointer
         self.evaluators, self.monitors = list(evaluators), monitors or MonitorSet([])
+        self.timings = Timings()  # seconds outside training steps: metrics.json's timing block
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, cfg, self.device)
         self.flops_per_token = distributed.unwrap(model).flops_per_token()
@@ -123,7 +126,8 @@ class Trainer:
 
     def save(self) -> None:
         if self.checkpointer is not None:
-            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.state_dict())
+            with self.timings.measure("checkpoint"):
+                self.checkpointer.save(self.state.step, self.model, self.optimizer, self.state_dict())
 
     def resume(self, path: Path) -> None:
         """Continue from a verified checkpoint whose weights are in the model already (Checkpointer.load_weights,
@@ -236,7 +240,7 @@ class Trainer:
         wall = self.state.wall_s
         return TrainResult(status, self.state.step, self.state.tokens_seen, self.last_train_loss,
                            self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
-                           message)
+                           message, self.timings.summary())
 
     def after_step(self, info: StepInfo, stop: StopRequested) -> tuple[str, str]:
         """The step's bookkeeping, in order: non-finite policy, monitors, log, evaluate, checkpoint; the run's
@@ -336,7 +340,9 @@ class Trainer:
 
     def eval_row(self, step: int) -> dict[str, float]:
         """val/loss (and what the objective reports on the way), then each evaluator's metrics."""
-        val_loss = self.evaluate()
+        start = time.perf_counter()
+        with self.timings.measure("val_loss"):
+            val_loss = self.evaluate()
         self.last_val_loss = val_loss
         state, early = self.state, self.cfg.early_stopping
         if val_loss < state.best_val_loss and self.cfg.keep_best and self.checkpointer is not None:
@@ -349,8 +355,10 @@ class Trainer:
         row = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
         row.update({f"val/{k}": v for k, v in mean_metrics(self.val_metrics).items()})
         for evaluator in self.evaluators:
-            row.update(evaluator(step, row))
+            with self.timings.measure("sampling" if isinstance(evaluator, Samples) else type(evaluator).__name__):
+                row.update(evaluator(step, row))
         self.monitors.eval_end(step, val_loss)
+        self.timings.evals.append(time.perf_counter() - start)
         return row
 
 

@@ -34,7 +34,8 @@ MONITORED = ["monitors.attention.every=4", "monitors.distribution.every=4"]
 # name -> (launcher, overrides, the run it starts from); runs are made in this order
 RUNS: dict[str, tuple[str, list[str], str | None]] = {
     "pretrain_llama": ("python", [*TEXT, *MONITORED], None),
-    "pretrain_gpt2": ("python", [*TEXT, "arch=gpt2", "monitors=none"], None),
+    # model.gelu=tanh: the GELU every GPT-2 style run had when it was recorded (exact is the default since)
+    "pretrain_gpt2": ("python", [*TEXT, "arch=gpt2", "model.gelu=tanh", "monitors=none"], None),
     "sft": ("python", ["stage=sft", "data=tasks", *TASKS, *MONITORED], "pretrain_llama"),
     "dpo": ("python", ["stage=dpo", "data=task_prefs", *TASKS, "trainer.lr=1e-3", "monitors=none"], "sft"),
     "sft_lora": ("python", ["stage=sft", "data=tasks", *TASKS, "model.lora.rank=4", "trainer.lr=1e-2",
