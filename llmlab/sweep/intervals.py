@@ -85,8 +85,8 @@ def unpaired_losses(runs: Sequence[SplitLoss], rng: np.random.Generator, replica
 
 def describe(label: str, difference: Difference) -> str:
     """'model.n_layers=1: worse by 0.08 [0.07, 0.09]' or 'model.n_layers=4: indistinguishable (+0.003 [...])'."""
-    interval = f"[{difference.low:+.3g}, {difference.high:+.3g}]"
+    interval = f"[{difference.low:+.4f}, {difference.high:+.4f}]"
     if difference.verdict == "indistinguishable":
-        return f"{label}: indistinguishable ({difference.diff:+.3g} {interval})"
+        return f"{label}: indistinguishable ({difference.diff:+.4f} {interval})"
     lo, hi = sorted((abs(difference.low), abs(difference.high)))
-    return f"{label}: {difference.verdict} by {abs(difference.diff):.3g} [{lo:.3g}, {hi:.3g}]"
+    return f"{label}: {difference.verdict} by {abs(difference.diff):.4f} [{lo:.4f}, {hi:.4f}]"
