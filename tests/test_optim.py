@@ -3,17 +3,20 @@ of every schedule at chosen steps, and the settings that are refused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import compose_config
+from conftest import compose_config, run_config
+from safetensors.torch import load_file
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig, MoEConfig, MuonConfig, TrainerConfig
 from llmlab.model.lora import apply_lora
 from llmlab.model.transformer import Transformer
+from llmlab.runner import Run
 from llmlab.store import to_dataclass
 from llmlab.train.optim import MuonWithAdamW, build_optimizer, peak_lrs, split_parameters
 from llmlab.train.schedule import lr_at, scheduled_lr
@@ -172,3 +175,20 @@ def test_conflicting_or_unknown_optimizer_settings_are_one_line(overrides, expec
 def test_min_lr_and_a_ratio_that_agree_are_accepted():
     cfg = to_dataclass(compose_config(["trainer.min_lr=3e-4", "trainer.min_lr_ratio=0.1"])).trainer
     assert cfg.floor_ratio == 0.1
+
+
+@pytest.mark.slow
+def test_the_update_ratio_sees_the_steps_of_both_optimizers(tmp_path):
+    """The distribution monitor compares each weight before and after the step, whichever optimizer moved it: a
+    Muon matrix's ratio is the one its checkpoints give, and an AdamW-trained norm gain moves too."""
+    overrides = ["trainer.optimizer=muon", "monitors=none", "monitors.distribution.enabled=true",
+                 "monitors.distribution.every=0", "monitors.distribution.steps=[4]", "trainer.checkpoint_every=1",
+                 "trainer.keep_checkpoints=0", "trainer.max_steps=4"]
+    assert Run(run_config(tmp_path, overrides)).execute().status == "completed"
+    stats = json.loads((tmp_path / "run/monitors/distribution/step_4/layer_statistics.json").read_text())["weights"]
+    before = load_file(tmp_path / "run/checkpoints/step_3/model.safetensors")
+    after = load_file(tmp_path / "run/checkpoints/step_4/model.safetensors")
+    name = "blocks.0.attn.q_proj.weight"  # Muon's
+    expected = ((after[name] - before[name]).norm() / before[name].norm()).item()
+    assert stats[name]["update_ratio"] == pytest.approx(expected, rel=1e-5)
+    assert stats["blocks.0.attn_norm.weight"]["update_ratio"] > 0  # AdamW's
