@@ -67,10 +67,6 @@ class MuonWithAdamW:
     def param_groups(self) -> list[dict]:
         return [group for part in self.parts.values() for group in part.param_groups]
 
-    @property
-    def state(self) -> dict:
-        return {**self.parts["muon"].state, **self.parts["adamw"].state}
-
     def step(self) -> None:
         for part in self.parts.values():
             part.step()
