@@ -20,7 +20,8 @@ from llmlab.data.dataset import TrainBatches
 from llmlab.train.checkpointer import check_same_processes
 
 # global batch 8 = 2 processes x 2 rows x 2 micro-batches = 1 process x 4 rows x 2 micro-batches
-COMMON = [*FAST, "trainer.grad_accum_steps=2", "trainer.threads=1", "monitors=none"]
+# AdamW: FSDP refuses Muon (the Muon test below sets it for DDP)
+COMMON = [*FAST, "trainer.grad_accum_steps=2", "trainer.threads=1", "monitors=none", "trainer.optimizer=adamw"]
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -145,8 +146,8 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_with_monitors_is_a_config_error_naming_the_fix(tmp_path):
-    result = torchrun([*FAST, "trainer.strategy=fsdp", "monitors=light", f"cache_dir={tmp_path / 'cache'}",
-                       f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    result = torchrun([*FAST, "trainer.strategy=fsdp", "trainer.optimizer=adamw", "monitors=light",
+                       f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode != 0
     assert "use monitors=none, or trainer.strategy=ddp" in result.stderr
 

@@ -13,7 +13,7 @@ from conftest import compose_config, run_config
 from safetensors.torch import load_file
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import ModelConfig, MoEConfig, MuonConfig, TrainerConfig
+from llmlab.config.schema import ModelConfig, MoEConfig, MuonConfig, TrainerConfig, wsd_decay_steps
 from llmlab.model.lora import apply_lora
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
@@ -127,7 +127,7 @@ def test_the_composite_state_dict_holds_both_and_refuses_an_adamw_one():
     assert torch.equal(fresh.parts["muon"].state_dict()["state"][0]["momentum_buffer"],
                        state["muon"]["state"][0]["momentum_buffer"])
     with pytest.raises(KeyError, match="Muon and AdamW"):
-        fresh.load_state_dict(build_optimizer(model, TrainerConfig(), CPU).state_dict())
+        fresh.load_state_dict(build_optimizer(model, TrainerConfig(optimizer="adamw"), CPU).state_dict())
 
 
 def test_wsd_holds_the_peak_then_falls_linearly_to_the_floor():
@@ -139,6 +139,9 @@ def test_wsd_holds_the_peak_then_falls_linearly_to_the_floor():
     assert lrs[80] == 1.0 and lrs[90] == pytest.approx(1.0 - 0.9 * 10 / 20)  # decay: 20 steps from 1 to 0.1
     assert lrs[99] == pytest.approx(1.0 - 0.9 * 19 / 20)
     assert lrs[100] == lrs[150] == pytest.approx(0.1)
+    whole = TrainerConfig(schedule="wsd", lr=1.0, warmup_steps=10, max_steps=100, decay_fraction=0.95)
+    assert wsd_decay_steps(whole) == 90 and scheduled_lr(10, 1.0, whole) == 1.0  # the decay never enters warmup
+    assert scheduled_lr(55, 1.0, whole) == pytest.approx(1.0 - 0.9 * 45 / 90)
     longer = TrainerConfig(schedule="wsd", lr=1.0, warmup_steps=10, max_steps=200, decay_fraction=0.1)
     assert [scheduled_lr(s, 1.0, longer) for s in range(80)] == [scheduled_lr(s, 1.0, cfg) for s in range(80)]
 
@@ -147,7 +150,7 @@ def test_linear_and_cosine_meet_the_floor_and_an_absolute_min_lr_sets_it():
     linear = TrainerConfig(schedule="linear", lr=2.0, warmup_steps=0, max_steps=10, min_lr=0.2)
     assert [scheduled_lr(s, 2.0, linear) for s in (0, 5, 10)] == pytest.approx([2.0, 1.1, 0.2])
     assert scheduled_lr(5, 0.02, linear) == pytest.approx(0.011)  # Muon's peak falls by the same fraction
-    cosine = TrainerConfig(lr=2.0, warmup_steps=0, max_steps=10, min_lr=0.2)
+    cosine = TrainerConfig(schedule="cosine", lr=2.0, warmup_steps=0, max_steps=10, min_lr=0.2)
     assert scheduled_lr(5, 2.0, cosine) == pytest.approx(1.1) and scheduled_lr(10, 2.0, cosine) == pytest.approx(0.2)
     assert TrainerConfig().floor_ratio == 0.1  # neither set: the old default
     assert lr_at(3, 1.0, 10, 100, 0.1) == pytest.approx(0.4)  # the old positional call still means cosine
@@ -161,8 +164,7 @@ def test_linear_and_cosine_meet_the_floor_and_an_absolute_min_lr_sets_it():
     (["trainer.optimizer=sgd"], "trainer.optimizer: expected one of adamw|muon, got 'sgd'"),
     (["trainer.optimizer=muon", "trainer.strategy=fsdp"],
      "trainer.optimizer=muon does not work with trainer.strategy=fsdp"),
-    (["trainer.schedule=wsd", "trainer.decay_fraction=0.95"],
-     "trainer.decay_fraction=0.95: the decay's 570 steps overlap the 50 warmup steps of trainer.max_steps=600"),
+    (["trainer.decay_fraction=0"], "trainer.decay_fraction must be in (0, 1], got 0"),
     (["trainer.muon.momentum=1.0"], "trainer.muon.momentum must be in [0, 1), got 1.0"),
     (["trainer.muon.adjust_lr=none"], "trainer.muon.adjust_lr: expected one of original|match_rms_adamw"),
 ])

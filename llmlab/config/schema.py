@@ -384,7 +384,7 @@ class EarlyStoppingConfig:
 class MuonConfig:
     """trainer.optimizer=muon: torch.optim.Muon for the blocks' weight matrices (see llmlab/train/optim.py)."""
 
-    lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales trainer.lr
+    lr: float = 0.01  # Muon's peak learning rate; the schedule scales it as it scales trainer.lr
     momentum: float = 0.95  # decay of the gradient's running mean that Muon orthogonalises
     nesterov: bool = True  # orthogonalise the Nesterov look-ahead (gradient mixed with the mean), not the mean
     weight_decay: float = 0.0  # decoupled: each step multiplies the matrices by 1 - lr * weight_decay
@@ -408,12 +408,12 @@ class TrainerConfig:
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x this)
     lr: float = 3e-3  # peak learning rate (AdamW's), reached at the end of warmup
-    schedule: str = "cosine"  # cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup
+    schedule: str = "wsd"  # cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup
     decay_fraction: float = 0.2  # wsd: the last decay_fraction x max_steps steps fall linearly to the floor
     min_lr_ratio: float | None = None  # the floor as a fraction of lr (null: min_lr, or 0.1 when min_lr is null too)
     min_lr: float | None = None  # the floor as an absolute lr (AdamW's; Muon's floor is the same fraction of its lr)
     warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr (0 = none)
-    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)
+    optimizer: str = "muon"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)
     muon: MuonConfig = field(default_factory=MuonConfig)  # trainer.muon.*: Muon's settings (optimizer=muon)
     weight_decay: float = 0.1  # AdamW decay of matrices only (biases, norm gains and other vectors: 0)
     beta1: float = 0.9  # AdamW's decay of the gradient mean
@@ -471,10 +471,6 @@ class TrainerConfig:
                               "whole matrices and FSDP shards them; use trainer.strategy=ddp or optimizer=adamw")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"trainer.decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        if self.schedule == "wsd" and self.max_steps - wsd_decay_steps(self) < min(self.warmup_steps, self.max_steps):
-            raise ConfigError(f"trainer.decay_fraction={self.decay_fraction}: the decay's "
-                              f"{wsd_decay_steps(self)} steps overlap the {self.warmup_steps} warmup steps "
-                              f"of trainer.max_steps={self.max_steps}")
         if self.min_lr_ratio is not None and not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
@@ -493,8 +489,9 @@ class TrainerConfig:
 
 
 def wsd_decay_steps(cfg: TrainerConfig) -> int:
-    """Steps of the wsd schedule's decay: decay_fraction of max_steps, at least one."""
-    return max(1, round(cfg.decay_fraction * cfg.max_steps))
+    """Steps of the wsd schedule's decay: decay_fraction of max_steps, at least one, and never into the warmup
+    (a decay_fraction near 1 then means: warm up, then decay at once)."""
+    return max(1, min(round(cfg.decay_fraction * cfg.max_steps), cfg.max_steps - cfg.warmup_steps))
 
 
 @dataclass
