@@ -22,6 +22,9 @@ COLORS = {"adamw_cosine": "tab:blue", "adamw_wsd": "tab:cyan", "muon_cosine": "t
 def jobs(sweep: Path):
     for overrides in sorted(sweep.glob("*/.hydra/overrides.yaml")):
         job = overrides.parent.parent
+        summary = job / "metrics.json"
+        if not summary.is_file() or json.loads(summary.read_text())["status"] != "completed":
+            continue  # still running, or stopped: not a result
         said = dict(o.lstrip("+").split("=", 1) for o in yaml.safe_load(overrides.read_text()))
         rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
         evals = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
