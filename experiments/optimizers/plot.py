@@ -44,7 +44,7 @@ def main(sweep: Path, out: Path, target: float) -> None:
     ax.axhline(target, color="black", linewidth=0.8, linestyle=":", label=f"old default's final ({target})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation loss (nats per token)")
-    ax.set_ylim(top=min(ax.get_ylim()[1], 1.2))
+    ax.set_ylim(top=min(ax.get_ylim()[1], target + 0.6))
     ax.set_title(f"{sweep.name}: validation loss against steps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
