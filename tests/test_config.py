@@ -31,7 +31,7 @@ NEEDS = {("data", "text"): ["data.paths=[x.txt]"], ("model", "hf"): ["model.path
          ("data", "mix"): ["data.sources=[{path: a.txt}]"]}
 
 
-OPTIONAL_GROUPS = {"debug"}  # in no defaults list: added with +group=option
+OPTIONAL_GROUPS = {"debug", "recipe"}  # in no defaults list: added with +group=option
 
 
 def needs(group: str, option: str) -> list[str]:

@@ -108,7 +108,7 @@ def test_the_same_statistics_as_inside_llmlabs_trainer(tmp_path):
     optimizer = build_optimizer(model, cfg.trainer, torch.device("cpu"))
     trained = cfg.trainer
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(0, trained.lr, trained.warmup_steps, trained.max_steps, trained.min_lr_ratio)
+        group["lr"] = lr_at(0, trained.lr, trained.warmup_steps, trained.max_steps, trained.floor_ratio)
     with DistributionMonitor(save_dir=tmp_path / "door", every=0, steps=[1]) as dist:
         dist.log(model, None, 0)  # the step before: hooks go on for step 1's forward
         model.train()

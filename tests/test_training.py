@@ -70,9 +70,11 @@ def interrupt_at(monkeypatch, step: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, arch):
-    overrides = [f"arch={arch}", "model.dropout=0.1", "trainer.max_steps=12"]
+@pytest.mark.parametrize("extra", [["arch=llama"], ["arch=gpt2"],
+                                   ["arch=llama", "trainer.optimizer=muon", "trainer.schedule=wsd"]],
+                         ids=["llama", "gpt2", "muon_wsd"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, extra):
+    overrides = [*extra, "model.dropout=0.1", "trainer.max_steps=12"]
     full = Run(run_config(tmp_path / "full", overrides)).execute()
     assert full.status == "completed"
 

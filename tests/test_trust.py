@@ -54,7 +54,7 @@ def finished(tmp_path_factory) -> tuple[Path, list[str]]:
     ("trainer.beta1=-0.5", "trainer.beta1 must be in [0, 1), got -0.5"),
     ("trainer.weight_decay=-0.1", "trainer.weight_decay must be >= 0"),
     ("model.context_length=0", "model.context_length must be > 0, got 0"),
-    ("+trainer.min_lr=1e-4", "trainer.min_lr: no such field; did you mean trainer.min_lr_ratio?"),
+    ("+trainer.warmup=100", "trainer.warmup: no such field; did you mean trainer.warmup_steps?"),
     ("+monitors.probe.rows=2", "monitors.probe.rows: no such field (monitors.probe has batch_idx, sequences, tokens)"),
 ])
 def test_a_number_out_of_range_or_an_added_unknown_key_is_one_line(override, expected):

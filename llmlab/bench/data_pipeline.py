@@ -61,7 +61,7 @@ def batch_rates(size: str, batch: int, tokens: np.ndarray, args: argparse.Namesp
 
     torch.manual_seed(0)
     model = Transformer(cfg).to(device).train()
-    optimizer = build_optimizer(model, TrainerConfig(), device)
+    optimizer = build_optimizer(model, TrainerConfig(optimizer="adamw"), device)
     times = [step_seconds(model, optimizer, *batches.next()) for _ in range(args.warmup + args.steps)]
     step_ms = statistics.median(times[args.warmup:]) * 1000
     return {"batch": batch, "context_length": cfg.context_length, "data_ms_per_batch": data_ms,

@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> None:
     models, optimizers = {}, {}
     for name in VARIANTS:
         models[name] = Transformer(model_config(name, args.vocab)).to(device).train()
-        optimizers[name] = build_optimizer(models[name], TrainerConfig(), device)
+        optimizers[name] = build_optimizer(models[name], TrainerConfig(optimizer="adamw"), device)
     length = models["dense"].cfg.context_length
     ids = torch.randint(0, args.vocab, (args.batch, length + 1), device=device)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}

@@ -106,7 +106,7 @@ def compare(size: str, args: argparse.Namespace) -> dict:
     if args.reference:
         theirs, rope = reference_of(ours)
         theirs, rope = theirs.train().to(device), tuple(t.to(device) for t in rope) if rope else ()
-        optimizers = {"llmlab": build_optimizer(ours.to(device), TrainerConfig(lr=1e-4), device),
+        optimizers = {"llmlab": build_optimizer(ours.to(device), TrainerConfig(lr=1e-4, optimizer="adamw"), device),
                       other: LoopAdamW(theirs.parameters(), lr=1e-4)}
     else:
         theirs, rope = to_hf(ours).train().to(device), ()  # the same weights, copied

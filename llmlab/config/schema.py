@@ -8,6 +8,7 @@ with one line naming the field. Library code receives these plain dataclasses, n
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -392,13 +393,40 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class MuonConfig:
+    """trainer.optimizer=muon: torch.optim.Muon for the blocks' weight matrices (see llmlab/train/optim.py)."""
+
+    lr: float = 0.01  # Muon's peak learning rate; the schedule scales it as it scales trainer.lr
+    momentum: float = 0.95  # decay of the gradient's running mean that Muon orthogonalises
+    nesterov: bool = True  # orthogonalise the Nesterov look-ahead (gradient mixed with the mean), not the mean
+    weight_decay: float = 0.0  # decoupled: each step multiplies the matrices by 1 - lr * weight_decay
+    ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise the update
+    adjust_lr: str = "original"  # original (lr x sqrt(max(1, rows/cols))) | match_rms_adamw (lr x 0.2 sqrt(max dim))
+
+    def __post_init__(self) -> None:
+        check_positive("trainer.muon.lr", self.lr)
+        check_positive("trainer.muon.ns_steps", self.ns_steps)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"trainer.muon.momentum must be in [0, 1), got {self.momentum}")
+        check_finite("trainer.muon.weight_decay", self.weight_decay)
+        if self.weight_decay < 0:
+            raise ConfigError(f"trainer.muon.weight_decay must be >= 0, got {self.weight_decay}")
+        check_choice("trainer.muon.adjust_lr", self.adjust_lr, ("original", "match_rms_adamw"))
+
+
+@dataclass
 class TrainerConfig:
-    max_steps: int = 600  # optimizer steps; the cosine schedule ends here
+    max_steps: int = 600  # optimizer steps; the schedule ends here
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x this)
-    lr: float = 3e-3  # peak learning rate, reached at the end of warmup
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    lr: float = 3e-3  # peak learning rate (AdamW's), reached at the end of warmup
+    schedule: str = "wsd"  # cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup
+    decay_fraction: float = 0.2  # wsd: the last decay_fraction x max_steps steps fall linearly to the floor
+    min_lr_ratio: float | None = None  # the floor as a fraction of lr (null: min_lr, or 0.1 when min_lr is null too)
+    min_lr: float | None = None  # the floor as an absolute lr (AdamW's; Muon's floor is the same fraction of its lr)
     warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr (0 = none)
+    optimizer: str = "muon"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)
+    muon: MuonConfig = field(default_factory=MuonConfig)  # trainer.muon.*: Muon's settings (optimizer=muon)
     weight_decay: float = 0.1  # AdamW decay of matrices only (biases, norm gains and other vectors: 0)
     beta1: float = 0.9  # AdamW's decay of the gradient mean
     beta2: float = 0.95  # AdamW's decay of the squared-gradient mean
@@ -447,10 +475,36 @@ class TrainerConfig:
             raise ConfigError(f"trainer.max_nonfinite_skips must be >= 0, got {self.max_nonfinite_skips}")
         if self.warmup_steps < 0:
             raise ConfigError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
+        check_choice("trainer.optimizer", self.optimizer, ("adamw", "muon"))
+        check_choice("trainer.schedule", self.schedule, ("cosine", "wsd", "linear"))
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ConfigError("trainer.optimizer=muon does not work with trainer.strategy=fsdp: Muon orthogonalises "
+                              "whole matrices and FSDP shards them; use trainer.strategy=ddp or optimizer=adamw")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"trainer.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.min_lr_ratio is not None and not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"trainer.min_lr must be in [0, trainer.lr={self.lr}], got {self.min_lr}")
+        if (self.min_lr is not None and self.min_lr_ratio is not None
+                and not math.isclose(self.min_lr, self.lr * self.min_lr_ratio, rel_tol=1e-9, abs_tol=1e-15)):
+            raise ConfigError(f"trainer.min_lr={self.min_lr} and trainer.min_lr_ratio={self.min_lr_ratio} disagree "
+                              f"(lr x ratio = {self.lr * self.min_lr_ratio:g}): set one of them")
+
+    @property
+    def floor_ratio(self) -> float:
+        """The schedule's floor as a fraction of the peak, whichever of min_lr_ratio and min_lr says it."""
+        if self.min_lr_ratio is not None:
+            return self.min_lr_ratio
+        return 0.1 if self.min_lr is None else self.min_lr / self.lr
+
+
+def wsd_decay_steps(cfg: TrainerConfig) -> int:
+    """Steps of the wsd schedule's decay: decay_fraction of max_steps, at least one, and never into the warmup
+    (a decay_fraction near 1 then means: warm up, then decay at once)."""
+    return max(1, min(round(cfg.decay_fraction * cfg.max_steps), cfg.max_steps - cfg.warmup_steps))
 
 
 @dataclass
@@ -497,6 +551,9 @@ class RunConfig:
                               "balance=aux_loss")
         if self.model.lora.rank and self.trainer.strategy == "fsdp":
             raise ConfigError("model.lora.rank: LoRA trains too few weights to shard; use trainer.strategy=ddp")
+        if self.model.lora.rank and self.trainer.optimizer == "muon":  # llmlab/train/optim.py says why
+            raise ConfigError("trainer.optimizer=muon: LoRA adapters train with AdamW, leaving Muon nothing to "
+                              "train; use trainer.optimizer=adamw with model.lora.rank")
 
     def surprises(self) -> list[str]:
         """Settings that are legal but probably not what was meant: each a warning line, before training."""

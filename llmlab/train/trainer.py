@@ -29,8 +29,8 @@ from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
 from llmlab.train.distributed import SINGLE, Distributed
 from llmlab.train.evaluators import Evaluator, Samples
 from llmlab.train.objectives import Objective
-from llmlab.train.optim import build_optimizer
-from llmlab.train.schedule import lr_at
+from llmlab.train.optim import build_optimizer, peak_lrs
+from llmlab.train.schedule import scheduled_lr
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import MetricSinks
 from llmlab.train.timing import Timings
@@ -65,8 +65,8 @@ class TrainState:
 
 class Trainer:
     """model: what trains (compiled, DDP-wrapped or FSDP-sharded: checkpoints hold the model inside). The
-    optimizer is the trainer config's (AdamW, weight decay on matrices only). Without a checkpointer nothing is
-    saved; without sinks nothing is logged."""
+    optimizer is the trainer config's (AdamW with weight decay on matrices only, or Muon and AdamW: train/optim.py).
+    Without a checkpointer nothing is saved; without sinks nothing is logged."""
 
     def __init__(
         self,
@@ -88,6 +88,7 @@ class Trainer:
         self.timings = Timings()  # seconds outside training steps: metrics.json's timing block
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, cfg, self.device)
+        self.peak_lrs = peak_lrs(self.optimizer, cfg)  # one per param group: Muon's and AdamW's differ
         self.flops_per_token = distributed.unwrap(model).flops_per_token()
         self.objective_metrics: dict[str, list[torch.Tensor]] = {}  # what the objective reports, since the last log
         self.val_metrics: dict[str, list[torch.Tensor]] = {}  # ... and at the last evaluation
@@ -151,9 +152,9 @@ class Trainer:
         Under torchrun the ranks also agree here on whether to stop: a signal reaches each at its own moment, and
         a rank that stopped alone would leave the others waiting in a collective."""
         cfg, step = self.cfg, self.state.step + 1
-        lr = lr_at(self.state.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs, strict=True):
+            group["lr"] = scheduled_lr(self.state.step, peak, cfg)
+        lr = scheduled_lr(self.state.step, cfg.lr, cfg)  # AdamW's: the lr logged (train/lr)
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum_steps):
