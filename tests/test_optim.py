@@ -157,8 +157,8 @@ def test_linear_and_cosine_meet_the_floor_and_an_absolute_min_lr_sets_it():
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (["trainer.min_lr=1e-4", "trainer.min_lr_ratio=0.1"],
-     "trainer.min_lr=0.0001 and trainer.min_lr_ratio=0.1 disagree (lr x ratio = 0.0003): set one of them"),
+    (["trainer.min_lr=1e-4", "trainer.min_lr_ratio=0.2"],
+     "trainer.min_lr=0.0001 and trainer.min_lr_ratio=0.2 disagree (lr x ratio = 0.0006): set one of them"),
     (["trainer.min_lr=1.0"], "trainer.min_lr must be in [0, trainer.lr=0.003], got 1.0"),
     (["trainer.schedule=step"], "trainer.schedule: expected one of cosine|wsd|linear, got 'step'"),
     (["trainer.optimizer=sgd"], "trainer.optimizer: expected one of adamw|muon, got 'sgd'"),
@@ -174,9 +174,10 @@ def test_conflicting_or_unknown_optimizer_settings_are_one_line(overrides, expec
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
-def test_min_lr_and_a_ratio_that_agree_are_accepted():
-    cfg = to_dataclass(compose_config(["trainer.min_lr=3e-4", "trainer.min_lr_ratio=0.1"])).trainer
-    assert cfg.floor_ratio == 0.1
+def test_min_lr_and_a_ratio_that_agree_are_accepted_and_min_lr_alone_replaces_the_default_ratio():
+    cfg = to_dataclass(compose_config(["trainer.min_lr=6e-4", "trainer.min_lr_ratio=0.2"])).trainer
+    assert cfg.floor_ratio == pytest.approx(0.2)
+    assert to_dataclass(compose_config(["trainer.min_lr=3e-5"])).trainer.floor_ratio == pytest.approx(0.01)
 
 
 @pytest.mark.slow

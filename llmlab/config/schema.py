@@ -414,6 +414,9 @@ class MuonConfig:
         check_choice("trainer.muon.adjust_lr", self.adjust_lr, ("original", "match_rms_adamw"))
 
 
+MIN_LR_RATIO = 0.1  # trainer.min_lr_ratio's default (older runs recorded it, so it stays a number)
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = 600  # optimizer steps; the schedule ends here
@@ -422,7 +425,7 @@ class TrainerConfig:
     lr: float = 3e-3  # peak learning rate (AdamW's), reached at the end of warmup
     schedule: str = "wsd"  # cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup
     decay_fraction: float = 0.2  # wsd: the last decay_fraction x max_steps steps fall linearly to the floor
-    min_lr_ratio: float | None = None  # the floor as a fraction of lr (null: min_lr, or 0.1 when min_lr is null too)
+    min_lr_ratio: float = 0.1  # the floor as a fraction of lr (trainer.min_lr, when set, replaces it)
     min_lr: float | None = None  # the floor as an absolute lr (AdamW's; Muon's floor is the same fraction of its lr)
     warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr (0 = none)
     optimizer: str = "muon"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)
@@ -484,21 +487,20 @@ class TrainerConfig:
                               "whole matrices and FSDP shards them; use trainer.strategy=ddp or optimizer=adamw")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"trainer.decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        if self.min_lr_ratio is not None and not 0.0 <= self.min_lr_ratio <= 1.0:
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"trainer.min_lr must be in [0, trainer.lr={self.lr}], got {self.min_lr}")
-        if (self.min_lr is not None and self.min_lr_ratio is not None
+        # a ratio changed from its default and a min_lr that disagrees: which did the user mean?
+        if (self.min_lr is not None and self.min_lr_ratio != MIN_LR_RATIO
                 and not math.isclose(self.min_lr, self.lr * self.min_lr_ratio, rel_tol=1e-9, abs_tol=1e-15)):
             raise ConfigError(f"trainer.min_lr={self.min_lr} and trainer.min_lr_ratio={self.min_lr_ratio} disagree "
                               f"(lr x ratio = {self.lr * self.min_lr_ratio:g}): set one of them")
 
     @property
     def floor_ratio(self) -> float:
-        """The schedule's floor as a fraction of the peak, whichever of min_lr_ratio and min_lr says it."""
-        if self.min_lr_ratio is not None:
-            return self.min_lr_ratio
-        return 0.1 if self.min_lr is None else self.min_lr / self.lr
+        """The schedule's floor as a fraction of the peak: min_lr's when set, else min_lr_ratio."""
+        return self.min_lr_ratio if self.min_lr is None else self.min_lr / self.lr
 
 
 def wsd_decay_steps(cfg: TrainerConfig) -> int:
