@@ -268,6 +268,7 @@ def test_soak_benchmark_writes_memory_samples(tmp_path):
     main(["soak", "--steps", "40", "--block", "10", "--every", "5", "--out", str(out), *FAST[:4]])
     result = json.loads(out.read_text())
     assert [s["step"] for s in result["rss_mb"]] == [10, 20, 30, 40]
-    assert result["completed_jobs"] == 2 * 40 // 5 and result["dropped_jobs"] == 0  # attention + distribution
+    # attention, distribution and health each hand the worker one job per capture
+    assert result["completed_jobs"] == 3 * 40 // 5 and result["dropped_jobs"] == 0
     assert 0 < result["rss_min_mb"] <= result["rss_early_median_mb"] <= result["rss_max_mb"]
     assert result["growth_mb"] == result["rss_late_median_mb"] - result["rss_early_median_mb"]

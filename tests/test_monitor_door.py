@@ -96,7 +96,8 @@ def test_a_plain_module_is_watched_by_name(tmp_path):
 def test_the_same_statistics_as_inside_llmlabs_trainer(tmp_path):
     """Step 1 of a run, captured by the trainer's monitor and again by hand through the door."""
     cfg = run_config(tmp_path, ["monitors=full", "monitors.distribution.every=0", "monitors.distribution.steps=[1]",
-                                "monitors.distribution.plots=false", "trainer.max_steps=1"])
+                                "monitors.distribution.plots=false", "trainer.max_steps=1",
+                                "trainer.optimizer=adamw"])  # one lr for every group, as the loop below sets it
     run = Run(cfg)
     trainer = run.setup()
     start, data = copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.train_batches.state_dict())

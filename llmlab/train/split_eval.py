@@ -47,11 +47,16 @@ class SplitLoss:
         return int(self.counts.sum())
 
 
+HASH_CHUNK = 1 << 20  # tokens hashed at a time: a sharded stream is read piece by piece, never whole
+
+
 def split_fingerprint(streams: Sequence[np.ndarray], seq_len: int) -> str:
+    """Streams are arrays or anything with len() and [start:stop] slices (sharded token streams)."""
     digest = hashlib.sha256(f"T={seq_len};".encode())
     for stream in streams:
         digest.update(f"n={len(stream)};".encode())
-        digest.update(np.ascontiguousarray(stream, dtype=np.int64).tobytes())
+        for start in range(0, len(stream), HASH_CHUNK):
+            digest.update(np.ascontiguousarray(stream[start:start + HASH_CHUNK], dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
 
 
