@@ -235,3 +235,30 @@ def test_a_run_scores_its_whole_split_and_evaluate_gives_the_same_figure_for_any
     result = json.loads((run / "evaluation.json").read_text())
     assert result["val_loss_full"] == pytest.approx(summary["val_loss_full"], rel=1e-5)
     assert result["val_tokens_scored"] == summary["val_tokens_scored"]
+
+
+def fake_job(sweep, n_layers: int, offset: float) -> None:
+    """A finished job as a multirun leaves it: overrides, metrics.json and its verified per-window losses."""
+    job = sweep / f"model.n_layers={n_layers}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra/overrides.yaml").write_text(f"- model.n_layers={n_layers}\n")
+    base = np.random.default_rng(0).gamma(4.0, 0.2, size=200)
+    windows = SplitLoss((base + offset) * 64, np.full(200, 64), "same")
+    sha = write_windows(job, windows, "step_10")
+    (job / "metrics.json").write_text(json.dumps({"status": "completed", "steps": 10, "val_loss": windows.loss,
+                                                  "val_loss_full": windows.loss, "val_windows_sha256": sha}))
+
+
+def test_the_report_compares_against_the_reference_asked_for_and_names_a_wrong_one(tmp_path, capsys):
+    from llmlab.sweep.__main__ import main
+
+    sweep = tmp_path / "sweep"
+    for n, offset in ((2, 0.0), (4, 0.05), (6, 0.0)):
+        fake_job(sweep, n, offset)
+    assert main([str(sweep), "--no-plots", "--no-generations", "--reference", "4"]) == 0
+    summary = json.loads((sweep / "sweep_summary.json").read_text())["summary"]
+    assert summary.startswith("Against model.n_layers=4 (the reference)")
+    assert "model.n_layers=2: better by 0.0500" in summary and "model.n_layers=6: better by 0.0500" in summary
+    assert main([str(sweep), "--no-plots", "--no-generations", "--reference", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.reference=8: no setting of this sweep matches it" in err and err.count("\n") == 1

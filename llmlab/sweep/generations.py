@@ -7,8 +7,6 @@ checkpoint), so rebuilding the report after every job costs one round of generat
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import asdict
@@ -88,9 +86,9 @@ def compare_generations(sweep_dir, jobs: list[JobRecord], labels: dict[str, str]
                         prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS, max_new_tokens: int = 120,
                         temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0, seed: int = 0,
                         device: str = "cpu", num_samples: int = 8, checkpoint: str = "latest"
-                        ) -> tuple[list[dict], list[dict]]:
-    """(side by side: the first sample per prompt of each job; quality: one row per job over all its samples).
-    Written as generation_comparison.csv (every sample) and generation_quality.csv."""
+                        ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(every sample; side by side: the first sample per prompt of each job; quality: one row per job over all
+    its samples). The report writes them as generation_comparison.csv and generation_quality.csv."""
     settings = GenerateConfig(run="", prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed, device=device, num_samples=num_samples,
                               checkpoint=checkpoint)
@@ -110,16 +108,4 @@ def compare_generations(sweep_dir, jobs: list[JobRecord], labels: dict[str, str]
                 side_by_side.append(row)
         scores.append({"job": label, "dir": job.name, "checkpoint": name,
                        **quality(samples, grammar if embedded_language(job) else None)})
-    write_atomic(sweep_dir / "generation_comparison.csv",
-                 csv_text(every_sample, ["job", "checkpoint", "prompt", "sample", "completion"]))
-    columns = ["job", "checkpoint", "samples", *(q for q in QUALITY if any(q in s for s in scores))]
-    write_atomic(sweep_dir / "generation_quality.csv", csv_text(scores, columns))
-    return side_by_side, scores
-
-
-def csv_text(rows: list[dict], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return every_sample, side_by_side, scores

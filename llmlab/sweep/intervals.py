@@ -27,7 +27,6 @@ class Difference:
     low: float
     high: float
     paired: bool  # scored on the same windows as the reference
-    seeds: int  # this setting's seeds (the reference's are resampled too)
 
     @property
     def verdict(self) -> str:
@@ -66,19 +65,16 @@ def compare(setting: Sequence[SplitLoss], reference: Sequence[SplitLoss], seed: 
     if paired:
         weights = window_weights(len(setting[0].sums), rng, replicates)
         ours, theirs = seed_losses(setting, weights), seed_losses(reference, weights)
-    else:  # each side's windows resampled on their own
-        ours = seed_losses(setting, window_weights(len(setting[0].sums), rng, replicates)) \
-            if len({r.fingerprint for r in setting}) == 1 else unpaired_losses(setting, rng, replicates)
-        theirs = seed_losses(reference, window_weights(len(reference[0].sums), rng, replicates)) \
-            if len({r.fingerprint for r in reference}) == 1 else unpaired_losses(reference, rng, replicates)
+    else:  # every run's windows resampled on their own
+        ours, theirs = unpaired_losses(setting, rng, replicates), unpaired_losses(reference, rng, replicates)
     diffs = resample_seeds(ours, rng) - resample_seeds(theirs, rng)
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
-    return Difference(float(point), float(low), float(high), paired, len(setting))
+    return Difference(float(point), float(low), float(high), paired)
 
 
 def unpaired_losses(runs: Sequence[SplitLoss], rng: np.random.Generator, replicates: int) -> np.ndarray:
-    """(replicates, seeds) when a setting's own runs were scored on different windows: each resampled alone."""
+    """(replicates, seeds) with each run's windows resampled alone (runs scored on different windows)."""
     columns = [seed_losses([r], window_weights(len(r.sums), rng, replicates))[:, 0] for r in runs]
     return np.stack(columns, axis=1)
 

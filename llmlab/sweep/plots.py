@@ -60,7 +60,9 @@ def loss_vs_parameter(rows: list[dict], key: str) -> Figure:
     fig = Figure(figsize=(5.5, 3.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     xs = numeric if numeric is not None and len(values) > 1 else list(range(len(values)))
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, color="tab:blue", zorder=3, label="mean ± std")
+    categories = numeric is None or len(values) < 2  # no line between categories: there is nothing between them
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, color="tab:blue", zorder=3, label="mean ± std",
+                linestyle="none" if categories else "-")
     for x, v in zip(xs, values, strict=True):
         ax.scatter([x] * len(by_value[v]), by_value[v], s=12, color="tab:gray", alpha=0.7, zorder=2)
     if numeric is not None and len(values) > 1:
@@ -78,7 +80,7 @@ def loss_vs_parameter(rows: list[dict], key: str) -> Figure:
     if everything:
         loss_axis(ax, min(everything), max(everything))
     n = max((len(v) for v in by_value.values()), default=0)
-    ax.set_title(f"val loss vs {key}" + (f" ({n} seeds per value)" if n > 1 else ""), fontsize=10)
+    ax.set_title(f"val loss vs {key}" + (f" (mean ± std of {n} jobs per value)" if n > 1 else ""), fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 

@@ -346,7 +346,11 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         from llmlab.sweep.generations import QUALITY, compare_generations
 
         labels = {row["dir"]: row["job"] for row in rows}
-        side_by_side, scores = compare_generations(sweep_dir, jobs, labels, **generations)
+        every_sample, side_by_side, scores = compare_generations(sweep_dir, jobs, labels, **generations)
+        write_atomic(sweep_dir / "generation_comparison.csv",
+                     csv_text(every_sample, ["job", "checkpoint", "prompt", "sample", "completion"]))
+        write_atomic(sweep_dir / "generation_quality.csv",
+                     csv_text(scores, ["job", "checkpoint", "samples", *present(scores, QUALITY)]))
         report["generations"], report["generation_quality"] = side_by_side, scores
         if scores:
             n = scores[0]["samples"]
