@@ -14,12 +14,18 @@ from llmlab.config.schema import ModelConfig, TasksDataConfig
 class SamplingSettings:
     """How text is sampled from a trained run: generate's settings, and the chat page's starting values."""
 
-    max_new_tokens: int = 200  # tokens generated per sample, at most
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 50  # sample among the k likeliest tokens (0 = off)
-    top_p: float = 0.9  # nucleus: the fewest likeliest tokens whose probability reaches top_p (1 = off)
-    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the sequence
-    seed: int = 0  # the sampling generator's
+    max_new_tokens: int = 200
+    """tokens generated per sample, at most"""
+    temperature: float = 0.8
+    """0 = greedy"""
+    top_k: int = 50
+    """sample among the k likeliest tokens (0 = off)"""
+    top_p: float = 0.9
+    """nucleus: the fewest likeliest tokens whose probability reaches top_p (1 = off)"""
+    repetition_penalty: float = 1.0
+    """1 = off; >1 discourages tokens already in the sequence"""
+    seed: int = 0
+    """the sampling generator's"""
 
     def __post_init__(self) -> None:
         check_positive("max_new_tokens", self.max_new_tokens)
@@ -35,14 +41,24 @@ class SamplingSettings:
 
 @dataclass
 class GenerateConfig(SamplingSettings):
-    run: str = "???"  # a run directory or checkpoint directory
-    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
-    prompt: str = ""  # the text to continue (a chat run: the user's message); ignored when prompts is set
-    prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
-    num_samples: int = 1  # samples per prompt
-    use_cache: bool = True  # KV cache (false: each new token re-runs the whole sequence)
-    stop_at_eos: bool = True  # stop a sample at the end of its document (a chat run: of its reply)
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    """`python -m llmlab.generate`: samples from a trained run."""
+
+    run: str = "???"
+    """a run directory or checkpoint directory"""
+    checkpoint: str = "latest"
+    """which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>"""
+    prompt: str = ""
+    """the text to continue (a chat run: the user's message); ignored when prompts is set"""
+    prompts: list[str] = field(default_factory=list)
+    """several prompts, one left-padded batch"""
+    num_samples: int = 1
+    """samples per prompt"""
+    use_cache: bool = True
+    """KV cache (false: each new token re-runs the whole sequence)"""
+    stop_at_eos: bool = True
+    """stop a sample at the end of its document (a chat run: of its reply)"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,13 +70,20 @@ class ChatConfig(SamplingSettings):
     """`python -m llmlab.chat`: a page to talk to trained runs; the sampling fields are the controls' starting
     values."""
 
-    run: str | None = None  # a run directory or checkpoint directory (with sweep=: optional, the job shown first)
-    compare: Any = None  # more runs answering the same prompt with the same seed, side by side: a dir or [dir, dir]
-    sweep: str | None = None  # a multirun directory: the page picks any of its jobs (the first panel)
-    system: str = ""  # chat runs: the system prompt the page starts with ("" = none)
-    host: str = "127.0.0.1"  # where the page listens (0.0.0.0: every interface, anyone on the network)
-    port: int = 7860  # the page's port (0 = any free one)
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    run: str | None = None
+    """a run directory or checkpoint directory (with sweep=: optional, the job shown first)"""
+    compare: Any = None
+    """more runs answering the same prompt with the same seed, side by side: a dir or [dir, dir]"""
+    sweep: str | None = None
+    """a multirun directory: the page picks any of its jobs (the first panel)"""
+    system: str = ""
+    """chat runs: the system prompt the page starts with ("" = none)"""
+    host: str = "127.0.0.1"
+    """where the page listens (0.0.0.0: every interface, anyone on the network)"""
+    port: int = 7860
+    """the page's port (0 = any free one)"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,26 +101,48 @@ class ChatConfig(SamplingSettings):
 
 @dataclass
 class EvaluateConfig:
-    run: str = "???"  # a run directory or checkpoint directory
-    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
-    data: TasksDataConfig = field(default_factory=TasksDataConfig)  # the held-out embedded tasks scored (data=tasks)
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    """`python -m llmlab.evaluate`: a checkpoint scored on the held-out embedded tasks (a chat run) or on the
+    whole validation split (a pretraining run)."""
+
+    run: str = "???"
+    """a run directory or checkpoint directory"""
+    checkpoint: str = "latest"
+    """which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>"""
+    data: TasksDataConfig = field(default_factory=TasksDataConfig)
+    """the held-out embedded tasks scored (data=tasks)"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
 
 
 @dataclass
 class AnalyzeConfig:
-    run: str | None = None  # a run directory or checkpoint directory ...
-    model: ModelConfig | None = None  # ... or model=hf model.path=<transformers model directory>
-    text: str = ""  # run through one forward and backward (after a bos token)
-    layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head; negative from the end
-    out: str | None = None  # None = <run>/analysis
-    no_plots: bool = False  # statistics (JSON) only
-    no_heatmaps: bool = False  # histograms without heatmaps of 2-D tensors
-    no_gradients: bool = False  # forward only: weights and activations
-    circuits: bool = False  # also the circuits monitor: induction, previous-token and copy heads, the logit lens
-    heatmap_max_dim: int = 256  # heatmaps are average-pooled to at most this many rows and columns
-    bins: int = 64  # histogram bins
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    """`python -m llmlab.analyze`: the distribution and attention monitors (and optionally the circuits
+    monitor) over one forward and backward of `text` through a checkpoint or an imported model."""
+
+    run: str | None = None
+    """a run directory or checkpoint directory ..."""
+    model: ModelConfig | None = None
+    """... or model=hf model.path=<transformers model directory>"""
+    text: str = ""
+    """run through one forward and backward (after a bos token)"""
+    layers: list[int] | None = None
+    """null = all blocks plus embeddings, final norm and head; negative from the end"""
+    out: str | None = None
+    """null = <run>/analysis"""
+    no_plots: bool = False
+    """statistics (JSON) only"""
+    no_heatmaps: bool = False
+    """histograms without heatmaps of 2-D tensors"""
+    no_gradients: bool = False
+    """forward only: weights and activations"""
+    circuits: bool = False
+    """also the circuits monitor: induction, previous-token and copy heads, the logit lens"""
+    heatmap_max_dim: int = 256
+    """heatmaps are average-pooled to at most this many rows and columns"""
+    bins: int = 64
+    """histogram bins"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.model is None or self.model.path is None):
@@ -110,15 +155,27 @@ class AnalyzeConfig:
 
 @dataclass
 class ExportConfig:
-    run: str = "???"  # a run directory or one of its checkpoints
-    checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
-    out: str = "???"  # the directory to write
-    overwrite: bool = False  # replace `out` if it exists
-    card: bool = False  # also write README.md: a model card (Hub metadata, metrics, the training command and config)
-    license: str = "other"  # the card's license: a Hub license id (apache-2.0, mit, ...); other = say it in the card
-    base_model: str | None = None  # the card's base_model: the Hub id of the model a stage run started from
-    datasets: list[str] = field(default_factory=list)  # the card's datasets (Hub ids); empty = named from the run
-    push: str | None = None  # upload the export to this Hub model repo (<user>/<name>), created if missing
+    """`python -m llmlab.export`: a run as a Hugging Face `transformers` directory, optionally with a model card
+    and an upload to the Hub."""
+
+    run: str = "???"
+    """a run directory or one of its checkpoints"""
+    checkpoint: str = "latest"
+    """which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>"""
+    out: str = "???"
+    """the directory to write"""
+    overwrite: bool = False
+    """replace `out` if it exists"""
+    card: bool = False
+    """also write README.md: a model card (Hub metadata, metrics, the training command and config)"""
+    license: str = "other"
+    """the card's license: a Hub license id (apache-2.0, mit, ...); other = say it in the card"""
+    base_model: str | None = None
+    """the card's base_model: the Hub id of the model a stage run started from"""
+    datasets: list[str] = field(default_factory=list)
+    """the card's datasets (Hub ids); empty = named from the run"""
+    push: str | None = None
+    """upload the export to this Hub model repo (<user>/<name>), created if missing"""
 
     def __post_init__(self) -> None:
         if self.push is not None and (self.push.count("/") != 1 or not all(self.push.split("/"))):
@@ -127,5 +184,9 @@ class ExportConfig:
 
 @dataclass
 class MergeConfig:
-    run: str = "???"  # a LoRA run directory or one of its checkpoints
-    out: str = "???"  # a new directory: the merged run
+    """`python -m llmlab.merge_lora`: a LoRA run's adapters folded into plain weights, written as a new run."""
+
+    run: str = "???"
+    """a LoRA run directory or one of its checkpoints"""
+    out: str = "???"
+    """a new directory: the merged run"""

@@ -26,9 +26,12 @@ class ProbeConfig:
     """The fixed probe every monitor that looks inside a forward uses (attention maps, dead units): a slice of one
     validation batch, the same at every capture."""
 
-    batch_idx: int = 0  # which validation batch
-    sequences: int = 4  # its first rows, which the statistics average over
-    tokens: int | None = None  # truncate the rows (None = the full context)
+    batch_idx: int = 0
+    """which validation batch"""
+    sequences: int = 4
+    """its first rows, which the statistics average over"""
+    tokens: int | None = None
+    """truncate the rows (null = the full context)"""
 
     def __post_init__(self) -> None:
         check_positive("monitors.probe.sequences", self.sequences)
@@ -40,15 +43,26 @@ class ProbeConfig:
 
 @dataclass
 class AttentionMonitorConfig:
-    enabled: bool = False  # run this monitor (monitors=light and full: true)
-    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
-    steps: list[int] = field(default_factory=list)  # extra capture steps
-    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
-    layers: list[int] | None = None  # None = all; negative counts from the last layer
-    heads: Any = "average"  # average | all | [head indices]: what the per-layer heatmaps show
-    images: bool = False  # heatmaps, head grids, layer comparison (PNG + TensorBoard images)
-    label_max_tokens: int = 48  # put token labels on the axes when the probe is at most this long
-    save_raw: bool = False  # also write the probabilities as attention.npz
+    """Attention probabilities on the fixed probe: per layer and head statistics, heatmaps in `full`."""
+
+    enabled: bool = False
+    """run this monitor (monitors=light and full: true)"""
+    every: int = 100
+    """capture every N optimizer steps (0 = only `steps`/`epochs`)"""
+    steps: list[int] = field(default_factory=list)
+    """extra capture steps"""
+    epochs: list[float] = field(default_factory=list)
+    """extra captures at these (fractional) epochs"""
+    layers: list[int] | None = None
+    """null = all; negative counts from the last layer"""
+    heads: Any = "average"
+    """average | all | [head indices]: what the per-layer heatmaps show"""
+    images: bool = False
+    """heatmaps, head grids, layer comparison (PNG + TensorBoard images)"""
+    label_max_tokens: int = 48
+    """put token labels on the axes when the probe is at most this long"""
+    save_raw: bool = False
+    """also write the probabilities as attention.npz"""
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.attention", self.every, self.steps, self.epochs)
@@ -61,20 +75,36 @@ class AttentionMonitorConfig:
 
 @dataclass
 class DistributionMonitorConfig:
-    enabled: bool = False  # run this monitor (monitors=light and full: true)
-    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
-    steps: list[int] = field(default_factory=list)  # extra capture steps
-    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
-    layers: list[int] | None = None  # None = all blocks plus embeddings, final norm and head
-    modules: list[str] | None = None  # fnmatch patterns on names, e.g. ['*mlp*']; None = all
-    weights: bool = True  # weight statistics after the step, with the update-to-weight ratio
-    activations: bool = True  # outputs of each block's attn, mlp and the block (residual stream)
-    gradients: bool = True  # gradient statistics after backward, before clipping and the step
-    histograms: bool = False  # TensorBoard histograms (counts computed on the device)
-    plots: bool = False  # a histogram PNG per tensor
-    heatmaps: bool = False  # a downsampled heatmap PNG per 2-D tensor (needs plots)
-    heatmap_max_dim: int = 256  # heatmaps are average-pooled to at most this many rows and columns
-    bins: int = 64  # histogram bins
+    """Weights, gradients and activations: per-tensor statistics, histograms and heatmaps in `full`."""
+
+    enabled: bool = False
+    """run this monitor (monitors=light and full: true)"""
+    every: int = 100
+    """capture every N optimizer steps (0 = only `steps`/`epochs`)"""
+    steps: list[int] = field(default_factory=list)
+    """extra capture steps"""
+    epochs: list[float] = field(default_factory=list)
+    """extra captures at these (fractional) epochs"""
+    layers: list[int] | None = None
+    """null = all blocks plus embeddings, final norm and head"""
+    modules: list[str] | None = None
+    """fnmatch patterns on names, e.g. ['*mlp*']; null = all"""
+    weights: bool = True
+    """weight statistics after the step, with the update-to-weight ratio"""
+    activations: bool = True
+    """outputs of each block's attn, mlp and the block (residual stream)"""
+    gradients: bool = True
+    """gradient statistics after backward, before clipping and the step"""
+    histograms: bool = False
+    """TensorBoard histograms (counts computed on the device)"""
+    plots: bool = False
+    """a histogram PNG per tensor"""
+    heatmaps: bool = False
+    """a downsampled heatmap PNG per 2-D tensor (needs plots)"""
+    heatmap_max_dim: int = 256
+    """heatmaps are average-pooled to at most this many rows and columns"""
+    bins: int = 64
+    """histogram bins"""
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.distribution", self.every, self.steps, self.epochs)
@@ -84,11 +114,18 @@ class DistributionMonitorConfig:
 
 @dataclass
 class RouterMonitorConfig:
-    enabled: bool = False  # run this monitor (monitors=light and full: true; it needs model.moe.experts > 0)
-    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
-    steps: list[int] = field(default_factory=list)  # extra capture steps
-    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
-    plots: bool = True  # plots/router_load.png at the end of training: layer x expert load over steps
+    """Mixture-of-experts routing: each expert's load, the router's entropy and losses, per MoE layer."""
+
+    enabled: bool = False
+    """run this monitor (monitors=light and full: true; it needs model.moe.experts > 0)"""
+    every: int = 100
+    """capture every N optimizer steps (0 = only `steps`/`epochs`)"""
+    steps: list[int] = field(default_factory=list)
+    """extra capture steps"""
+    epochs: list[float] = field(default_factory=list)
+    """extra captures at these (fractional) epochs"""
+    plots: bool = True
+    """plots/router_load.png at the end of training: layer x expert load over steps"""
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.router", self.every, self.steps, self.epochs)
@@ -96,15 +133,26 @@ class RouterMonitorConfig:
 
 @dataclass
 class HealthMonitorConfig:
-    enabled: bool = False  # run this monitor (monitors=light and full: true)
-    window: int = 50  # steps in the moving window for loss and gradient-norm z-scores
-    z_threshold: float = 6.0  # a spike is a value this many standard deviations above the window
-    every: int = 100  # how often to probe attention entropy and dead MLP units
-    entropy_collapse: float = 0.05  # alert when a layer's mean attention entropy (nats) falls below this
-    dead_fraction: float = 0.25  # alert when more than this fraction of a layer's MLP units never fire
-    policy_entropy_collapse: float = 0.02  # alert when a logged policy entropy (*/entropy, nats/token) falls below
-    dead_expert_captures: int = 3  # MoE: alert when an expert gets < 1% of its fair share this many captures running
-    router_collapse: float = 0.5  # MoE: alert when a layer's load is effectively on fewer than this share of experts
+    """Alerts: non-finite values, loss and gradient-norm spikes, attention entropy collapse, dead units."""
+
+    enabled: bool = False
+    """run this monitor (monitors=light and full: true)"""
+    window: int = 50
+    """steps in the moving window for loss and gradient-norm z-scores"""
+    z_threshold: float = 6.0
+    """a spike is a value this many standard deviations above the window"""
+    every: int = 100
+    """how often to probe attention entropy and dead MLP units"""
+    entropy_collapse: float = 0.05
+    """alert when a layer's mean attention entropy (nats) falls below this"""
+    dead_fraction: float = 0.25
+    """alert when more than this fraction of a layer's MLP units never fire"""
+    policy_entropy_collapse: float = 0.02
+    """alert when a logged policy entropy (`*/entropy`, nats per token, e.g. `grpo/entropy`) falls below this"""
+    dead_expert_captures: int = 3
+    """MoE: alert when an expert gets < 1% of its fair share this many captures running"""
+    router_collapse: float = 0.5
+    """MoE: alert when a layer's load is effectively on fewer than this share of experts"""
 
     def __post_init__(self) -> None:
         check_positive("monitors.health.window", self.window)
@@ -118,16 +166,28 @@ class HealthMonitorConfig:
 
 @dataclass
 class CircuitsMonitorConfig:
-    enabled: bool = False  # run this monitor (monitors=light and full: true)
-    every: int = 100  # capture every N optimizer steps (0 = only `steps`/`epochs`)
-    steps: list[int] = field(default_factory=list)  # extra capture steps
-    epochs: list[float] = field(default_factory=list)  # extra captures at these (fractional) epochs
-    threshold: float = 0.4  # a head whose induction or copy score first exceeds this forms a circuit (an info alert)
-    tokens: int = 128  # length of the probe rows (at most the context); the induction probe repeats tokens/2
-    induction_rows: int = 8  # rows of random tokens repeated twice (the induction probe)
-    copy_rows: int = 32  # validation documents in the copy probe (the embedded language only)
-    seed: int = 0  # draws the induction probe's tokens (its own generator: training's random state is untouched)
-    images: bool = False  # a layer x head heatmap of each score per capture (PNG + TensorBoard image)
+    """Previous-token, induction and copy scores per head, copy accuracy, in-context loss drop, logit lens."""
+
+    enabled: bool = False
+    """run this monitor (monitors=light and full: true)"""
+    every: int = 100
+    """capture every N optimizer steps (0 = only `steps`/`epochs`)"""
+    steps: list[int] = field(default_factory=list)
+    """extra capture steps"""
+    epochs: list[float] = field(default_factory=list)
+    """extra captures at these (fractional) epochs"""
+    threshold: float = 0.4
+    """a head whose induction or copy score first exceeds this forms a circuit (an info alert)"""
+    tokens: int = 128
+    """length of the probe rows (at most the context); the induction probe repeats tokens/2"""
+    induction_rows: int = 8
+    """rows of random tokens repeated twice (the induction probe)"""
+    copy_rows: int = 32
+    """validation documents in the copy probe (the embedded language only)"""
+    seed: int = 0
+    """draws the induction probe's tokens (its own generator: training's random state is untouched)"""
+    images: bool = False
+    """a layer x head heatmap of each score per capture (PNG + TensorBoard image)"""
 
     def __post_init__(self) -> None:
         _check_schedule("monitors.circuits", self.every, self.steps, self.epochs)
@@ -142,15 +202,26 @@ class CircuitsMonitorConfig:
 
 @dataclass
 class MonitorsConfig:
-    name: str = "none"  # the preset (none | light | full): a label; the enabled fields decide what runs
-    probe: ProbeConfig = field(default_factory=ProbeConfig)  # monitors.probe.*: the batch they look through
-    attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)  # attention maps and statistics
-    distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)  # weight/grad/act stats
-    health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)  # alerts: spikes, non-finite, collapse
-    circuits: CircuitsMonitorConfig = field(default_factory=CircuitsMonitorConfig)  # induction, copy, logit lens
-    router: RouterMonitorConfig = field(default_factory=RouterMonitorConfig)  # MoE routing: load, entropy, losses
-    max_workers: int = 2  # background threads for files, plots and TensorBoard images (0 = inline)
-    max_pending: int = 64  # queued jobs beyond this drop the oldest (counted and reported)
+    """What watches a run from inside while it trains (llmlab/monitors/); monitors never change training."""
+
+    name: str = "none"
+    """the preset (none | light | full): a label; the enabled fields decide what runs"""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """monitors.probe.*: the batch they look through"""
+    attention: AttentionMonitorConfig = field(default_factory=AttentionMonitorConfig)
+    """attention maps and statistics"""
+    distribution: DistributionMonitorConfig = field(default_factory=DistributionMonitorConfig)
+    """weight/grad/act stats"""
+    health: HealthMonitorConfig = field(default_factory=HealthMonitorConfig)
+    """alerts: spikes, non-finite, collapse"""
+    circuits: CircuitsMonitorConfig = field(default_factory=CircuitsMonitorConfig)
+    """induction, copy, logit lens"""
+    router: RouterMonitorConfig = field(default_factory=RouterMonitorConfig)
+    """MoE routing: load, entropy, losses"""
+    max_workers: int = 2
+    """background threads for files, plots and TensorBoard images (0 = inline)"""
+    max_pending: int = 64
+    """queued jobs beyond this drop the oldest (counted and reported)"""
 
     def __post_init__(self) -> None:
         if self.max_workers < 0:

@@ -22,10 +22,14 @@ from llmlab.config.monitors import MonitorsConfig
 class LoRAConfig:
     """Low-rank adapters on the chosen projections (llmlab/model/lora.py); rank 0 = off."""
 
-    rank: int = 0  # adapter rank r (0 = no adapters: every weight trains)
-    alpha: float = 16.0  # the update B @ A is scaled by alpha / rank
-    dropout: float = 0.0  # on the adapters' input, training only
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # ["all"]: every projection
+    rank: int = 0
+    """adapter rank r (0 = no adapters: every weight trains)"""
+    alpha: float = 16.0
+    """the update B @ A is scaled by alpha / rank"""
+    dropout: float = 0.0
+    """on the adapters' input, training only"""
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """["all"]: every projection"""
 
     def __post_init__(self) -> None:
         check_finite("model.lora.alpha", self.alpha)
@@ -46,16 +50,26 @@ class MoEConfig:
 
     Routing is dropless: every token reaches its top_k experts, however unevenly they are loaded."""
 
-    experts: int = 0  # routed experts in each MoE block (0 = dense: no MoE anywhere)
-    top_k: int = 2  # experts each token is sent to
-    shared_experts: int = 0  # always-on experts (Qwen2-MoE/DeepSeek): one MLP of shared_experts x d_ff, sigmoid-gated
-    every: int = 1  # blocks every, 2*every, ... (counting from 1) are MoE, the others dense; 1 = all blocks
-    d_ff: int | None = None  # hidden width of each expert (None = the dense MLP's width, model.d_ff)
-    norm_topk: bool = True  # rescale the top_k router probabilities to sum to 1 (Mixtral); false: raw softmax ones
-    balance: str = "aux_loss"  # aux_loss (Switch/GShard loss) | bias (DeepSeek-V3, no loss) | none
-    aux_loss_coef: float = 0.01  # balance=aux_loss: weight of E * sum_i f_i P_i (1.0 when perfectly balanced)
-    z_loss_coef: float = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2), any balance (0 = off)
-    bias_rate: float = 0.001  # balance=bias: each training forward moves each expert's bias by this toward balance
+    experts: int = 0
+    """routed experts in each MoE block (0 = dense: no MoE anywhere)"""
+    top_k: int = 2
+    """experts each token is sent to"""
+    shared_experts: int = 0
+    """always-on experts (Qwen2-MoE/DeepSeek): one MLP of shared_experts x d_ff, sigmoid-gated"""
+    every: int = 1
+    """blocks every, 2*every, ... (counting from 1) are MoE, the others dense; 1 = all blocks"""
+    d_ff: int | None = None
+    """hidden width of each expert (null = the dense MLP's width, model.d_ff)"""
+    norm_topk: bool = True
+    """rescale the top_k router probabilities to sum to 1 (Mixtral); false: raw softmax ones"""
+    balance: str = "aux_loss"
+    """aux_loss (Switch/GShard loss) | bias (DeepSeek-V3, no loss) | none"""
+    aux_loss_coef: float = 0.01
+    """balance=aux_loss: weight of E * sum_i f_i P_i (1.0 when perfectly balanced)"""
+    z_loss_coef: float = 0.001
+    """weight of the router z-loss mean(logsumexp(logits)^2), any balance (0 = off)"""
+    bias_rate: float = 0.001
+    """balance=bias: each training forward moves each expert's bias by this toward balance"""
 
     def __post_init__(self) -> None:
         if not 0 <= self.experts <= MAX_EXPERTS:  # the bound keeps a forged manifest's model cheap to describe
@@ -82,35 +96,62 @@ class MoEConfig:
 class ModelConfig:
     """One decoder family; sizes live in conf/model/, architecture presets in conf/arch/."""
 
-    name: str = "tiny"  # a label: names the run directory (<time>_<stage>_<name>), no effect on the model
-    n_layers: int = 4  # transformer blocks
-    d_model: int = 128  # width of the residual stream and embeddings
-    n_heads: int = 4  # query heads; head dim = d_model / n_heads
-    n_kv_heads: int | None = None  # None = n_heads (MHA); 1 = MQA; in between = GQA
-    d_ff: int | None = None  # None = 4*d_model (gelu) or the Llama 8/3*d_model rounded (swiglu)
-    context_length: int | None = 128  # None only with path: the imported model's own, at most 1024
-    vocab_size: int | None = None  # None = taken from the tokenizer
-    positions: str = "rope"  # learned | rope
-    norm: str = "rmsnorm"  # layernorm | rmsnorm
-    mlp: str = "swiglu"  # gelu | swiglu
-    gelu: str = "exact"  # exact | tanh (GPT-2's approximation; checkpoints from before this field are tanh)
-    tie_embeddings: bool = True  # the output head shares the token embedding matrix
-    bias: bool = False  # biases in the attention and MLP projections and LayerNorm (never the head)
-    dropout: float = 0.0  # on embeddings, attention probabilities and residual branches; training only
-    rope_theta: float = 10000.0  # RoPE base: pair i rotates at theta^(-2i/head_dim) per position
-    rope_scaling: str = "none"  # none | llama3 (Llama 3.1+ frequencies; the four rope_* fields below)
-    rope_factor: float = 1.0  # llama3: how much the long wavelengths are stretched
-    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above rope_original_context / this are stretched
-    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below rope_original_context / this are kept
-    rope_original_context: int = 8192  # llama3: the context length the model was pretrained at
-    norm_eps: float = 1e-5  # epsilon of every RMSNorm / LayerNorm
-    init_std: float = 0.02  # std of the normal init (o_proj and down_proj: / sqrt(2 * n_layers))
-    # A local transformers model directory (Llama, Qwen2, Mixtral, Qwen2-MoE or GPT-2 style): its architecture and
-    # weights replace the size and arch fields above; context_length stays the sequence length this run uses. `model=hf`
+    name: str = "tiny"
+    """a label: names the run directory (<time>_<stage>_<name>), no effect on the model"""
+    n_layers: int = 4
+    """transformer blocks"""
+    d_model: int = 128
+    """width of the residual stream and embeddings"""
+    n_heads: int = 4
+    """query heads; head dim = d_model / n_heads"""
+    n_kv_heads: int | None = None
+    """null = n_heads (MHA); 1 = MQA; in between = GQA"""
+    d_ff: int | None = None
+    """null = 4*d_model (gelu) or the Llama 8/3*d_model rounded (swiglu)"""
+    context_length: int | None = 128
+    """null only with path: the imported model's own, at most 1024"""
+    vocab_size: int | None = None
+    """null = taken from the tokenizer"""
+    positions: str = "rope"
+    """learned | rope"""
+    norm: str = "rmsnorm"
+    """layernorm | rmsnorm"""
+    mlp: str = "swiglu"
+    """gelu | swiglu"""
+    gelu: str = "exact"
+    """exact | tanh: the GELU of a `gelu` MLP; tanh is GPT-2's approximation (exported as `gelu_new`, exact as
+    `gelu`). Checkpoints written before this field existed load as tanh; resuming one needs `model.gelu=tanh`"""
+    tie_embeddings: bool = True
+    """the output head shares the token embedding matrix"""
+    bias: bool = False
+    """biases in the attention and MLP projections and LayerNorm (never the head)"""
+    dropout: float = 0.0
+    """on embeddings, attention probabilities and residual branches; training only"""
+    rope_theta: float = 10000.0
+    """RoPE base: pair i rotates at theta^(-2i/head_dim) per position"""
+    rope_scaling: str = "none"
+    """none | llama3 (Llama 3.1+ frequencies; the four rope_* fields below)"""
+    rope_factor: float = 1.0
+    """llama3: how much the long wavelengths are stretched"""
+    rope_low_freq_factor: float = 1.0
+    """llama3: wavelengths above rope_original_context / this are stretched"""
+    rope_high_freq_factor: float = 4.0
+    """llama3: wavelengths below rope_original_context / this are kept"""
+    rope_original_context: int = 8192
+    """llama3: the context length the model was pretrained at"""
+    norm_eps: float = 1e-5
+    """epsilon of every RMSNorm / LayerNorm"""
+    init_std: float = 0.02
+    """std of the normal init (o_proj and down_proj: / sqrt(2 * n_layers))"""
     path: str | None = None
-    local_files_only: bool = True  # false: path may be a hub id, fetched when online
-    lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora.*: adapters for sft/dpo
-    moe: MoEConfig = field(default_factory=MoEConfig)  # model.moe.*: mixture of experts (experts 0 = dense)
+    """with `model=hf`: a local transformers model directory (Llama, Qwen2, Mixtral, Qwen2-MoE or GPT-2 style) whose
+    architecture and weights replace the size and arch fields; context_length stays this run's sequence length"""
+    local_files_only: bool = True
+    """false: path may be a hub id, fetched when online"""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """model.lora.*: adapters for sft/dpo"""
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    """model.moe.*: mixture of experts (experts 0 = dense)"""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):  # a checkpoint manifest holds plain dicts
@@ -204,10 +245,16 @@ def architecture_differences(saved: dict, current: ModelConfig) -> list[tuple[st
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "char"  # char | byte | bpe | unigram
-    vocab_size: int = 0  # bpe/unigram only: the number of pieces to learn
-    retrain: bool = False  # ignore the cache and train again
-    cache_dir: str = "outputs/.cache/tokenizers"  # trained tokenizers, keyed by content hash
+    """How text becomes token ids (llmlab/data/tokenizers.py); bpe and unigram are trained once and cached."""
+
+    kind: str = "char"
+    """char | byte | bpe | unigram"""
+    vocab_size: int = 0
+    """bpe/unigram only: the number of pieces to learn"""
+    retrain: bool = False
+    """ignore the cache and train again"""
+    cache_dir: str = "outputs/.cache/tokenizers"
+    """trained tokenizers, keyed by content hash"""
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.kind", self.kind, ("char", "byte", "bpe", "unigram"))
@@ -221,10 +268,14 @@ class TokenizerConfig:
 class SyntheticDataConfig:
     """The embedded artificial language (llmlab/data/synthetic.py)."""
 
-    kind: str = "synthetic"  # fixed: which data schema this is
-    train_docs: int = 20000  # documents generated for training
-    val_docs: int = 1000  # documents generated for validation, from seed + 1
-    seed: int = 1234  # the generator's, not the run's: the same documents whatever the run's seed
+    kind: str = "synthetic"
+    """fixed: which data schema this is"""
+    train_docs: int = 20000
+    """documents generated for training"""
+    val_docs: int = 1000
+    """documents generated for validation, from seed + 1"""
+    seed: int = 1234
+    """the generator's, not the run's: the same documents whatever the run's seed"""
 
     def __post_init__(self) -> None:
         check_positive("data.train_docs", self.train_docs)
@@ -235,9 +286,12 @@ class SyntheticDataConfig:
 class TextDataConfig:
     """UTF-8 text files; the last val_fraction of each file is validation."""
 
-    kind: str = "text"  # fixed: which data schema this is
-    paths: list[str] = field(default_factory=list)  # files or glob patterns
-    val_fraction: float = 0.1  # the tail of each file that validates (cut at a nearby line break)
+    kind: str = "text"
+    """fixed: which data schema this is"""
+    paths: list[str] = field(default_factory=list)
+    """files or glob patterns"""
+    val_fraction: float = 0.1
+    """the tail of each file that validates (cut at a nearby line break)"""
 
     def __post_init__(self) -> None:
         if not self.paths:
@@ -255,13 +309,20 @@ class HFSourceConfig:
     """One Hugging Face `datasets` source (llmlab/data/hf.py): a save_to_disk directory, data files of a builder
     (parquet, json, csv, text, arrow) or a hub name (fetched only when online)."""
 
-    path: str = MISSING  # save_to_disk dir | builder name with files | a data file (its suffix names the builder) | hub
-    files: Any = field(default_factory=list)  # data files or globs (a list, or one) for a builder name (parquet, ...)
-    name: str | None = None  # the dataset's configuration (subset) name, for hub datasets that have several
-    text_field: str = "text"  # pretrain: the column holding each document's text
-    split: str = "train"  # the split that trains
-    val_split: str | None = None  # a split that validates; None = every round(1/val_fraction)-th training row
-    val_fraction: float = 0.01  # without val_split: the share of rows that validate
+    path: str = MISSING
+    """save_to_disk dir | builder name with files | a data file (its suffix names the builder) | hub"""
+    files: Any = field(default_factory=list)
+    """data files or globs (a list, or one) for a builder name (parquet, ...)"""
+    name: str | None = None
+    """the dataset's configuration (subset) name, for hub datasets that have several"""
+    text_field: str = "text"
+    """pretrain: the column holding each document's text"""
+    split: str = "train"
+    """the split that trains"""
+    val_split: str | None = None
+    """a split that validates; null = every round(1/val_fraction)-th training row"""
+    val_fraction: float = 0.01
+    """without val_split: the share of rows that validate"""
 
     def __post_init__(self) -> None:
         if not self.path or self.path == MISSING:
@@ -278,10 +339,14 @@ class HFSourceConfig:
 class HFDataConfig(HFSourceConfig):
     """A Hugging Face dataset (`data=hf`); kind hf_chat / hf_prefs read conversations or preference pairs."""
 
-    kind: str = "hf"  # hf: documents (pretrain) | hf_chat: conversations (sft) | hf_prefs: preference pairs (dpo)
-    shard_docs: int = 100_000  # pretrain: documents per token shard (the unit of parallel work and of resuming)
-    num_proc: int | None = None  # processes that tokenize; None = every core
-    sample_chars: int = 20_000_000  # the tokenizer learns from the first this many characters of training text
+    kind: str = "hf"
+    """hf: documents (pretrain) | hf_chat: conversations (sft) | hf_prefs: preference pairs (dpo)"""
+    shard_docs: int = 100_000
+    """pretrain: documents per token shard (the unit of parallel work and of resuming)"""
+    num_proc: int | None = None
+    """processes that tokenize; null = every core"""
+    sample_chars: int = 20_000_000
+    """the tokenizer learns from the first this many characters of training text"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -300,7 +365,8 @@ def check_sharding(shard_docs: int, num_proc: int | None, sample_chars: int) -> 
 class MixSourceConfig(HFSourceConfig):
     """One source of a mixture: any `data=hf` source, with the share of training windows drawn from it."""
 
-    weight: float = 1.0  # relative: windows come from this source with probability weight / sum of weights
+    weight: float = 1.0
+    """relative: windows come from this source with probability weight / sum of weights"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -311,11 +377,16 @@ class MixSourceConfig(HFSourceConfig):
 class MixDataConfig:
     """Several sources, each tokenized into its own shards; training windows come from each by its weight."""
 
-    kind: str = "mix"  # fixed: which data schema this is
-    sources: list[MixSourceConfig] = field(default_factory=list)  # [{path: a.txt, weight: 0.7}, ...]
-    shard_docs: int = 100_000  # documents per token shard, in every source
-    num_proc: int | None = None  # processes that tokenize; None = every core
-    sample_chars: int = 20_000_000  # the tokenizer learns from this many characters, shared by weight
+    kind: str = "mix"
+    """fixed: which data schema this is"""
+    sources: list[MixSourceConfig] = field(default_factory=list)
+    """[{path: a.txt, weight: 0.7}, ...]"""
+    shard_docs: int = 100_000
+    """documents per token shard, in every source"""
+    num_proc: int | None = None
+    """processes that tokenize; null = every core"""
+    sample_chars: int = 20_000_000
+    """the tokenizer learns from this many characters, shared by weight"""
 
     def __post_init__(self) -> None:
         self.sources = [MixSourceConfig(**s) if isinstance(s, dict) else s for s in self.sources]
@@ -333,12 +404,18 @@ class TasksDataConfig:
     """Embedded instruction tasks with verifiable answers (llmlab/data/tasks.py): conversations for SFT
     (kind tasks) or preference pairs, chosen = the answer and rejected = a plausible wrong one (task_prefs)."""
 
-    kind: str = "tasks"  # tasks: conversations (sft) | task_prefs: preference pairs (dpo)
-    train_tasks: int = 4000  # generated from the train split
-    val_tasks: int = 200  # held out: the validation loss
-    eval_tasks: int = 100  # held out: eval/task_accuracy, greedy replies scored by exact match
-    seed: int = 0  # the task generator's, not the run's
-    families: list[str] | None = None  # None = all: copy, reverse, count, recall, pattern
+    kind: str = "tasks"
+    """tasks: conversations (sft) | task_prefs: preference pairs (dpo)"""
+    train_tasks: int = 4000
+    """generated from the train split"""
+    val_tasks: int = 200
+    """held out: the validation loss"""
+    eval_tasks: int = 100
+    """held out: eval/task_accuracy, greedy replies scored by exact match"""
+    seed: int = 0
+    """the task generator's, not the run's"""
+    families: list[str] | None = None
+    """null = all: copy, reverse, count, recall, pattern"""
 
     def __post_init__(self) -> None:
         check_choice("data.kind", self.kind, ("tasks", "task_prefs"))
@@ -355,9 +432,12 @@ class ChatDataConfig:
     """Your conversations (kind chat: Alpaca, ShareGPT or messages records) or preference pairs (kind prefs:
     prompt, chosen, rejected) as JSON or JSONL (llmlab/data/chat.py); the last val_fraction validates."""
 
-    kind: str = "chat"  # chat: conversations (sft) | prefs: preference pairs (dpo)
-    paths: list[str] = field(default_factory=list)  # .json or .jsonl files or glob patterns
-    val_fraction: float = 0.05  # the last records of all files together that validate (at least one)
+    kind: str = "chat"
+    """chat: conversations (sft) | prefs: preference pairs (dpo)"""
+    paths: list[str] = field(default_factory=list)
+    """.json or .jsonl files or glob patterns"""
+    val_fraction: float = 0.05
+    """the last records of all files together that validate (at least one)"""
 
     def __post_init__(self) -> None:
         check_choice("data.kind", self.kind, ("chat", "prefs"))
@@ -375,14 +455,20 @@ class StageConfig:
     DATA_KINDS: ClassVar[tuple[str, ...]] = ()  # the data kinds (data.kind) it trains on
     STARTS_FROM_MODEL: ClassVar[bool] = False  # needs a trained model: stage.init_from or model.path
 
-    name: str = MISSING  # the stage's registered name (conf/stage/<name>.yaml)
-    init_from: str | None = None  # a run directory or checkpoint directory to start from
+    name: str = MISSING
+    """the stage's registered name (conf/stage/<name>.yaml)"""
+    init_from: str | None = None
+    """a run directory or checkpoint directory to start from"""
 
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: int = 0  # evaluations without improvement before the run stops (0 = never stop early)
-    min_delta: float = 0.0  # an improvement must lower the best val loss by more than this
+    """Ends a run whose validation loss stopped improving; it ends completed, with a checkpoint."""
+
+    patience: int = 0
+    """evaluations without improvement before the run stops (0 = never stop early)"""
+    min_delta: float = 0.0
+    """an improvement must lower the best val loss by more than this"""
 
     def __post_init__(self) -> None:
         if self.patience < 0:
@@ -396,12 +482,18 @@ class EarlyStoppingConfig:
 class MuonConfig:
     """trainer.optimizer=muon: torch.optim.Muon for the blocks' weight matrices (see llmlab/train/optim.py)."""
 
-    lr: float = 0.01  # Muon's peak learning rate; the schedule scales it as it scales trainer.lr
-    momentum: float = 0.95  # decay of the gradient's running mean that Muon orthogonalises
-    nesterov: bool = True  # orthogonalise the Nesterov look-ahead (gradient mixed with the mean), not the mean
-    weight_decay: float = 0.0  # decoupled: each step multiplies the matrices by 1 - lr * weight_decay
-    ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise the update
-    adjust_lr: str = "original"  # original (lr x sqrt(max(1, rows/cols))) | match_rms_adamw (lr x 0.2 sqrt(max dim))
+    lr: float = 0.01
+    """Muon's peak learning rate; the schedule scales it as it scales trainer.lr"""
+    momentum: float = 0.95
+    """decay of the gradient's running mean that Muon orthogonalises"""
+    nesterov: bool = True
+    """orthogonalise the Nesterov look-ahead (gradient mixed with the mean), not the mean"""
+    weight_decay: float = 0.0
+    """decoupled: each step multiplies the matrices by 1 - lr * weight_decay"""
+    ns_steps: int = 5
+    """Newton-Schulz iterations that orthogonalise the update"""
+    adjust_lr: str = "original"
+    """original (lr x sqrt(max(1, rows/cols))) | match_rms_adamw (lr x 0.2 sqrt(max dim))"""
 
     def __post_init__(self) -> None:
         check_positive("trainer.muon.lr", self.lr)
@@ -419,42 +511,83 @@ MIN_LR_RATIO = 0.1  # trainer.min_lr_ratio's default (older runs recorded it, so
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 600  # optimizer steps; the schedule ends here
-    batch_size: int = 32  # sequences per micro-batch per process
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x this)
-    lr: float = 3e-3  # peak learning rate (AdamW's), reached at the end of warmup
-    schedule: str = "wsd"  # cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup
-    decay_fraction: float = 0.2  # wsd: the last decay_fraction x max_steps steps fall linearly to the floor
-    min_lr_ratio: float = 0.1  # the floor as a fraction of lr (trainer.min_lr, when set, replaces it)
-    min_lr: float | None = None  # the floor as an absolute lr (AdamW's; Muon's floor is the same fraction of its lr)
-    warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr (0 = none)
-    optimizer: str = "muon"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)
-    muon: MuonConfig = field(default_factory=MuonConfig)  # trainer.muon.*: Muon's settings (optimizer=muon)
-    weight_decay: float = 0.1  # AdamW decay of matrices only (biases, norm gains and other vectors: 0)
-    beta1: float = 0.9  # AdamW's decay of the gradient mean
-    beta2: float = 0.95  # AdamW's decay of the squared-gradient mean
-    grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler, CUDA only)
-    log_every: int = 10  # steps between train/ and perf/ scalar rows (the last step logs too)
-    eval_every: int = 100  # steps between evaluations: val loss, samples, early stopping (and the last step)
-    eval_batches: int = 8  # validation batches per evaluation, the same ones each time
-    checkpoint_every: int = 200  # steps between checkpoints (also the last step, a signal, early stopping)
-    keep_checkpoints: int = 3  # the newest N stay (a corrupt newest one falls back to the one before); 0 = all
-    keep_best: bool = True  # also checkpoints/best: the weights at the lowest periodic val/loss, never rotated away
-    sample_tokens: int = 120  # length of the sample generated at each eval
-    sample_prompt: str = ""  # pretrain: the text each sample continues ("" = a document's start)
-    resume: str = "auto"  # auto | never | <checkpoint or run dir>
-    allow_config_change: bool = False  # resume a run directory whose config differs (changed keys are listed)
-    peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
-    progress: bool = True  # a tqdm progress bar (main process only)
-    threads: int | None = None  # torch CPU threads; None = torch's default
-    on_nonfinite: str = "skip"  # skip | stop: what a step with non-finite loss or gradients does
-    max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # trainer.early_stopping.*
-    debug_first_batch: bool = False  # print the first batch: text, token ids, loss mask and shapes
-    strategy: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (one process: ignored)
-    compile: bool = False  # torch.compile each block, training forwards only; kernels cached in cache_dir/inductor
-    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
+    """The one training loop of every stage (llmlab/train/trainer.py): optimizer, schedule, precision,
+    evaluation, checkpoints, resume."""
+
+    max_steps: int = 600
+    """optimizer steps; the schedule ends here"""
+    batch_size: int = 32
+    """sequences per micro-batch per process"""
+    grad_accum_steps: int = 1
+    """micro-batches per optimizer step (global batch = batch_size x processes x this)"""
+    lr: float = 3e-3
+    """peak learning rate (AdamW's), reached at the end of warmup"""
+    schedule: str = "wsd"
+    """cosine | wsd (warmup, stable, decay) | linear: how lr falls to its floor after warmup"""
+    decay_fraction: float = 0.2
+    """wsd: the last decay_fraction x max_steps steps fall linearly to the floor"""
+    min_lr_ratio: float = 0.1
+    """the floor as a fraction of lr (trainer.min_lr, when set, replaces it)"""
+    min_lr: float | None = None
+    """the floor as an absolute lr (AdamW's; Muon's floor is the same fraction of its lr)"""
+    warmup_steps: int = 50
+    """linear warmup from lr / warmup_steps to lr (0 = none)"""
+    optimizer: str = "muon"
+    """adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer.muon.*)"""
+    muon: MuonConfig = field(default_factory=MuonConfig)
+    """trainer.muon.*: Muon's settings (optimizer=muon)"""
+    weight_decay: float = 0.1
+    """AdamW decay of matrices only (biases, norm gains and other vectors: 0)"""
+    beta1: float = 0.9
+    """AdamW's decay of the gradient mean"""
+    beta2: float = 0.95
+    """AdamW's decay of the squared-gradient mean"""
+    grad_clip: float = 1.0
+    """0 disables clipping"""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (fp16 uses a grad scaler, CUDA only)"""
+    log_every: int = 10
+    """steps between train/ and perf/ scalar rows (the last step logs too)"""
+    eval_every: int = 100
+    """steps between evaluations: val loss, samples, early stopping (and the last step)"""
+    eval_batches: int = 8
+    """validation batches per evaluation, the same ones each time"""
+    checkpoint_every: int = 200
+    """steps between checkpoints (also the last step, a signal, early stopping)"""
+    keep_checkpoints: int = 3
+    """the newest N stay (a corrupt newest one falls back to the one before); 0 = all"""
+    keep_best: bool = True
+    """also checkpoints/best: the weights at the lowest periodic val/loss, never rotated away"""
+    sample_tokens: int = 120
+    """length of the sample generated at each eval"""
+    sample_prompt: str = ""
+    """pretrain: the text each sample continues ("" = a document's start)"""
+    resume: str = "auto"
+    """auto | never | <checkpoint or run dir>"""
+    allow_config_change: bool = False
+    """resume a run directory whose config differs (changed keys are listed)"""
+    peak_flops: float = 1e12
+    """per device, for MFU; set it to your hardware's figure"""
+    progress: bool = True
+    """a tqdm progress bar (main process only)"""
+    threads: int | None = None
+    """torch CPU threads; null = torch's default"""
+    on_nonfinite: str = "skip"
+    """skip | stop: what a step with non-finite loss or gradients does"""
+    max_nonfinite_skips: int = 3
+    """skip mode: this many consecutive bad steps end the run"""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """trainer.early_stopping.*"""
+    debug_first_batch: bool = False
+    """print the first batch: text, token ids, loss mask and shapes"""
+    strategy: str = "ddp"
+    """ddp | fsdp: how torchrun's processes share the work (one process: ignored)"""
+    compile: bool = False
+    """torch.compile each block (regional), for training forwards only: evaluation and sampling run eager and never
+    recompile; kernels are cached under `cache_dir/inductor`, so a second run starts warm. Checkpoints keep plain
+    parameter names"""
+    activation_checkpointing: bool = False
+    """recompute block activations in backward: less memory, ~1/3 more compute"""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
@@ -513,26 +646,38 @@ def wsd_decay_steps(cfg: TrainerConfig) -> int:
 class SweepConfig:
     """How a multirun's report compares its jobs (read by the report, not by training)."""
 
-    reference: str | None = None  # the setting the others are compared against: a value of the one swept key
-    # (sweep.reference=4), or "key=value,key=value" (quoted); seeds are grouped, never named; None = the first job's
+    reference: str | None = None
+    """the setting the others are compared against: a value of the one swept key (`sweep.reference=4`), or
+    `"key=value,key=value"` (quoted); seeds are grouped, never named; null = the first job's"""
 
 
 @dataclass
 class RunConfig:
     """The whole run: one node per group plus run-level fields."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)  # model group: conf/model/ sizes, conf/arch/ presets
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # tokenizer group
-    data: Any = MISSING  # SyntheticDataConfig | TextDataConfig | TasksDataConfig | ChatDataConfig | HFDataConfig |
-    # MixDataConfig (data group)
-    stage: Any = MISSING  # a StageConfig subclass: the stage group's option names its schema
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # trainer group: the training loop
-    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)  # monitors group (llmlab/config/monitors.py)
-    sweep: SweepConfig = field(default_factory=SweepConfig)  # the sweep report's comparison (multirun only)
-    seed: int = 0  # weight init, dropout, batch order, samples (data generators have their own data.seed)
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    out_dir: str = "."  # filled from Hydra's run directory
-    cache_dir: str = "outputs/.cache"  # tokenizers, token streams and shards, shared across runs
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """model group: conf/model/ sizes, conf/arch/ presets"""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """tokenizer group"""
+    data: Any = MISSING
+    """data group: each option names its own schema (SyntheticDataConfig, TextDataConfig, TasksDataConfig,
+    ChatDataConfig, HFDataConfig, MixDataConfig)"""
+    stage: Any = MISSING
+    """a StageConfig subclass: the stage group's option names its schema"""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """trainer group: the training loop"""
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    """monitors group (llmlab/config/monitors.py)"""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """the sweep report's comparison (multirun only)"""
+    seed: int = 0
+    """weight init, dropout, batch order, samples (data generators have their own data.seed)"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+    out_dir: str = "."
+    """filled from Hydra's run directory"""
+    cache_dir: str = "outputs/.cache"
+    """tokenizers, token streams and shards, shared across runs"""
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

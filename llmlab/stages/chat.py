@@ -62,10 +62,13 @@ class ChatStage(Stage):
 
 @dataclass
 class SFTConfig(StageConfig):
+    """stage=sft: supervised fine-tuning on conversations (data=tasks|chat, or hf with data.kind=hf_chat)."""
+
     DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat", "hf_chat")
     STARTS_FROM_MODEL: ClassVar[bool] = True
 
-    name: str = "sft"  # next-token loss on the assistant's tokens only
+    name: str = "sft"
+    """next-token loss on the assistant's tokens only"""
 
 
 class SFT(ChatStage):
@@ -78,11 +81,15 @@ class SFT(ChatStage):
 
 @dataclass
 class DPOConfig(StageConfig):
+    """stage=dpo: direct preference optimisation on pairs (data=task_prefs|prefs, or hf with data.kind=hf_prefs)."""
+
     DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs", "hf_prefs")
     STARTS_FROM_MODEL: ClassVar[bool] = True
 
-    name: str = "dpo"  # preference loss against the frozen starting model (the reference)
-    beta: float = 0.1  # how far the policy may move from the reference (larger: less far)
+    name: str = "dpo"
+    """preference loss against the frozen starting model (the reference)"""
+    beta: float = 0.1
+    """how far the policy may move from the reference (larger: less far)"""
 
     def __post_init__(self) -> None:
         check_positive("stage.beta", self.beta)

@@ -36,9 +36,12 @@ from llmlab.train.objectives import NextTokenObjective
 
 @dataclass
 class PretrainConfig(StageConfig):
+    """stage=pretrain: next-token training of a new or imported model (data=synthetic|text|hf|mix)."""
+
     DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text", "hf", "mix")
 
-    name: str = "pretrain"  # next-token loss on every token, from a new (or imported) model
+    name: str = "pretrain"
+    """next-token loss on every token, from a new (or imported) model"""
 
 
 class Pretrain(Stage):
