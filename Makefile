@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup browser run test bench gpu-check soak lint clean
+.PHONY: help setup browser run test bench gpu-check soak lint docs-reference clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ soak: $(STAMP)  ## a long monitored run whose memory must stay flat, written to 
 lint: $(STAMP)  ## ruff check, then the architecture contracts (import-linter, in pyproject.toml)
 	$(BIN)/ruff check llmlab tests
 	$(BIN)/lint-imports
+
+docs-reference: $(STAMP)  ## write docs/reference/ again from the schemas' docstrings and conf/ (after a config change)
+	$(BIN)/python -m llmlab.docs
 
 clean:  ## remove caches (never outputs/)
 	rm -rf .pytest_cache .ruff_cache .import_linter_cache
