@@ -125,7 +125,9 @@ def check_hydra(command: Command) -> None:
     args = [a for a in command.args if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):
         raise AssertionError(f"options {args} are not Hydra overrides")
-    args = [a for a in args if PLACEHOLDER not in a.partition("=")[0]]  # `<group>.<field>=<value>`: the syntax
+    # `<group>.<field>=<value>` and `+experiment=<name>` show the syntax: no value to compose
+    args = [a for a in args if PLACEHOLDER not in a.partition("=")[0]
+            and not (a.partition("=")[2] == PLACEHOLDER and (CONF_DIR / a.partition("=")[0].lstrip("+~")).is_dir())]
     for choice in alternatives(quote_paths(args)):
         points = sweep_points(choice) if len(command.args) != len(args) or "-m" in command.args else [choice]
         for overrides in itertools.islice(points, 12):
