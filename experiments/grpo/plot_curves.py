@@ -1,4 +1,5 @@
-"""The GRPO runs' curves in the README (reward, KL, entropy, task accuracy, ...), from their metrics.jsonl.
+"""The GRPO runs' curves in docs/results/post-training.md (reward, KL, entropy, task accuracy, ...), from their
+metrics.jsonl.
 
     python experiments/grpo/plot_curves.py experiments/grpo/grpo_curves.png 0.35 "lr 1e-4=outputs/grpo1" "lr 5e-4=outputs/grpo2"
 """

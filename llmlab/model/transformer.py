@@ -112,8 +112,8 @@ def rope_tables_for_heads(rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torc
 
 def fuse_qkv_pays(cfg: ModelConfig) -> bool:
     """Whether one q/k/v matmul beats three on a CPU at this width: forward + backward 4-5% faster at d_model 128
-    and 256 in two runs, within noise of three from 512 (`python -m llmlab.bench fused`, README "Making it fast").
-    On a GPU it is always one matmul."""
+    and 256 in two runs, within noise of three from 512 (`python -m llmlab.bench fused`, "Making it fast" in
+    docs/results/speed.md). On a GPU it is always one matmul."""
     return cfg.d_model <= 256
 
 
