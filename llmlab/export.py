@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llmlab.card import CARD, check_push, model_card, push_export
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
@@ -177,5 +177,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

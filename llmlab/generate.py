@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import GenerateConfig
 from llmlab.config.errors import exit_on_config_error
 from llmlab.sampling import complete
@@ -24,5 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

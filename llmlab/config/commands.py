@@ -4,6 +4,7 @@ llmlab.store registers them all."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmlab.config.errors import ConfigError, check_finite, check_positive
@@ -38,6 +39,7 @@ class GenerateConfig(SamplingSettings):
     run: str = "???"  # a run directory or checkpoint directory
     checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
     prompt: str = ""  # the text to continue (a chat run: the user's message); ignored when prompts is set
+    prompt_file: str | None = None  # a file whose text is the prompt (a long one; its one final newline dropped)
     prompts: list[str] = field(default_factory=list)  # several prompts, one left-padded batch
     num_samples: int = 1  # samples per prompt
     use_cache: bool = True  # KV cache (false: each new token re-runs the whole sequence)
@@ -47,6 +49,19 @@ class GenerateConfig(SamplingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("num_samples", self.num_samples)
+        if self.prompt_file is not None:
+            if self.prompt or self.prompts:
+                raise ConfigError("prompt_file: give the prompt as prompt=, prompts= or prompt_file=, one of them")
+            self.prompt = read_prompt_file(self.prompt_file)
+
+
+def read_prompt_file(path: str) -> str:
+    """A prompt file's text as written, less the one newline an editor ends a file with."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"prompt_file={path}: expected a readable UTF-8 text file ({err.__class__.__name__})")
+    return text[:-1] if text.endswith("\n") else text
 
 
 @dataclass
