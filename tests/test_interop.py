@@ -69,7 +69,7 @@ def test_a_trained_run_round_trips_through_the_cli_with_the_same_greedy_continua
     assert json.loads((out / "llmlab_export.json").read_text())["tokenizer"]["parity"] == "exact"  # char
 
     # the same greedy continuation as `python -m llmlab.generate`, through transformers alone
-    shown = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt='Dubo and '", "temperature=0",
+    shown = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt=Dubo and ", "temperature=0",
                                         "max_new_tokens=20"], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     ours = shown.stdout.split("--- sample 1\n", 1)[1].rstrip("\n")
