@@ -123,6 +123,10 @@ def generated(run: Path, prompt: str, cwd: Path) -> str:
     done = run_cli("llmlab.generate", args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     sample = done.stdout.split("--- sample 1\n", 1)[1].removesuffix("\n")
+    if sample.startswith("user: "):  # a chat run: the prompt and the reply on lines of their own
+        head = f"user: {prompt}\nassistant: "
+        assert sample.startswith(head)
+        return sample[len(head):]
     assert sample.startswith(prompt)
     return sample[len(prompt):]
 

@@ -86,6 +86,6 @@ def test_generate_continues_the_prompt_as_typed_and_from_a_prompt_file(cli_runs,
                                                "device=cpu"], cwd=tmp_path, timeout=120)
             assert done.returncode == 0, done.stderr
             sample = done.stdout.split("--- sample 1\n", 1)[1]
-            assert sample.startswith(prompt), sample
+            assert sample.startswith(f"user: {prompt}\nassistant: " if run == "sft" else prompt), sample
             outputs.append(sample)
         assert outputs[0] == outputs[1]  # the same text from the command line and from the file

@@ -130,12 +130,15 @@ class ExportConfig:
     out: str = "???"  # the directory to write
     overwrite: bool = False  # replace `out` if it exists
     card: bool = False  # also write README.md: a model card (Hub metadata, metrics, the training command and config)
+    prompt: str = ""  # the card's example prompt ("" = the run's trainer.sample_prompt)
+    max_new_tokens: int = 40  # the card's example: tokens generated (greedy, as generate with temperature=0)
     license: str = "other"  # the card's license: a Hub license id (apache-2.0, mit, ...); other = say it in the card
     base_model: str | None = None  # the card's base_model: the Hub id of the model a stage run started from
     datasets: list[str] = field(default_factory=list)  # the card's datasets (Hub ids); empty = named from the run
     push: str | None = None  # upload the export to this Hub model repo (<user>/<name>), created if missing
 
     def __post_init__(self) -> None:
+        check_positive("max_new_tokens", self.max_new_tokens)
         if self.push is not None and (self.push.count("/") != 1 or not all(self.push.split("/"))):
             raise ConfigError(f"push={self.push}: expected a Hub repo id <user or org>/<name>")
 
