@@ -96,6 +96,7 @@ class EvaluateConfig:
     run: str = "???"  # a run directory or checkpoint directory
     checkpoint: str = "latest"  # which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>
     data: TasksDataConfig = field(default_factory=TasksDataConfig)  # the held-out embedded tasks scored (data=tasks)
+    tasks: bool | None = None  # score those tasks; None = only a run trained on llmlab's embedded language
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
 
 
