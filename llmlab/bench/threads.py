@@ -1,12 +1,14 @@
-"""CPU threads on a shared machine: a short default run with torch's default thread count, with one thread, with
-llmlab's default (trainer.threads unset) and with torch's count under a passive OpenMP wait policy.
+"""CPU threads on a shared machine: a short default run with torch's default threads, with one thread and with
+llmlab's default, side by side.
 
 Each variant is the same command (`python -m llmlab.run trainer.max_steps=<steps>`, the default model and data)
 in its own process, so each gets a fresh OpenMP runtime; the variants take turns in every repeat, so a change in
-the machine's load falls on all of them alike. OMP_WAIT_POLICY is read when OpenMP starts (at torch's import):
-`passive_after_import` sets it after importing torch, to show whether that has any effect. The figures are each
-variant's median training time (metrics.json `wall_s`: the steps, evaluations and checkpoints) and whole run
-(`total_s`), its ratio to one thread, and the load average around each run.
+the machine's load falls on all of them alike. llmlab sets a passive OpenMP wait policy when it is imported,
+before torch; OpenMP reads it once, when torch loads. So `torch_default` (torch's thread count and wait policy,
+as before llmlab chose) and `fallback` (llmlab's default where the policy could not be set) import torch before
+llmlab, and `passive_after_import` sets the policy after importing torch, to show whether that has any effect.
+The figures are each variant's median training time (metrics.json `wall_s`: the steps, evaluations and
+checkpoints) and whole run (`total_s`), their ratio to one thread, and the load average around each run.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-AFTER_IMPORT = ("import os, runpy, sys, torch; os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'; "
-                "sys.argv = ['llmlab.run', *sys.argv[1:]]; runpy.run_module('llmlab.run', run_name='__main__')")
+# python -m llmlab.run, with torch imported first (and then the policy set, for passive_after_import)
+TORCH_FIRST = ("import os, runpy, sys, torch; {set}sys.argv = ['llmlab.run', *sys.argv[1:]]; "
+               "runpy.run_module('llmlab.run', run_name='__main__')")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=15, help="training steps per run (the issue's: 15)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
-    parser.add_argument("--variants", nargs="+", default=["torch_default", "one", "llmlab_default",
-                                                          "passive", "passive_after_import"])
+    parser.add_argument("--variants", nargs="+", default=["torch_default", "one", "llmlab_default", "fallback"],
+                        help="of torch_default, one, llmlab_default, fallback, passive_after_import")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (they fill the data caches)")
     parser.add_argument("--out", default="bench/threads.json")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. model=small")
@@ -39,17 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def torch_default_threads() -> int:
     """The thread count torch picks in a fresh process here (OMP_NUM_THREADS as this process has it)."""
     code = "import torch; print(torch.get_num_threads())"
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=env).stdout)
 
 
 def command(variant: str, torch_threads: int) -> tuple[list[str], dict[str, str]]:
     """(argv before the overrides, environment changes) of one variant."""
     run = [sys.executable, "-m", "llmlab.run"]
-    return {"torch_default": (run + [f"trainer.threads={torch_threads}"], {}),
+    torch_first = [sys.executable, "-c", TORCH_FIRST.format(set="")]
+    after = [sys.executable, "-c", TORCH_FIRST.format(set="os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'; ")]
+    return {"torch_default": (torch_first + [f"trainer.threads={torch_threads}"], {}),
             "one": (run + ["trainer.threads=1"], {}),
             "llmlab_default": (run, {}),
-            "passive": (run + [f"trainer.threads={torch_threads}"], {"OMP_WAIT_POLICY": "PASSIVE"}),
-            "passive_after_import": ([sys.executable, "-c", AFTER_IMPORT, f"trainer.threads={torch_threads}"], {}),
+            "fallback": (torch_first, {}),
+            "passive_after_import": (after + [f"trainer.threads={torch_threads}"], {}),
             }[variant]
 
 

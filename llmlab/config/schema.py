@@ -447,7 +447,7 @@ class TrainerConfig:
     allow_config_change: bool = False  # resume a run directory whose config differs (changed keys are listed)
     peak_flops: float = 1e12  # per device, for MFU; set it to your hardware's figure
     progress: bool = True  # a tqdm progress bar (main process only)
-    threads: int | None = None  # torch CPU threads; None = the usable cores less the machine's load, at least 1
+    threads: int | None = None  # torch CPU threads; None = one per usable core, waiting passively (train/threads.py)
     on_nonfinite: str = "skip"  # skip | stop: what a step with non-finite loss or gradients does
     max_nonfinite_skips: int = 3  # skip mode: this many consecutive bad steps end the run
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # trainer.early_stopping.*

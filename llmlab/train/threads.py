@@ -1,13 +1,15 @@
 """How many CPU threads torch computes with when trainer.threads is not given.
 
-torch's own default is one thread per core of the machine. Each operation then waits at a barrier for all its
-threads, so when other processes hold the cores (a shared lab server, a laptop with a browser) one descheduled
-thread stalls the rest: on 2 busy cores a default run was 4-5 times slower than with one thread (`python -m
-llmlab.bench threads` measures it). So the default takes the cores this process may use (its CPU affinity,
-capped by a cgroup CPU quota) less the load the machine already carries (its 1-minute load average), and at least
-one: every core on an idle machine, one thread on a busy one. It is decided once per process, before the first
-run starts (a sweep's later jobs would otherwise count the earlier ones' load as someone else's).
-`trainer.threads=<n>` chooses it outright; OMP_NUM_THREADS in the environment leaves torch's choice alone.
+torch's own default is one thread per core of the machine, and its OpenMP threads spin while they wait for
+work. On a shared machine (a lab server, a laptop with a browser) the spinning threads burn the cores other
+processes need, and each operation waits at a barrier for a descheduled thread: on 2 busy cores a default run
+was 5 times slower than with one thread (`python -m llmlab.bench threads`). llmlab sets a passive OpenMP wait
+policy before torch loads (llmlab/__init__.py), under which the threads sleep instead, and a thread per usable
+core (this process's CPU affinity, capped by a cgroup CPU quota) was then as fast as one thread on the busy
+machine or faster. Where that policy could not be set (torch imported before llmlab, or OMP_WAIT_POLICY set to
+something else), the default falls back to the usable cores less the machine's 1-minute load average, at least
+one. It is decided once per process, before the first run starts. `trainer.threads=<n>` chooses it outright;
+OMP_NUM_THREADS in the environment leaves torch's choice alone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+
+import llmlab
 
 _chosen: tuple[int, str] | None = None  # this process's decision, once made
 
@@ -47,9 +51,13 @@ def default_threads() -> tuple[int, str] | None:
         return None
     if _chosen is None:
         cores = usable_cores()
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # no load average here (Windows): assume an idle machine
-            load = 0.0
-        _chosen = (threads_for(cores, load), f"{cores} usable core{'s' * (cores != 1)}, load average {load:.1f}")
+        described = f"{cores} usable core{'s' * (cores != 1)}"
+        if llmlab.OMP_PASSIVE:
+            _chosen = (cores, f"{described}, OpenMP threads wait passively")
+        else:
+            try:
+                load = os.getloadavg()[0]
+            except OSError:  # no load average here (Windows): assume an idle machine
+                load = 0.0
+            _chosen = (threads_for(cores, load), f"{described}, load average {load:.1f}, OpenMP threads may spin")
     return _chosen
