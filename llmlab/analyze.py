@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import AnalyzeConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.store import CONF_DIR, to_dataclass
@@ -210,5 +210,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

@@ -9,6 +9,7 @@ learns it at once, in one line, not after the export.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -65,14 +66,14 @@ def model_card(info: RunInfo, cfg: ExportConfig, family: str, chat: bool) -> str
     if info.base:
         lines.append(f"It starts from `{info.base}`" + (f", published as `{cfg.base_model}`." if cfg.base_model else
                                                           " (export with `base_model=<its Hub id>` to link it)."))
-    lines += ["", "## Use", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'model = AutoModelForCausalLM.from_pretrained("{cfg.push or cfg.out}")',
-              f'tokenizer = AutoTokenizer.from_pretrained("{cfg.push or cfg.out}")', "```"]
+    lines += ["", "## Use", "```python", *usage(info, cfg, chat), "```", ""]
     if chat:
-        lines += ["", "This model answers in llmlab's chat template: `<bos> <|system|> text <|end|> <|user|> text "
-                      "<|end|> <|assistant|>`, whose four markers are the ids just above the tokenizer's vocabulary "
-                      "(system, user, assistant, end), which no text encodes to. Put a prompt that way (or use "
-                      "`python -m llmlab.chat` on the run) and stop at the end marker."]
+        lines += ["This model answers in llmlab's chat template, which the tokenizer carries: `<bos> <|system|> text "
+                  "<|end|> <|user|> text <|end|> <|assistant|>`; generation stops at `<|end|>`. Greedy decoding "
+                  "gives the reply `python -m llmlab.generate` prints for the same prompt with `temperature=0`."]
+    else:
+        lines += ["The tokenizer starts the text with `<bos>` as llmlab does, so greedy decoding gives the text "
+                  "`python -m llmlab.generate` prints for the same prompt with `temperature=0`."]
     lines += ["", "## Training", "The command that trained it:" if info.command else
               "The training command was not recorded (the run was not started from the command line; its config "
               "is below).", ""]
@@ -105,6 +106,23 @@ def model_card(info: RunInfo, cfg: ExportConfig, family: str, chat: bool) -> str
     lines += ["", "## Limitations", "",
               "A small research model: it has seen only the data above, and nothing it writes has been checked."]
     return f"---\n{card_metadata(info, cfg, family, chat).rstrip()}\n---\n\n" + "\n".join(lines) + "\n"
+
+
+def usage(info: RunInfo, cfg: ExportConfig, chat: bool) -> list[str]:
+    """The card's Python example: load, prompt (a chat model: in its chat template), generate greedily, print."""
+    where = json.dumps(cfg.push or cfg.out)
+    prompt = cfg.prompt or ("" if chat else str(info.get("trainer.sample_prompt", "") or ""))
+    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f"model = AutoModelForCausalLM.from_pretrained({where})",
+             f"tokenizer = AutoTokenizer.from_pretrained({where})", ""]
+    generate = f"output = model.generate(**inputs, max_new_tokens={cfg.max_new_tokens}, do_sample=False)"
+    if chat:
+        return [*lines, f"messages = [{{\"role\": \"user\", \"content\": {json.dumps(prompt, ensure_ascii=False)}}}]",
+                "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+                "return_dict=True)", generate,
+                "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))"]
+    return [*lines, f"inputs = tokenizer({json.dumps(prompt, ensure_ascii=False)}, return_tensors=\"pt\")", generate,
+            "print(tokenizer.decode(output[0], skip_special_tokens=True))"]
 
 
 def reachable(url: str, timeout: float) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import ChatConfig, SamplingSettings
 from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.data.chat import Message
@@ -290,5 +290,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

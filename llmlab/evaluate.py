@@ -1,6 +1,10 @@
 """`python -m llmlab.evaluate run=<run dir> [checkpoint=best]`: the loss over the whole validation split, task
 accuracy and perplexity of any run.
 
+The embedded tasks are written in llmlab's synthetic language, so they are scored only for a run trained on it
+(data synthetic, tasks or task_prefs) or when `tasks=true` asks; a run on the user's own text gets its
+whole-split loss and one line saying why the tasks were left out.
+
 Whole split (a pretraining run): every validation token scored once in non-overlapping windows, the split rebuilt
 from the run's verified config (llmlab.data.validation), so it is the figure the run wrote as val_loss_full at its
 end, for any of its checkpoints.
@@ -22,7 +26,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import EvaluateConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.store import CONF_DIR, to_dataclass
@@ -40,7 +44,15 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     device = pick_device(cfg.device)
     model, tokenizer, checkpoint = load_trained(cfg.run, device, cfg.checkpoint)
-    whole_split = split_of(model, tokenizer, checkpoint, device)
+    config = run_config(checkpoint)
+    whole_split = split_of(model, tokenizer, config, device)
+    result = {"checkpoint": str(checkpoint), **whole_split}
+    kind = (config.get("data") or {}).get("kind")
+    if not (cfg.tasks if cfg.tasks is not None else kind is None or kind in EMBEDDED_LANGUAGE):
+        result["tasks_skipped"] = (f"the run trained on data.kind={kind}, not on llmlab's embedded language the "
+                                   "tasks are written in (tasks=true scores them anyway)")
+        (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
     template = ChatTemplate(tokenizer)
     model.resize_vocab(template.vocab_size)  # a pretrained run: the markers SFT would add
     model = model.to(device).eval()
@@ -56,20 +68,21 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                                                        ignore_index=-100).item()
             count += int((targets != -100).sum())
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
-    result = {"checkpoint": str(checkpoint), **whole_split, "eval_tasks": len(eval_tasks), "task_accuracy": accuracy,
-              "answer_loss": total / count, "answer_ppl": math.exp(total / count)}
+    result.update(eval_tasks=len(eval_tasks), task_accuracy=accuracy, answer_loss=total / count,
+                  answer_ppl=math.exp(total / count))
     (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def split_of(model, tokenizer, checkpoint: Path, device) -> dict:
-    """{val_loss_full, val_tokens_scored} of a pretraining run's checkpoint; {} for a chat run."""
+EMBEDDED_LANGUAGE = ("synthetic", "tasks", "task_prefs")  # the data kinds drawn from llmlab's own language
+
+
+def run_config(checkpoint: Path) -> dict:
+    """The checkpoint's run's config_resolved.yaml, verified against the checkpoint; {} when there is none."""
     import yaml
 
-    from llmlab.data.validation import validation_streams
     from llmlab.files import sha256_file
     from llmlab.train import checkpoint as ckpt
-    from llmlab.train.split_eval import split_loss
 
     config_file = checkpoint.parent.parent / "config_resolved.yaml"
     if not config_file.is_file():
@@ -77,7 +90,16 @@ def split_of(model, tokenizer, checkpoint: Path, device) -> dict:
     recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
     if recorded and sha256_file(config_file) != recorded:
         raise ConfigError(f"{config_file} has changed since checkpoint {checkpoint} was written")
-    config = yaml.safe_load(config_file.read_text()) or {}
+    return yaml.safe_load(config_file.read_text()) or {}
+
+
+def split_of(model, tokenizer, config: dict, device) -> dict:
+    """{val_loss_full, val_tokens_scored} of a pretraining run (config: its resolved config); {} for a chat run."""
+    from llmlab.data.validation import validation_streams
+    from llmlab.train.split_eval import split_loss
+
+    if not config:
+        return {}
     streams = validation_streams(config.get("data") or {}, tokenizer, Path(config.get("cache_dir", ".")))
     if not streams:
         return {}
@@ -92,6 +114,9 @@ def main(cfg: DictConfig) -> None:
     if "val_loss_full" in result:
         print(f"{Path(result['checkpoint'])}: val loss {result['val_loss_full']:.4f} over the whole validation split "
               f"({result['val_tokens_scored']:,} tokens)")
+    if "tasks_skipped" in result:
+        print(f"{Path(result['checkpoint'])}: embedded tasks not scored: {result['tasks_skipped']}")
+        return
     acc = result["task_accuracy"]
     print(f"{Path(result['checkpoint'])}: task accuracy {acc.get('all', float('nan')):.3f} on "
           f"{result['eval_tasks']} held-out tasks, answer perplexity {result['answer_ppl']:.3f}")
@@ -101,5 +126,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

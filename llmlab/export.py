@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llmlab.card import CARD, check_push, model_card, push_export
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
@@ -131,6 +131,7 @@ def export_run(cfg: ExportConfig) -> Path:
 
     from transformers.utils import logging
 
+    from llmlab.data.chat_template import ChatTemplate
     from llmlab.interop.hf import hf_family, to_hf
     from llmlab.interop.hf_tokenizer import save_hf_tokenizer
     from llmlab.load import load_trained
@@ -144,18 +145,22 @@ def export_run(cfg: ExportConfig) -> Path:
                           "(python -m llmlab.merge_lora run=... out=...), then export the merged run")
     family = hf_family(model.cfg)
     hf_model = to_hf(model)
+    manifest = read_manifest(checkpoint)
+    chat = is_chat_checkpoint(manifest)
     logging.disable_progress_bar()  # transformers' shard-writing bar
-    for config in (hf_model.config, hf_model.generation_config):  # generate stops where llmlab's does
+    for config in (hf_model.config, hf_model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    # generate stops where llmlab's does: a chat model at the end of its reply, others at the end of the document
+    hf_model.generation_config.eos_token_id = ChatTemplate(tokenizer).end_id if chat else tokenizer.eos_id
+    hf_model.generation_config.pad_token_id = tokenizer.eos_id
     # what publishing(out) left beside out when an export was killed mid-write: .tmp_<name>.<8 random>[.old]
     remove_temporaries(out.parent, glob.escape(out.name) + "." + "[!.]" * 8)
     with publishing(out) as tmp:
         hf_model.save_pretrained(tmp)
-        tokenizer_entry = save_hf_tokenizer(tokenizer, tmp)
+        tokenizer_entry = save_hf_tokenizer(tokenizer, tmp, chat=chat)
         if cfg.card:
-            manifest = read_manifest(checkpoint)
             info = read_run_info(checkpoint, manifest)
-            (tmp / CARD).write_text(model_card(info, cfg, family, is_chat_checkpoint(manifest)), encoding="utf-8")
+            (tmp / CARD).write_text(model_card(info, cfg, family, chat), encoding="utf-8")
             if info.base and not cfg.base_model:
                 print(f"note: the card names no base_model: {info.base} is a local directory; give "
                       "base_model=<its Hub id> once it is on the Hub")
@@ -177,5 +182,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_path_arguments()
+    quote_arguments()
     main()

@@ -55,10 +55,34 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
 
 
+def current_umask() -> int:
+    """The process's umask: from /proc where Linux shows it (reading changes nothing), else by setting it and
+    setting it back at once (a file another thread creates in between gets the common 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(root: Path) -> None:
+    """root and everything under it get the modes a new directory or file gets (0777 / 0666 less the umask):
+    a temporary directory is made 0700 and safetensors writes its files 0600, which would keep a colleague on a
+    shared machine from reading a checkpoint or an export that every other file of the run lets them read."""
+    mask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def publishing(final: Path) -> Iterator[Path]:
     """An empty temporary directory beside `final` to fill; when the block ends it replaces `final` whole, its
-    files flushed to disk first.
+    files flushed to disk first, with the modes the umask gives new files (as_umask_allows).
 
     An existing `final` is retired first (a rename cannot overwrite a non-empty directory). On an error the
     temporary directory is removed and `final` is left as it was.
@@ -67,6 +91,7 @@ def publishing(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}.", dir=final.parent))
     try:
         yield tmp
+        as_umask_allows(tmp)
         for path in sorted(tmp.rglob("*"), reverse=True):  # files before the directories that hold them
             fsync(path)
         fsync(tmp)

@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from llmlab.config.argv import quote_path_arguments
+from llmlab.config.argv import quote_arguments
 from llmlab.config.errors import ConfigError
 from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
@@ -100,5 +100,5 @@ def quiet_other_ranks() -> None:
 
 if __name__ == "__main__":
     quiet_other_ranks()
-    quote_path_arguments()
+    quote_arguments()
     main()

@@ -31,6 +31,7 @@ from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
+from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
 
 
@@ -72,6 +73,10 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
+        elif self.device.type == "cpu" and (chosen := default_threads()):
+            torch.set_num_threads(chosen[0])
+            if place.is_main:
+                print(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
         torch.manual_seed(cfg.seed)
         self.start = time.perf_counter()
 

@@ -89,6 +89,7 @@ class Completion:
     text: str  # without the prompt, up to the stop token
     tokens: int  # generated before the stop token (all of them when it never came)
     ended: bool  # the stop token came within max_new_tokens
+    reply: bool = False  # a chat model's reply to the prompt (else the prompt's continuation)
 
 
 def completions(cfg: GenerateConfig) -> list[Completion]:
@@ -109,7 +110,7 @@ def completions(cfg: GenerateConfig) -> list[Completion]:
     for ids in generate(speaker.model, batch, sampling, generator, mask)[:, batch.shape[1]:].tolist():
         ended = stop in ids
         out.append(Completion(speaker.decode(ids, at_stop=cfg.stop_at_eos),
-                              ids.index(stop) if ended else len(ids), ended))
+                              ids.index(stop) if ended else len(ids), ended, speaker.chat))
     return out
 
 

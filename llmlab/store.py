@@ -55,9 +55,23 @@ def path_safe(value: str) -> str:
     return f"{cleaned[:24]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
 
 
+def config_groups() -> str:
+    """`--help`'s list of config groups, one line each with its options: the YAML files under conf/ a user picks
+    from (the schemas registered as base_<name> in the same groups are no option)."""
+    lines = []
+    for group in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
+        name = group.relative_to(CONF_DIR).as_posix()
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options and name.split("/")[0] != "hydra":
+            lines.append(f"{name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
     if not OmegaConf.has_resolver("llmlab.dirname"):
         OmegaConf.register_new_resolver("llmlab.dirname", job_dirname)
+    if not OmegaConf.has_resolver("llmlab.config_groups"):
+        OmegaConf.register_new_resolver("llmlab.config_groups", config_groups)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     # data options differ in their fields, so each data YAML names its own schema

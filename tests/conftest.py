@@ -16,7 +16,10 @@ from llmlab.store import CONF_DIR, register_configs, to_dataclass
 REPO = Path(__file__).resolve().parents[1]
 
 # A run small enough to train in a few seconds on CPU: the fast preset (conf/debug/fast.yaml) on little data.
-FAST = ["+debug=fast", "data.train_docs=400", "data.val_docs=40", "trainer.progress=false", "device=cpu"]
+# One thread: the default follows the machine's load, and runs that tests compare bitwise across processes must
+# compute alike whatever the load.
+FAST = ["+debug=fast", "data.train_docs=400", "data.val_docs=40", "trainer.progress=false", "device=cpu",
+        "trainer.threads=1"]
 
 
 def compose_config(overrides: list[str]):
@@ -53,7 +56,7 @@ def cli_runs(tmp_path_factory) -> Path:
     """A pretrain run (base/) and an SFT run from it (sft/), each trained by `python -m llmlab.run` in seconds, so
     each has the record a command leaves (.hydra/overrides.yaml)."""
     root = tmp_path_factory.mktemp("cli_runs")
-    common = [*(a for a in FAST if not a.startswith("data.")), "trainer.threads=1", f"cache_dir={root / 'cache'}"]
+    common = [*(a for a in FAST if not a.startswith("data.")), f"cache_dir={root / 'cache'}"]
     sft = ["stage=sft", "data=tasks", "data.train_tasks=400", "data.val_tasks=40", "data.eval_tasks=10",
            f"stage.init_from={root / 'base'}"]
     for name, extra in (("base", ["data.train_docs=400", "data.val_docs=40"]), ("sft", sft)):

@@ -481,13 +481,19 @@ def old_starts(n_tokens: int, batch_size: int, seq_len: int, n_batches: int) -> 
     return np.linspace(0, n_tokens - seq_len - 1, n_batches * batch_size).astype(np.int64).tolist()
 
 
-def test_more_eval_batches_than_the_data_holds_are_refused_quickly():
+def test_more_eval_batches_than_the_data_holds_are_bounded_quickly_with_one_warning(capsys):
     tokens = np.arange(3552, dtype=np.uint16)  # the test suite's validation stream: 107 windows of 33
-    message = refused(lambda: validation_batches(tokens, 8, 32, 100_000), "trainer.eval_batches", within=1.0)
-    assert message == ("trainer.eval_batches=100000 is more than the validation data can fill: its 3552 tokens hold "
-                       "107 windows of model.context_length=32 (+1) without overlap, at most 13 batches of 8; use "
-                       "trainer.eval_batches<=13 or more validation data")
-    refused(lambda: validation_batches(tokens, 8, 32, 14), "at most 13 batches")
+    start = time.perf_counter()
+    batches = validation_batches(tokens, 8, 32, 100_000)
+    assert time.perf_counter() - start < 1.0
+    assert len(batches) == 13 and all(len(b.input_ids) == 8 for b in batches)
+    starts = [int(b.input_ids[i, 0]) for b in batches for i in range(8)]
+    assert starts == old_starts(3552, 8, 32, 13)  # what eval_batches=13 evaluates
+    assert capsys.readouterr().err == (
+        "warning: trainer.eval_batches=100000 is more than the validation data can fill: its 3552 tokens hold 107 "
+        "windows of model.context_length=32 (+1) without overlap; evaluating 13 batches of 8 (set "
+        "trainer.eval_batches<=13, or give more validation data)\n")
+    assert len(validation_batches(tokens, 8, 32, 14, warn=False)) == 13 and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("n_tokens,batch_size,seq_len,n_batches", [
@@ -501,9 +507,10 @@ def test_eval_batches_within_the_bound_draw_the_same_windows_as_before(n_tokens,
     assert starts == old_starts(n_tokens, batch_size, seq_len, n_batches)
 
 
-def test_a_short_stream_allows_one_batch_only():
-    refused(lambda: validation_batches(np.arange(100), 8, 32, 2),
-            "its 100 tokens hold 3 windows .* at most 1 batch of 8; use trainer.eval_batches<=1")
+def test_a_short_stream_allows_one_batch_only(capsys):
+    assert len(validation_batches(np.arange(100), 8, 32, 2)) == 1
+    assert "its 100 tokens hold 3 windows of model.context_length=32 (+1) without overlap; evaluating 1 batch of 8 " \
+           "(set trainer.eval_batches<=1" in capsys.readouterr().err
 
 
 def test_chat_eval_batches_beyond_the_data_take_what_there_is():
@@ -516,7 +523,8 @@ def test_chat_eval_batches_beyond_the_data_take_what_there_is():
 
 # ---- through the CLI, and under a hard memory limit --------------------------------------------------------
 @pytest.mark.slow
-def test_the_cli_prints_one_line_for_a_forged_checkpoint_and_too_many_eval_batches(tmp_path, fast_args):
+def test_the_cli_prints_one_line_for_a_forged_checkpoint_and_one_warning_for_too_many_eval_batches(tmp_path,
+                                                                                                       fast_args):
     checkpoint = tiny_checkpoint(tmp_path / "run")
     edit_manifest(checkpoint, d_model=8192, n_layers=64)
     done = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt=a"], cwd=tmp_path)
@@ -525,9 +533,9 @@ def test_the_cli_prints_one_line_for_a_forged_checkpoint_and_too_many_eval_batch
     assert len(lines) == 1 and lines[0].startswith("error: checkpoint file ") and "lm_head.weight" in lines[0]
     done = run_cli("llmlab.run", [*fast_args, "trainer.eval_batches=100000", f"hydra.run.dir={tmp_path / 'r'}"],
                    cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: trainer.eval_batches=100000 is more than")
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line for line in done.stderr.splitlines() if "trainer.eval_batches" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: trainer.eval_batches=100000 is more than"), warned
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -185,3 +187,33 @@ def test_push_uploads_the_export_with_its_card(cli_runs, tmp_path, monkeypatch):
                               f"export in {tmp_path / 'again'} is complete, retry with the same command and "
                               "overwrite=true")
     assert (tmp_path / "again" / "README.md").is_file()
+
+
+def card_snippet(card_text: str) -> str:
+    """The card's Python example, exactly as printed."""
+    return card_text.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, prompt", [("base", "Dubo and "), ("sft", "Say how many words. the ripe pear")])
+def test_the_cards_transformers_snippet_prints_what_generate_prints(cli_runs, tmp_path, run, prompt):
+    """The snippet, run as the card prints it, uses transformers alone: the tokenizer adds llmlab's bos, a chat
+    model's tokenizer carries its chat template and markers, and generate stops where llmlab's does."""
+    out = tmp_path / "exported"
+    done = run_cli("llmlab.export", [f"run={cli_runs / run}", f"out={out}", "card=true", f"prompt={prompt}",
+                                     "max_new_tokens=30"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    snippet = card_snippet((out / card.CARD).read_text(encoding="utf-8"))
+    assert json.dumps(prompt) in snippet and "max_new_tokens=30" in snippet
+    theirs = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = run_cli("llmlab.generate", [f"run={cli_runs / run}", f"prompt={prompt}", "temperature=0",
+                                       "max_new_tokens=30", "device=cpu"], cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr
+    sample = ours.stdout.split("--- sample 1\n", 1)[1]
+    if run == "sft":
+        assert "apply_chat_template" in snippet
+        sample = sample.removeprefix(f"user: {prompt}\nassistant: ")
+    assert theirs.stdout == sample
+    assert len(sample.strip()) > (len(prompt) if run == "base" else 0)  # something was generated

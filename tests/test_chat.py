@@ -118,11 +118,15 @@ def chat_server(args: list[str], cwd: Path):
 def generated(run: Path, prompt: str, cwd: Path) -> str:
     """What `python -m llmlab.generate` prints for prompt with SETTINGS, without the prompt."""
     t, k, p, rp, n, seed = SETTINGS
-    args = [f"run={run}", f"prompt='{prompt}'", f"temperature={t}", f"top_k={k}", f"top_p={p}",
+    args = [f"run={run}", f"prompt={prompt}", f"temperature={t}", f"top_k={k}", f"top_p={p}",
             f"repetition_penalty={rp}", f"max_new_tokens={n}", f"seed={seed}", "device=cpu"]
     done = run_cli("llmlab.generate", args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     sample = done.stdout.split("--- sample 1\n", 1)[1].removesuffix("\n")
+    if sample.startswith("user: "):  # a chat run: the prompt and the reply on lines of their own
+        head = f"user: {prompt}\nassistant: "
+        assert sample.startswith(head)
+        return sample[len(head):]
     assert sample.startswith(prompt)
     return sample[len(prompt):]
 

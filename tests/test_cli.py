@@ -78,3 +78,15 @@ def test_a_multirun_names_its_jobs_by_the_swept_keys_and_every_command_takes_the
                                        "monitors=none", "trainer.progress=false", f"cache_dir={tmp_path / 'cache'}",
                                        f"hydra.run.dir={tmp_path / 'sft=1,x'}"], cwd=tmp_path, timeout=300)
     assert continued.returncode == 0, continued.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["llmlab.run", "llmlab.generate"])
+def test_help_lists_the_options_a_user_picks_and_no_internal_schema(module, tmp_path):
+    result = run_cli(module, ["--help"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    assert "base_" not in groups
+    assert "\ndata: chat, hf, mix, prefs, synthetic, task_prefs, tasks, text\n" in groups
+    assert "\nstage: dpo, grpo, pretrain, sft\n" in groups and "\ntokenizer: bpe, byte, char, unigram\n" in groups
+    assert "\nexperiment/optimizers: " in groups and "hydra" not in groups

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 from safetensors.torch import load_file
 
-from llmlab.config.argv import quote_paths
+from llmlab.config.argv import quote_overrides
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig
 from llmlab.data.grammar import GrammarChecker
@@ -209,9 +209,9 @@ def test_path_arguments_that_hydra_would_misread_are_quoted_and_others_left_alon
     for arg, value in (("run=out/model.n_layers=2,seed=1", "out/model.n_layers=2,seed=1"),
                        ("stage.init_from=/x/data.paths=[a.txt],n=1", "/x/data.paths=[a.txt],n=1"),
                        ("hydra.run.dir=/tmp/it's=1", "/tmp/it's=1")):
-        assert parser.parse_override(quote_paths([arg])[0]).value() == value
-    untouched = ["run=outputs/a/b", "stage.init_from=a,b", "model.n_layers=2", "run='x=1'", "prompt=a=b"]
-    assert quote_paths(untouched) == untouched
+        assert parser.parse_override(quote_overrides([arg])[0]).value() == value
+    untouched = ["run=outputs/a/b", "stage.init_from=a,b", "model.n_layers=2", "run='x=1'"]
+    assert quote_overrides(untouched) == untouched
 
 
 # ---- a run end to end ------------------------------------------------------------------------------------------

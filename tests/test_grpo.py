@@ -282,7 +282,7 @@ def test_lora_grpo_on_chat_prompts_with_a_user_reward_trains_only_adapters_and_e
     assert rows[0]["grpo/kl"] == 0.0 and "grpo/reward_mean" in rows[0]
     with safe_open(tmp_path / "lora" / "checkpoints" / "step_2" / "model.safetensors", "pt") as f:
         assert all(n.endswith((".lora_A", ".lora_B")) for n in f.keys())
-    scores = evaluate(EvaluateConfig(run=str(tmp_path / "lora"), data=to_dataclass(
+    scores = evaluate(EvaluateConfig(run=str(tmp_path / "lora"), tasks=True, data=to_dataclass(
         compose_config(["stage=sft", "data=tasks", "data.eval_tasks=5", "data.val_tasks=4",
                         f"stage.init_from={start}"])).data))
     assert 0.0 <= scores["task_accuracy"]["all"] <= 1.0

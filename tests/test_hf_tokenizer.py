@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
+from tokenizers import Tokenizer as Backend
 from transformers import AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 from llmlab.config.schema import TokenizerConfig
+from llmlab.data.chat import Message
+from llmlab.data.chat_template import MARKERS, ChatTemplate
 from llmlab.data.synthetic import Language, sample_documents
 from llmlab.data.tokenizers import SentencePieceTokenizer, train_tokenizer
 from llmlab.interop.hf_tokenizer import save_hf_tokenizer
@@ -68,7 +71,7 @@ def path_score(tok: SentencePieceTokenizer, ids: list[int]) -> float:
 def assert_same_ids(case: tuple, text: str) -> None:
     tok, hf, manifest = case
     ours, theirs = tok.encode(text), hf.encode(text, add_special_tokens=False)
-    assert hf(text)["input_ids"] == theirs  # the default add_special_tokens=True adds nothing either
+    assert hf(text)["input_ids"] == [tok.bos_id, *theirs]  # by default the bos llmlab puts before a prompt
     if ours != theirs:  # only where the manifest says so: a tie between equally scored segmentations
         assert "differs_on" in manifest, (text, ours, theirs)
         assert tok.kind == "unigram" and hf.decode(theirs) == text, (text, ours, theirs)
@@ -182,3 +185,42 @@ def test_model_config_beside_keeps_the_exported_pipeline(exported, kind, config,
     hf = AutoTokenizer.from_pretrained(tmp_path)
     assert type(hf) is PreTrainedTokenizerFast
     assert_same_ids((tok, hf, manifest), HELD_OUT)
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_bos_is_added_as_llmlab_adds_it_by_transformers_and_by_the_tokenizers_library(exported, case):
+    tok, hf, _ = exported[case]
+    text = "Bako and Tilu"
+    assert hf(text)["input_ids"] == hf.encode(text) == [tok.bos_id, *tok.encode(text)]
+    assert hf.bos_token_id == tok.bos_id
+    directory = Path(hf.name_or_path)
+    assert Backend.from_file(str(directory / "tokenizer.json")).encode(text).ids == [tok.bos_id, *tok.encode(text)]
+    assert json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))["add_bos_token"] is True
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_a_chat_export_carries_the_markers_and_a_template_that_gives_llmlab_prompt_ids(exported, case, tmp_path):
+    tok = exported[case][0]
+    manifest = save_hf_tokenizer(tok, tmp_path, chat=True)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    template = ChatTemplate(tok)
+    assert len(hf) == template.vocab_size == tok.vocab_size + len(MARKERS)
+    assert manifest["chat_markers"] == {m: hf.convert_tokens_to_ids(m) for m in MARKERS}
+    conversation = [Message("system", "Answer  briefly, "), Message("user", "Bako and\tTilu?\n"),
+                    Message("assistant", "the lake."), Message("user", "日本 é again ")]
+    as_dicts = [{"role": m.role, "content": m.content} for m in conversation]
+    ids = hf.apply_chat_template(as_dicts, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == template.prompt(conversation)
+    assert ids[:2] == [tok.bos_id, template.role_ids["system"]] and ids[-1] == template.role_ids["assistant"]
+    assert hf.apply_chat_template(as_dicts[:3], return_dict=True)["input_ids"] == template.encode(conversation[:3]).ids
+    # a marker typed in a message: the tokenizer matches it (as the manifest says) unless told to sanitize
+    plain, sanitized = (hf.apply_chat_template([{"role": "user", "content": "a </s> b <|end|> c"}], return_dict=True,
+                                               add_generation_prompt=True, sanitize_control_tokens=s)["input_ids"]
+                        for s in (False, True))
+    assert {tok.eos_id, template.end_id} <= set(plain[2:-2])
+    assert all(i < tok.vocab_size and i != tok.eos_id for i in sanitized[2:-2])
+    assert "chat marker" in manifest["text_differs_on"]
+    reply = [*tok.encode("the lake."), template.end_id]
+    assert hf.decode(reply, skip_special_tokens=True) == template.decode(reply) == "the lake."
+    with pytest.raises(Exception, match="roles are system, user and assistant"):
+        hf.apply_chat_template([{"role": "tool", "content": "x"}])

@@ -69,18 +69,16 @@ def test_a_trained_run_round_trips_through_the_cli_with_the_same_greedy_continua
     assert json.loads((out / "llmlab_export.json").read_text())["tokenizer"]["parity"] == "exact"  # char
 
     # the same greedy continuation as `python -m llmlab.generate`, through transformers alone
-    shown = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt='Dubo and '", "temperature=0",
+    shown = run_cli("llmlab.generate", [f"run={tmp_path / 'run'}", "prompt=Dubo and ", "temperature=0",
                                         "max_new_tokens=20"], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     ours = shown.stdout.split("--- sample 1\n", 1)[1].rstrip("\n")
     hf, hf_tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
-    prompt = torch.tensor([[hf.config.bos_token_id, *hf_tokenizer.encode("Dubo and ")]])
-    # an explicit mask: the prompt starts with id 0, which generate would otherwise take for padding
-    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False,
-                         pad_token_id=hf.config.eos_token_id)
-    assert "Dubo and " + hf_tokenizer.decode(theirs[0, prompt.shape[1]:], skip_special_tokens=True) == ours
+    inputs = hf_tokenizer("Dubo and ", return_tensors="pt")  # the tokenizer adds llmlab's bos itself
+    theirs = hf.generate(**inputs, max_new_tokens=20, do_sample=False)
+    assert hf_tokenizer.decode(theirs[0], skip_special_tokens=True) == ours
     model, tokenizer, _ = load_trained(tmp_path / "run")
-    assert prompt[0].tolist() == [tokenizer.eos_id, *tokenizer.encode("Dubo and ")]
+    assert inputs["input_ids"][0].tolist() == [tokenizer.eos_id, *tokenizer.encode("Dubo and ")]
 
     again = run_cli("llmlab.export", [f"run={tmp_path / 'run'}", f"out={out}"], cwd=tmp_path)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr  # never replaced by accident

@@ -288,7 +288,7 @@ def test_generate_refuses_a_nan_temperature_and_counts_unknown_prompt_characters
     run_dir, _ = finished
     one_line_error(run_cli("llmlab.generate", [f"run={run_dir}", "temperature=nan"], tmp_path),
                    "temperature must be a finite number, got nan")
-    result = run_cli("llmlab.generate", [f"run={run_dir}", "prompt='Ωa€'", "max_new_tokens=4"], tmp_path)
+    result = run_cli("llmlab.generate", [f"run={run_dir}", "prompt=Ωa€", "max_new_tokens=4"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: 2 prompt character(s) are not in the tokenizer's vocabulary" in result.stderr
 

@@ -17,13 +17,14 @@ from llmlab.bench import (
     monitors,
     scaling,
     soak,
+    threads,
     vs_transformers,
 )
 
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays, "fused": fused}
+              "compile-pays": compile_pays, "fused": fused, "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
     with safe_open(directory / "model.safetensors", "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     analyze = [sys.executable, "-m", "llmlab.analyze", "model=hf", f"model.path={directory}",
-               "text='The river runs between two hills and the people walk along it.'", "no_plots=true",
+               "text=The river runs between two hills and the people walk along it.", "no_plots=true",
                "out=outputs/.cache/bench/analysis"]
     variants = {"chosen_layers_forward_only": [*analyze, f"layers={args.layers}", "no_gradients=true"],
                 "chosen_layers_with_gradients": [*analyze, f"layers={args.layers}"],

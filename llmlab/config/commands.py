@@ -4,6 +4,7 @@ llmlab.store registers them all."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmlab.config.errors import ConfigError, check_finite, check_positive
@@ -49,6 +50,8 @@ class GenerateConfig(SamplingSettings):
     """which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>"""
     prompt: str = ""
     """the text to continue (a chat run: the user's message); ignored when prompts is set"""
+    prompt_file: str | None = None
+    """a file whose text is the prompt (a long one; its one final newline dropped)"""
     prompts: list[str] = field(default_factory=list)
     """several prompts, one left-padded batch"""
     num_samples: int = 1
@@ -63,6 +66,19 @@ class GenerateConfig(SamplingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("num_samples", self.num_samples)
+        if self.prompt_file is not None:
+            if self.prompt or self.prompts:
+                raise ConfigError("prompt_file: give the prompt as prompt=, prompts= or prompt_file=, one of them")
+            self.prompt = read_prompt_file(self.prompt_file)
+
+
+def read_prompt_file(path: str) -> str:
+    """A prompt file's text as written, less the one newline an editor ends a file with."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"prompt_file={path}: expected a readable UTF-8 text file ({err.__class__.__name__})")
+    return text[:-1] if text.endswith("\n") else text
 
 
 @dataclass
@@ -110,6 +126,8 @@ class EvaluateConfig:
     """which of the run's checkpoints: latest | best (lowest periodic val/loss) | step_<N>"""
     data: TasksDataConfig = field(default_factory=TasksDataConfig)
     """the held-out embedded tasks scored (data=tasks)"""
+    tasks: bool | None = None
+    """score those tasks; None = only a run trained on llmlab's embedded language"""
     device: str = "auto"
     """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
 
@@ -168,6 +186,10 @@ class ExportConfig:
     """replace `out` if it exists"""
     card: bool = False
     """also write README.md: a model card (Hub metadata, metrics, the training command and config)"""
+    prompt: str = ""
+    """the card's example prompt ("" = the run's trainer.sample_prompt)"""
+    max_new_tokens: int = 40
+    """the card's example: tokens generated (greedy, as generate with temperature=0)"""
     license: str = "other"
     """the card's license: a Hub license id (apache-2.0, mit, ...); other = say it in the card"""
     base_model: str | None = None
@@ -178,6 +200,7 @@ class ExportConfig:
     """upload the export to this Hub model repo (<user>/<name>), created if missing"""
 
     def __post_init__(self) -> None:
+        check_positive("max_new_tokens", self.max_new_tokens)
         if self.push is not None and (self.push.count("/") != 1 or not all(self.push.split("/"))):
             raise ConfigError(f"push={self.push}: expected a Hub repo id <user or org>/<name>")
 

@@ -571,7 +571,7 @@ class TrainerConfig:
     progress: bool = True
     """a tqdm progress bar (main process only)"""
     threads: int | None = None
-    """torch CPU threads; null = torch's default"""
+    """torch CPU threads; null = one per usable core, waiting passively (train/threads.py)"""
     on_nonfinite: str = "skip"
     """skip | stop: what a step with non-finite loss or gradients does"""
     max_nonfinite_skips: int = 3

@@ -7,6 +7,8 @@ Validation batches are fixed windows spread evenly over the validation stream: t
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -53,12 +55,13 @@ def windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> Batch:
 
 
 def validation_batches(
-    tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int
+    tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int, warn: bool = True
 ) -> list[Batch]:
     """n_batches fixed batches of windows spread evenly over the stream.
 
     At most as many windows as the stream holds without overlap (never fewer than one batch: a short stream
-    still gives one, of overlapping windows); more is refused rather than evaluating the same tokens again.
+    still gives one, of overlapping windows): asked for more, it evaluates the batches the stream fills rather
+    than the same tokens again, and says so in one warning line (warn=False: not from this process).
     """
     if len(tokens) < seq_len + 1:
         raise ConfigError(
@@ -68,12 +71,12 @@ def validation_batches(
     fit = len(tokens) // (seq_len + 1)  # windows of seq_len + 1 tokens (inputs and targets) without overlap
     most = max(1, fit // batch_size)
     if n_batches > most:
-        raise ConfigError(
-            f"trainer.eval_batches={n_batches} is more than the validation data can fill: its {len(tokens)} tokens "
-            f"hold {fit} windows of model.context_length={seq_len} (+1) without overlap, at most {most} "
-            f"batch{'' if most == 1 else 'es'} of {batch_size}; use trainer.eval_batches<={most} or more "
-            "validation data"
-        )
+        if warn:
+            print(f"warning: trainer.eval_batches={n_batches} is more than the validation data can fill: its "
+                  f"{len(tokens)} tokens hold {fit} windows of model.context_length={seq_len} (+1) without overlap; "
+                  f"evaluating {most} batch{'' if most == 1 else 'es'} of {batch_size} (set "
+                  f"trainer.eval_batches<={most}, or give more validation data)", file=sys.stderr)
+        n_batches = most
     starts = np.linspace(0, len(tokens) - seq_len - 1, n_batches * batch_size).astype(np.int64).tolist()
     return [
         windows(tokens, starts[i * batch_size:(i + 1) * batch_size], seq_len) for i in range(n_batches)

@@ -1,5 +1,11 @@
 """llmlab tokenizers as Hugging Face tokenizers: a directory that `transformers.AutoTokenizer` loads with no
-custom code and that encodes text to llmlab's ids (nothing is added, with or without ``add_special_tokens``).
+custom code and that encodes text to llmlab's ids. ``add_special_tokens=False`` gives exactly ``encode``'s ids; the
+default adds what llmlab puts before a prompt, its bos token (the eos piece: a sequence starts after a document
+boundary), through a post-processor that the ``tokenizers`` library alone applies too (``add_bos_token`` in
+tokenizer_config.json).
+
+A chat model's tokenizer also holds the four chat markers as special tokens with the ids the model was trained on
+(just above the text vocabulary) and a chat template, so ``apply_chat_template`` gives llmlab's prompt ids.
 
 The pipeline is built with the ``tokenizers`` library and saved by transformers' fast tokenizer class
 (``PreTrainedTokenizerFast``, which transformers 5 renamed ``TokenizersBackend``):
@@ -15,32 +21,48 @@ The pipeline is built with the ``tokenizers`` library and saved by transformers'
 The eos piece is a special token that text never produces: ``split_special_tokens=True`` (saved in
 tokenizer_config.json) sends a literal "</s>" through the model like any other text. The ``tokenizers``
 library alone does not read that file: there, set ``encode_special_tokens = True`` on the loaded tokenizer.
+A chat export cannot split them: ``apply_chat_template`` writes the markers as text and encodes that, so there a
+literal marker in the text becomes the marker (the manifest says so; ``apply_chat_template(...,
+sanitize_control_tokens=True)`` keeps a message's own "<|end|>" text).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
+from llmlab.data.chat_template import MARKERS
 from llmlab.data.tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 EOS = "</s>"  # char and byte have no eos piece of their own: borrow sentencepiece's name
 UNK = "<unk>"
 
 # What the export manifest says where ids or text can differ from llmlab's.
+CHAT_MARKERS_IN_TEXT = ("text holding a chat marker or the eos piece (\"<|user|>\", \"</s>\"): a chat export "
+                        "encodes it as that special token, llmlab as text")
+# llmlab's ChatTemplate as Jinja: <bos>, each message as <|role|> content <|end|>, then <|assistant|> to ask
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('llmlab chat roles are system, user and assistant, got ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
 UNIGRAM_TIES = ("texts with two equally scored segmentations (the same pieces in another order, e.g. in runs "
                 "of spaces): sentencepiece breaks the tie by float32 rounding, Hugging Face by float64")
 DECODE_DIFFERS = ("ids whose byte pieces are not valid UTF-8 (Hugging Face decodes every byte of such a run to "
                   "U+FFFD, llmlab only the invalid bytes) and <unk>, which encode never gives")
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
-    """Write tokenizer.json and tokenizer_config.json into ``directory``; return the export manifest's entry."""
+def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path, chat: bool = False) -> dict[str, Any]:
+    """Write tokenizer.json and tokenizer_config.json into ``directory`` (chat: with the chat markers and
+    template); return the export manifest's entry."""
     from transformers import PreTrainedTokenizerFast
 
     if tokenizer.kind == "hf":  # a run of an imported model (model=hf) still has that model's own tokenizer
@@ -51,17 +73,48 @@ def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
     if tokenizer.kind not in builders:
         raise ValueError(f"save_hf_tokenizer: kind {tokenizer.kind!r} has no export; it handles {', '.join(builders)}")
     backend, special_tokens = builders[tokenizer.kind](tokenizer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=backend, split_special_tokens=True,
-                                 clean_up_tokenization_spaces=False, **special_tokens)
-    if hf.eos_token_id != tokenizer.eos_id:
-        raise RuntimeError(f"Hugging Face eos id {hf.eos_token_id} != llmlab eos id {tokenizer.eos_id}")
+    if backend.get_vocab_size() != tokenizer.vocab_size:
+        raise RuntimeError(f"Hugging Face vocabulary {backend.get_vocab_size()} != llmlab's {tokenizer.vocab_size}")
+    bos = backend.id_to_token(tokenizer.bos_id)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)])
+    extra: dict[str, Any] = {}
+    if chat:
+        _add_chat_markers(backend, tokenizer.vocab_size)
+        extra = {"chat_template": CHAT_TEMPLATE, "extra_special_tokens": list(MARKERS)}
+    hf = PreTrainedTokenizerFast(tokenizer_object=backend, split_special_tokens=not chat,
+                                 clean_up_tokenization_spaces=False, bos_token=bos, add_bos_token=True,
+                                 add_eos_token=False, **special_tokens, **extra)
+    if hf.eos_token_id != tokenizer.eos_id or hf.bos_token_id != tokenizer.bos_id:
+        raise RuntimeError(f"Hugging Face eos/bos ids {hf.eos_token_id}/{hf.bos_token_id} != llmlab's "
+                           f"{tokenizer.eos_id}/{tokenizer.bos_id}")
     hf.save_pretrained(str(directory))
-    manifest = {"kind": tokenizer.kind, "eos_token": hf.eos_token, "parity": "exact"}
+    _record_add_bos(directory / "tokenizer_config.json")
+    manifest = {"kind": tokenizer.kind, "eos_token": hf.eos_token, "bos_token": hf.bos_token, "parity": "exact"}
     if tokenizer.kind == "unigram":
         manifest.update(parity="exact except ties", differs_on=UNIGRAM_TIES)
+    if chat:
+        manifest["chat_markers"] = {m: tokenizer.vocab_size + i for i, m in enumerate(MARKERS)}
+        manifest["text_differs_on"] = CHAT_MARKERS_IN_TEXT
     if tokenizer.kind in ("bpe", "unigram"):
         manifest["decode_differs_on"] = DECODE_DIFFERS
     return manifest
+
+
+def _record_add_bos(config: Path) -> None:
+    """add_bos_token in tokenizer_config.json, which transformers does not save from the constructor: a reader
+    (and a transformers that rebuilds the post-processor from it) sees that the bos is added."""
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    settings.update(add_bos_token=True, add_eos_token=False)
+    config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _add_chat_markers(backend: Backend, vocab_size: int) -> None:
+    """The chat markers as special tokens with the ids llmlab gives them: vocab_size + 0..3."""
+    backend.add_special_tokens([AddedToken(m, special=True, normalized=False) for m in MARKERS])
+    ids = [backend.token_to_id(m) for m in MARKERS]
+    if ids != list(range(vocab_size, vocab_size + len(MARKERS))):
+        raise RuntimeError(f"chat markers got ids {ids}, llmlab's are {vocab_size}..{vocab_size + len(MARKERS) - 1}")
 
 
 def _char_backend(tokenizer: CharTokenizer) -> tuple[Backend, dict[str, str]]:

@@ -61,7 +61,8 @@ class Pretrain(Stage):
         train_batches = TrainBatches(streams.train, trainer.batch_size, seq_len, seed=cfg.seed,
                                      rank=ctx.place.rank, world_size=ranks)
         # every rank evaluates the whole validation set, batched as one process with the global batch would
-        val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches)
+        val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches,
+                                         warn=ctx.place.is_main)
         return self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
                           [streams.val])
 
@@ -77,7 +78,8 @@ class Pretrain(Stage):
             source = prepared[0]
             train_batches = TrainBatches(source.train, batch, seq_len, seed=cfg.seed, rank=ctx.place.rank,
                                          world_size=ranks)
-            val_batches = validation_batches(source.val, batch * ranks, seq_len, trainer.eval_batches)
+            val_batches = validation_batches(source.val, batch * ranks, seq_len, trainer.eval_batches,
+                                             warn=ctx.place.is_main)
         else:
             weights, names = [p.weight for p in prepared], [p.name for p in prepared]
             if ctx.place.is_main:
