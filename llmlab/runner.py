@@ -57,6 +57,7 @@ class Run:
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
         self.lock: RunDirLock | None = None
         self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
+        self.summary: dict = {}  # metrics.json as written by finish()
 
     def setup(self) -> Trainer:
         """Everything up to the first step: the stage's parts, sinks, monitors, the trainer (resumed if a
@@ -196,7 +197,7 @@ class Run:
         if not self.place.is_main:
             return {}
         try:
-            monitor_summary = self.monitors.close()
+            monitor_summary = self.monitors.close(progress=self.cfg.trainer.progress)
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
                                     {"skipped_steps": trainer.state.skipped_steps, **self.split,
@@ -206,6 +207,7 @@ class Run:
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary)
+            self.summary = summary
         finally:
             self.sinks.close()
             self.release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -76,3 +77,40 @@ def log_hparams(writer, cfg: RunConfig, summary: dict) -> None:
         writer._get_file_writer().add_summary(record)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, summary["steps"])
+
+
+def _figure(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
+
+
+def run_report(summary: dict, out: Path, chat: bool) -> str:
+    """The lines a finished run ends its console with: how it went, where its files are, what to run next."""
+    run = shlex.quote(str(out))
+    lines = [f"finished: {summary.get('steps')} steps in {_figure(summary.get('wall_s'), 1)} s of training "
+             f"({_figure(summary.get('tokens_per_s'), 0)} tokens/s; {_figure(summary.get('total_s'), 1)} s in all)"]
+    val = f"val loss {_figure(summary.get('val_loss'))}"
+    if summary.get("val_bpb") is not None:
+        val += f" ({_figure(summary['val_bpb'])} bits/byte)"
+    if summary.get("val_loss_full") is not None:
+        val += (f"; whole validation split {_figure(summary['val_loss_full'])} over "
+                f"{summary.get('val_tokens_scored', 0):,} tokens")
+        if summary.get("val_bpb_full") is not None:
+            val += f" ({_figure(summary['val_bpb_full'])} bits/byte)"
+    lines.append(val)
+    baselines = [f"{name} {_figure(summary.get(key))}" for key, name in (
+        ("bigram_loss", "bigram"), ("unigram_loss", "unigram"), ("entropy_floor", "entropy floor"))
+        if summary.get(key) is not None]
+    if baselines:
+        closed = summary.get("gap_closed")
+        lines.append("baselines: " + ", ".join(baselines)
+                     + (f"; {100 * closed:.1f}% of the bigram-to-floor gap closed" if closed is not None else ""))
+    plots = sorted(p.name for p in (out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
+    if plots:
+        lines.append(f"plots: {out / 'plots'}/ ({', '.join(plots)})")
+    lines.append(f"TensorBoard files: {out / 'tb'}")
+    prompt = " prompt=Hello" if chat else " prompt=The"
+    lines += ["next:",
+              f"  python -m llmlab.generate run={run}{prompt}    # sample from it",
+              f"  python -m llmlab.chat run={run}    # a page to talk to it (the chat extra)",
+              f"  tensorboard --logdir {run}    # its dashboards"]
+    return "\n".join(lines)
