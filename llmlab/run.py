@@ -62,6 +62,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         run = Run(to_dataclass(cfg))  # under torchrun every rank takes rank 0's directory here
         cfg.out_dir = str(run.out_dir)
+        run.overrides = list(HydraConfig.get().overrides.task)
+        run.sweep_job = str(HydraConfig.get().mode).endswith("MULTIRUN")
         result = run.execute()
     except ConfigError as err:
         return fail(2, str(err))

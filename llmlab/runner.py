@@ -23,6 +23,7 @@ from llmlab.monitors.build import build_monitors, monitor_set
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
+from llmlab.train.bits_per_byte import bits_per_byte, split_bytes
 from llmlab.train.checkpointer import Checkpointer, check_same_processes, resume_point
 from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
@@ -58,6 +59,10 @@ class Run:
         self.lock: RunDirLock | None = None
         self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
         self.summary: dict = {}  # metrics.json as written by finish()
+        # set by the command line: its overrides (HParams names what a sweep varies by them) and whether this run is
+        # one job of a multirun (whose sweep report writes the HParams experiment for all jobs)
+        self.overrides: list[str] = []
+        self.sweep_job = False
 
     def setup(self) -> Trainer:
         """Everything up to the first step: the stage's parts, sinks, monitors, the trainer (resumed if a
@@ -124,7 +129,7 @@ class Run:
             else []
         trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
-                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors)
+                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes)
         if resume_from is not None:
             trainer.resume(resume_from)
             if place.is_main:
@@ -174,10 +179,15 @@ class Run:
         result = split_loss(trainer.model, streams, self.parts.model.cfg.context_length, batch, self.device,
                             trainer.autocast)
         record = {"val_loss_full": result.loss, "val_tokens_scored": result.tokens}
+        if self.parts.text_bytes is not None:
+            record["val_bytes_scored"] = split_bytes(streams, self.parts.text_bytes)
+            record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
             record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
             if self.sinks.tensorboard is not None:
                 self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
+                if record.get("val_bpb_full") is not None:
+                    self.sinks.tensorboard.add_scalar("val/bpb_full", record["val_bpb_full"], trainer.state.step)
         return record
 
     def close(self) -> dict:
@@ -200,13 +210,14 @@ class Run:
             monitor_summary = self.monitors.close(progress=self.cfg.trainer.progress)
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
-                                    {"skipped_steps": trainer.state.skipped_steps, **self.split,
+                                    {"skipped_steps": trainer.state.skipped_steps, "val_bpb": trainer.last_val_bpb,
+                                     **self.split,
                                      "flops_per_token": trainer.flops_per_token,
                                      "train_flops": result.tokens_seen * trainer.flops_per_token,
                                      "monitors": monitor_summary,
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
-                log_hparams(self.sinks.tensorboard, self.cfg, summary)
+                log_hparams(self.sinks.tensorboard, self.cfg, summary, self.overrides, experiment=not self.sweep_job)
             self.summary = summary
         finally:
             self.sinks.close()

@@ -233,18 +233,20 @@ def router_load_figure(steps: list[int], loads: dict[str, np.ndarray]) -> Figure
     share (1 = balanced, 0 = the expert gets no token); loads[name] is (experts, captures) of shares."""
     n = len(loads)
     n_experts = max(v.shape[0] for v in loads.values())
-    fig = _figure(min(3 + 0.25 * len(steps), 12), 0.9 + (0.3 * n_experts + 0.6) * n)
+    # drawn once, at the end of a run: large enough to read (about 650 px wide at the least), however few captures
+    fig = Figure(figsize=(min(max(6.5, 4.0 + 0.3 * len(steps)), 14), 1.2 + (0.32 * n_experts + 0.9) * n), dpi=100,
+                 layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     top = max(2.0, max(float(v.max()) * v.shape[0] for v in loads.values()))
     image = None
     for ax, (name, share) in zip(axes, loads.items(), strict=True):
         image = ax.imshow(share * share.shape[0], aspect="auto", cmap=SEQUENTIAL, vmin=0.0, vmax=top,
                           interpolation="nearest")
-        ax.set_ylabel(f"{name.replace('layer', 'layer ')}\nexpert", fontsize=8)
-        ax.set_yticks(range(share.shape[0]), [str(e) for e in range(share.shape[0])], fontsize=7)
-        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
-        ax.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=7)
-    axes[-1].set_xlabel("step", fontsize=8)
-    axes[0].set_title("router load per expert (x fair share)", fontsize=9)
+        ax.set_ylabel(f"{name.replace('layer', 'layer ')}\nexpert", fontsize=10)
+        ax.set_yticks(range(share.shape[0]), [str(e) for e in range(share.shape[0])], fontsize=9)
+        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
+        ax.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=9)
+    axes[-1].set_xlabel("step", fontsize=10)
+    axes[0].set_title("router load per expert (x fair share: 1 = balanced)", fontsize=11)
     fig.colorbar(image, ax=list(axes), label="load / fair share")
     return fig

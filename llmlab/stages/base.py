@@ -55,6 +55,9 @@ class StageParts:
     # the whole validation split as token streams, scored once at the end (llmlab.train.split_eval); None: the
     # stage's validation batches are all it has
     val_split: list[np.ndarray] | None = None
+    # ids -> UTF-8 bytes of the text they decode to (markers count none), for losses in bits per byte; None: the
+    # stage's loss is not per token (DPO, GRPO)
+    text_bytes: Callable[[list[int]], int] | None = None
 
 
 class Stage(ABC):
