@@ -47,6 +47,9 @@ class AttentionMonitorConfig:
     layers: list[int] | None = None  # None = all; negative counts from the last layer
     heads: Any = "average"  # average | all | [head indices]: what the per-layer heatmaps show
     images: bool = False  # heatmaps, head grids, layer comparison (PNG + TensorBoard images)
+    # just the head-averaged maps of the first and last chosen layer (PNG + TensorBoard images): a few figures per
+    # capture, drawn in the background (monitors=light: true; images=true draws these and all the others)
+    maps: bool = False
     label_max_tokens: int = 48  # put token labels on the axes when the probe is at most this long
     save_raw: bool = False  # also write the probabilities as attention.npz
 

@@ -326,6 +326,7 @@ class MonitorSet:
 
     def _drain(self, progress: bool) -> None:
         worker = self.ctx.worker
+        self.ctx.figures.hurry()  # training is over: figures need not wait for idle CPU any more
         queued = worker.pending()
         if not queued:
             return
