@@ -100,3 +100,15 @@ def test_a_run_logs_bits_per_byte_beside_each_loss(tmp_path):
     assert 0 < summary["val_bytes_scored"] < summary["val_tokens_scored"]
     assert summary["val_bpb_full"] == pytest.approx(
         summary["val_loss_full"] * summary["val_tokens_scored"] / (LN2 * summary["val_bytes_scored"]))
+
+
+def test_the_sweep_report_and_the_chat_page_show_bits_per_byte(tmp_path):
+    from llmlab.run_info import RunInfo
+    from llmlab.sweep.collect import JobRecord
+    from llmlab.sweep.report import job_row
+
+    summary = {"val_loss": 1.2, "val_bpb": 1.73, "val_loss_full": 1.25, "val_bpb_full": 1.8, "steps": 4}
+    row = job_row(JobRecord("a", tmp_path, {"tokenizer": "bpe"}, "completed", summary, []), ["tokenizer"])
+    assert (row["val_bpb"], row["val_bpb_full"]) == (1.73, 1.8)
+    shown = {key: (label, value) for key, label, value in RunInfo(tmp_path, tmp_path, summary=summary).metrics()}
+    assert shown["val_bpb"] == ("val bits/byte", 1.73) and shown["val_bpb_full"] == ("whole-split bits/byte", 1.8)
