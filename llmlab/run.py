@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> float | None:
         return result.val_loss
     print(f"outputs: {run.out_dir}")
     if result.status == "completed" and run.summary:
-        print(run_report(run.summary, run.out_dir, run.stage.chat, run.cfg.stage.name))
+        print(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
         print(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
         sys.exit(130)

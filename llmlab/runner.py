@@ -32,7 +32,7 @@ from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
-from llmlab.train.tb_layout import custom_scalars_layout
+from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.trainer import Trainer, TrainResult
 
 
@@ -60,6 +60,7 @@ class Run:
         self.lock: RunDirLock | None = None
         self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
         self.summary: dict = {}  # metrics.json as written by finish()
+        self.pinned: list[str] = []  # the curves TensorBoard's link pins first (llmlab.train.tb_layout)
         # set by the command line: its overrides (HParams names what a sweep varies by them) and whether this run is
         # one job of a multirun (whose sweep report writes the HParams experiment for all jobs)
         self.overrides: list[str] = []
@@ -118,9 +119,11 @@ class Run:
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
                                         resume_step, parts.copy_probe)
+        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
         if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
             self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
-                cfg.stage.name, [m.name for m in self.monitors.monitors], bool(parts.evaluators)))
+                parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
+                bool(parts.evaluators)))
         checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from llmlab.monitors.plots import render, router_load_figure
 from llmlab.plots import training_curves
 from llmlab.sweep.collect import JobRecord
-from llmlab.sweep.hparams import HPARAMS_DIR, write_hparams_experiment
+from llmlab.sweep.hparams import write_hparams_experiment
 from llmlab.sweep.plots import loss_curves
 from llmlab.train.summary import log_hparams
 
@@ -116,8 +116,9 @@ def test_a_sweeps_hparams_view_shows_the_swept_key_and_every_stages_metrics(tmp_
                                                                                         "tokens_per_s": 10.0})]
     for j in jobs:  # a job of a sweep records its own session, and no experiment that would hide the others
         assert experiment_of(j.path / "tb")[0] is None
-    write_hparams_experiment(tmp_path, jobs, ["model.n_layers", "arch"])
-    meta, _ = experiment_of(tmp_path / HPARAMS_DIR)
+    written = write_hparams_experiment(tmp_path, jobs, ["model.n_layers", "arch"])
+    assert written.parent == tmp_path  # the sweep's own run in TensorBoard; no job's directory is touched
+    meta, _ = experiment_of(tmp_path)
     experiment = hparams_metadata.parse_experiment_plugin_data(meta.plugin_data.content)
     infos = {i.name: i.differs for i in experiment.hparam_infos}
     assert infos["model.n_layers"] and infos["arch"] and not infos["stage.name"]

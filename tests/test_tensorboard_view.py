@@ -48,16 +48,22 @@ def test_a_default_run_opens_on_training_and_shows_attention_maps(tmp_path):
 
 
 def test_the_layout_follows_the_stage():
-    dpo = custom_scalars_layout("dpo", [], evaluations=True)
-    assert list(dpo) == ["1. training", "2. DPO objective", "3. evaluation"]
-    assert not any("bits per byte" in chart for chart in dpo["1. training"])  # DPO's loss is not per token
-    assert "bits per byte (validation, whole split)" in custom_scalars_layout("pretrain", [], False)["1. training"]
-    assert list(custom_scalars_layout("grpo", ["router", "attention"], False))[1:] == [
-        "2. GRPO objective", "monitor: router", "monitor: attention"]
+    from llmlab.stages import get_stage
+
+    dpo = get_stage("dpo")
+    layout = custom_scalars_layout(False, dpo.charts, [], evaluations=True)
+    assert list(layout) == ["1. training", "2. objective", "3. evaluation"]
+    assert not any("bits per byte" in chart for chart in layout["1. training"])  # DPO's loss is not per token
+    assert "reward margin" in layout["2. objective"]
+    assert "bits per byte (validation, whole split)" in custom_scalars_layout(True, {}, [], False)["1. training"]
+    grpo = get_stage("grpo")
+    assert list(custom_scalars_layout(False, grpo.charts, ["router", "attention"], False))[1:] == [
+        "2. objective", "monitor: router", "monitor: attention"]
+    assert pinned_keys(False, grpo.pinned)[-2:] == ["grpo/reward_mean", "grpo/kl"]
 
 
 def test_the_pinned_link_pins_the_loss_first():
-    url = urlparse(pinned_url(pinned_keys("pretrain"), port=6010))
+    url = urlparse(pinned_url(pinned_keys(True), port=6010))
     assert url.netloc == "localhost:6010" and url.fragment == "timeseries"
     cards = json.loads(parse_qs(url.query)["pinnedCards"][0])
     assert [c["tag"] for c in cards] == ["train/loss", "val/loss", "val/bpb", "train/lr", "perf/tokens_per_s"]

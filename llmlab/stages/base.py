@@ -64,6 +64,10 @@ class Stage(ABC):
     name: ClassVar[str]  # stage=<name>
     config: ClassVar[type[StageConfig]]  # its schema, registered as stage/base_<name>
     chat: ClassVar[bool] = False  # its model answers in the chat template (generate and evaluate prompt it so)
+    # what TensorBoard shows of its objective besides the loss (llmlab.train.tb_layout): Custom Scalars charts
+    # (title -> ["Multiline", [tag regexes]]) and the tags pinned first in the Time Series tab
+    charts: ClassVar[dict[str, list]] = {}
+    pinned: ClassVar[list[str]] = []
 
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg

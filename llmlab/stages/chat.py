@@ -93,6 +93,10 @@ class DPOConfig(StageConfig):
 class DPO(ChatStage):
     name = "dpo"
     config = DPOConfig
+    charts = {"reward margin": ["Multiline", [r"^dpo/reward_margin$", r"^val/dpo/reward_margin$"]],
+              "reward accuracy": ["Multiline", [r"^dpo/reward_accuracy$", r"^val/dpo/reward_accuracy$"]],
+              "log-probabilities": ["Multiline", [r"^dpo/(chosen|rejected)_logp$"]]}
+    pinned = ["dpo/reward_margin", "dpo/reward_accuracy"]
 
     def objective(self, model: Transformer) -> Objective:
         return DPOObjective(copy.deepcopy(model), self.cfg.beta)  # the reference: frozen, without adapters

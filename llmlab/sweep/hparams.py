@@ -15,7 +15,6 @@ import yaml
 from llmlab.sweep.collect import JobRecord
 from llmlab.train.summary import HPARAM_METRICS, flatten
 
-HPARAMS_DIR = "tb_hparams"  # <sweep>/tb_hparams/: the experiment record, beside the jobs' own tb/ folders
 SHOWN = ("stage.name", "model.n_layers", "model.d_model", "model.n_heads", "trainer.lr", "trainer.batch_size",
          "trainer.max_steps", "trainer.optimizer", "tokenizer.kind", "data.kind", "seed")
 
@@ -32,8 +31,8 @@ def job_settings(job: JobRecord) -> dict:
 
 
 def write_hparams_experiment(sweep_dir: Path, jobs: list[JobRecord], keys: list[str]) -> Path | None:
-    """<sweep_dir>/tb_hparams/ with the experiment record (rewritten each time the report is); None without jobs
-    that ended."""
+    """The experiment record as an event file in sweep_dir itself (TensorBoard's run `.`; the jobs' own are in
+    <job>/tb/), rewritten each time the report is; its path, None without jobs that ended."""
     from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
@@ -54,11 +53,9 @@ def write_hparams_experiment(sweep_dir: Path, jobs: list[JobRecord], keys: list[
         info.differs = info.name in keys  # the view puts differing keys first, and shows them
     experiment.value[0].metadata.plugin_data.content = data.SerializeToString()
 
-    out = sweep_dir / HPARAMS_DIR
-    out.mkdir(exist_ok=True)
-    for old in out.glob("events.out.tfevents.*"):
+    for old in sweep_dir.glob("events.out.tfevents.*"):  # the last report's
         old.unlink()
-    writer = SummaryWriter(str(out))
+    writer = SummaryWriter(str(sweep_dir))
     writer._get_file_writer().add_summary(experiment)
     writer.close()
-    return out
+    return next(sweep_dir.glob("events.out.tfevents.*"), None)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from llmlab.config.schema import RunConfig
 from llmlab.files import write_atomic
-from llmlab.train.tb_layout import pinned_keys, pinned_url
+from llmlab.train.tb_layout import pinned_url
 from llmlab.train.trainer import TrainResult
 
 HPARAM_METRICS = ("val_loss", "val_loss_full", "val_bpb", "val_bpb_full", "best_val_loss", "val_ppl", "gap_closed",
@@ -109,7 +109,7 @@ def _figure(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
 
 
-def run_report(summary: dict, out: Path, chat: bool, stage: str = "pretrain") -> str:
+def run_report(summary: dict, out: Path, chat: bool, pinned: Sequence[str] = ("train/loss", "val/loss")) -> str:
     """The lines a finished run ends its console with: how it went, where its files are, what to run next."""
     run = shlex.quote(str(out))
     lines = [f"finished: {summary.get('steps')} steps in {_figure(summary.get('wall_s'), 1)} s of training "
@@ -139,6 +139,6 @@ def run_report(summary: dict, out: Path, chat: bool, stage: str = "pretrain") ->
               f"  python -m llmlab.generate run={run}{prompt}    # sample from it",
               f"  python -m llmlab.chat run={run}    # a page to talk to it (the chat extra)",
               f"  tensorboard --logdir {run}    # its dashboards, then open",
-              f"    {pinned_url(pinned_keys(stage))}",
+              f"    {pinned_url(list(pinned))}",
               "    (the loss and what matters pinned first; the Custom Scalars tab has them all, grouped)"]
     return "\n".join(lines)

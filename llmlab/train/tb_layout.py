@@ -18,8 +18,8 @@ from urllib.parse import quote
 M = "Multiline"  # one chart, a line per tag that matches one of its regular expressions
 
 
-def training_section(stage: str) -> dict:
-    per_token = stage in ("pretrain", "sft")  # losses in nats per token: the whole split and bits per byte too
+def training_section(per_token: bool) -> dict:
+    """per_token: the loss is in nats per token (the whole split and bits per byte are logged too)."""
     charts = {"loss (train, validation" + (", whole split)" if per_token else ")"):
               [M, [r"^train/loss$", r"^val/loss$", *([r"^val/loss_full$"] if per_token else [])]]}
     if per_token:
@@ -30,14 +30,6 @@ def training_section(stage: str) -> dict:
             "gradient norm (before clipping)": [M, [r"^train/grad_norm$"]]}
 
 
-OBJECTIVES = {
-    "dpo": {"reward margin": [M, [r"^dpo/reward_margin$", r"^val/dpo/reward_margin$"]],
-            "reward accuracy": [M, [r"^dpo/reward_accuracy$", r"^val/dpo/reward_accuracy$"]],
-            "log-probabilities": [M, [r"^dpo/(chosen|rejected)_logp$"]]},
-    "grpo": {"reward": [M, [r"^grpo/reward"]], "KL to the reference": [M, [r"^grpo/kl$"]],
-             "policy entropy": [M, [r"^grpo/entropy$"]],
-             "completions": [M, [r"^grpo/(completion_length|ended_fraction)$"]]},
-}
 EVALUATIONS = {"task accuracy": [M, [r"^eval/task_accuracy"]]}
 
 # monitor name -> its charts; layers (or tensors) of one statistic share a chart
@@ -61,11 +53,12 @@ MONITORS = {
 }
 
 
-def custom_scalars_layout(stage: str, monitors: list[str], evaluations: bool) -> dict:
-    """The layout of the Custom Scalars tab, in the order it shows: training, objective, evaluation, monitors."""
-    layout = {"1. training": training_section(stage)}
-    if stage in OBJECTIVES:
-        layout[f"2. {stage.upper()} objective"] = OBJECTIVES[stage]
+def custom_scalars_layout(per_token: bool, objective: dict, monitors: list[str], evaluations: bool) -> dict:
+    """The layout of the Custom Scalars tab, in the order it shows: training, the stage's objective (its charts,
+    Stage.charts), evaluation, monitors."""
+    layout = {"1. training": training_section(per_token)}
+    if objective:
+        layout["2. objective"] = objective
     if evaluations:
         layout["3. evaluation"] = EVALUATIONS
     for name in monitors:
@@ -74,13 +67,11 @@ def custom_scalars_layout(stage: str, monitors: list[str], evaluations: bool) ->
     return layout
 
 
-def pinned_keys(stage: str) -> list[str]:
-    """The curves pinned at the top of the Time Series tab by pinned_url."""
-    keys = ["train/loss", "val/loss", "train/lr", "perf/tokens_per_s"]
-    if stage in ("pretrain", "sft"):
-        keys.insert(2, "val/bpb")
-    return keys + {"dpo": ["dpo/reward_margin", "dpo/reward_accuracy"],
-                   "grpo": ["grpo/reward_mean", "grpo/kl"]}.get(stage, [])
+def pinned_keys(per_token: bool, objective: list[str] = ()) -> list[str]:
+    """The curves pinned at the top of the Time Series tab by pinned_url: the loss, bits per byte where the loss is
+    per token, the learning rate, throughput, then the stage's own (Stage.pinned)."""
+    return ["train/loss", "val/loss", *(["val/bpb"] if per_token else []), "train/lr", "perf/tokens_per_s",
+            *objective]
 
 
 def pinned_url(keys: list[str], port: int = 6006) -> str:
