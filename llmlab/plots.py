@@ -76,22 +76,78 @@ def plot_loss(ax: Axes, rows: list[dict], x: str = "step", baselines: dict[str, 
     ax.legend(fontsize=7)
 
 
+# A preference or reinforcement stage's loss is not a next-token loss: its curves are its objective's own figures.
+# (title, keys, y label) per panel; a key of no row is left out, a panel of no key is left empty.
+DPO_PANELS = [
+    ("DPO loss (dashed: ln 2, no preference yet)", ["train/loss", "val/loss"], "-log sigmoid(margin)"),
+    ("reward margin: chosen - rejected", ["dpo/reward_margin", "val/dpo/reward_margin"], "beta x log-ratio (nats)"),
+    ("reward accuracy: chosen preferred", ["dpo/reward_accuracy", "val/dpo/reward_accuracy"], "share of pairs"),
+]
+GRPO_PANELS = [
+    ("reward", ["grpo/reward_mean", "eval/task_accuracy"], "mean reward / accuracy"),
+    ("KL to the reference", ["grpo/kl"], "nats/token"),
+    ("policy entropy", ["grpo/entropy"], "nats/token"),
+    ("GRPO loss (clipped surrogate + beta KL)", ["train/loss"], "loss"),
+    ("validation: reference replies", ["val/loss"], "loss (nats/token)"),
+]
+
+
+def objective_panels(rows: list[dict]) -> list[tuple[str, list[str], str]] | None:
+    """The DPO or GRPO panels when the rows are of such a run; None for a next-token objective."""
+    keys = set().union(*rows) if rows else set()
+    if "dpo/reward_margin" in keys:
+        return DPO_PANELS
+    if "grpo/reward_mean" in keys:
+        families = sorted(k for k in keys if k.startswith("grpo/reward/"))
+        return [(GRPO_PANELS[0][0], [*GRPO_PANELS[0][1], *families], GRPO_PANELS[0][2]), *GRPO_PANELS[1:]]
+    return None
+
+
+def plot_learning_rates(ax: Axes, rows: list[dict]) -> None:
+    """The learning rate of each optimizer: AdamW's (train/lr) and, under Muon, Muon's for the blocks' matrices."""
+    muon = plot_series(ax, rows, "train/lr_muon", label="Muon (blocks' weight matrices)")
+    plot_series(ax, rows, "train/lr", label="AdamW (embeddings, norms, head)" if muon else "AdamW (every weight)")
+    ax.set_ylabel("learning rate")
+    if muon:
+        ax.set_yscale("log")  # Muon's rate is often ten times AdamW's
+    ax.legend(fontsize=7)
+
+
 def training_curves(rows: list[dict], baselines: dict[str, float] | None = None, title: str = "") -> Figure:
-    """A 2 x 3 grid: loss against steps and time, perplexity, learning rate, gradient norm, throughput."""
-    fig = Figure(figsize=(13, 7), dpi=100, layout="constrained")
-    axes = fig.subplots(2, 3)
-    plot_loss(axes[0, 0], rows, "step", baselines)
-    axes[0, 0].set_title("loss against steps")
-    plot_loss(axes[0, 1], rows, "perf/wall_s", baselines)
-    axes[0, 1].set_title("loss against training time")
-    plot_loss(axes[0, 2], rows, "step", baselines, perplexity=True)
-    axes[0, 2].set_title("perplexity")
-    for ax, key, name in ((axes[1, 0], "train/lr", "learning rate"), (axes[1, 1], "train/grad_norm", "gradient norm"),
-                          (axes[1, 2], "perf/tokens_per_s", "throughput (tokens/s)")):
+    """A 2 x 3 grid: loss against steps and time, perplexity, learning rate, gradient norm, throughput. A DPO or
+    GRPO run gets its objective's own panels instead of the loss and perplexity (objective_panels)."""
+    panels = objective_panels(rows)
+    shown = 6 if panels is None else len(panels) + 3  # + learning rate, gradient norm, throughput
+    columns = math.ceil(shown / 2)
+    fig = Figure(figsize=(4.4 * columns, 7), dpi=100, layout="constrained")
+    axes = list(fig.subplots(2, columns, squeeze=False).flat)
+    if panels is None:
+        plot_loss(axes[0], rows, "step", baselines)
+        axes[0].set_title("loss against steps")
+        plot_loss(axes[1], rows, "perf/wall_s", baselines)
+        axes[1].set_title("loss against training time")
+        plot_loss(axes[2], rows, "step", baselines, perplexity=True)
+        axes[2].set_title("perplexity")
+    else:
+        for ax, (name, keys, ylabel) in zip(axes, panels, strict=False):
+            for key in keys:
+                plot_series(ax, rows, key, marker="o" if key.startswith(("val/", "eval/")) else None, markersize=3)
+            ax.set(title=name, ylabel=ylabel)
+            if name.startswith("DPO loss"):  # where every DPO run starts: the policy is still the reference
+                ax.axhline(math.log(2), color="gray", linestyle="--", linewidth=1)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    bottom = axes[shown - 3:shown]
+    plot_learning_rates(bottom[0], rows)
+    bottom[0].set_title("learning rate")
+    for ax, key, name in ((bottom[1], "train/grad_norm", "gradient norm"),
+                          (bottom[2], "perf/tokens_per_s", "throughput (tokens/s)")):
         plot_series(ax, rows, key)
         ax.set_title(name)
     if any(v > 0 for v in series(rows, "train/grad_norm")[1]):  # a log axis needs a positive value to show
-        axes[1, 1].set_yscale("log")
+        bottom[1].set_yscale("log")
+    for ax in axes[shown:]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     return fig

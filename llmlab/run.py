@@ -56,11 +56,14 @@ def main(cfg: DictConfig) -> float | None:
     from llmlab.runner import Run  # imported late: torch loads only once the config is valid
     from llmlab.train.run_dir import AlreadyCompleted
     from llmlab.train.signals import SECOND_SIGNAL
+    from llmlab.train.summary import run_report
 
     cfg.out_dir = HydraConfig.get().runtime.output_dir
     try:
         run = Run(to_dataclass(cfg))  # under torchrun every rank takes rank 0's directory here
         cfg.out_dir = str(run.out_dir)
+        run.overrides = list(HydraConfig.get().overrides.task)
+        run.sweep_job = str(HydraConfig.get().mode).endswith("MULTIRUN")
         result = run.execute()
     except ConfigError as err:
         return fail(2, str(err))
@@ -82,6 +85,8 @@ def main(cfg: DictConfig) -> float | None:
     if not run.place.is_main:
         return result.val_loss
     print(f"outputs: {run.out_dir}")
+    if result.status == "completed" and run.summary:
+        print(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
         print(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
         sys.exit(130)

@@ -19,7 +19,8 @@ from llmlab.sweep.collect import read_summary
 
 CONFIG_FILE = "config_resolved.yaml"
 # metrics.json's figures a reader compares models by, in the order shown (time, speed and memory are the machine's)
-METRICS = {"val_loss": "val loss", "val_ppl": "val perplexity", "best_val_loss": "best val loss",
+METRICS = {"val_loss": "val loss", "val_bpb": "val bits/byte", "val_loss_full": "whole-split val loss",
+           "val_bpb_full": "whole-split bits/byte", "val_ppl": "val perplexity", "best_val_loss": "best val loss",
            "train_loss": "train loss", "gap_closed": "gap closed (bigram to entropy floor)",
            "entropy_floor": "entropy floor", "bigram_loss": "bigram loss", "unigram_loss": "unigram loss"}
 

@@ -23,6 +23,7 @@ from llmlab.monitors.build import build_monitors, monitor_set
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
+from llmlab.train.bits_per_byte import bits_per_byte, split_bytes
 from llmlab.train.checkpointer import Checkpointer, check_same_processes, resume_point
 from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
@@ -31,6 +32,7 @@ from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
+from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
 
@@ -58,6 +60,12 @@ class Run:
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
         self.lock: RunDirLock | None = None
         self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
+        self.summary: dict = {}  # metrics.json as written by finish()
+        self.pinned: list[str] = []  # the curves TensorBoard's link pins first (llmlab.train.tb_layout)
+        # set by the command line: its overrides (HParams names what a sweep varies by them) and whether this run is
+        # one job of a multirun (whose sweep report writes the HParams experiment for all jobs)
+        self.overrides: list[str] = []
+        self.sweep_job = False
 
     def setup(self) -> Trainer:
         """Everything up to the first step: the stage's parts, sinks, monitors, the trainer (resumed if a
@@ -116,6 +124,11 @@ class Run:
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
                                         resume_step, parts.copy_probe)
+        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
+        if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
+            self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
+                parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
+                bool(parts.evaluators)))
         checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})
@@ -128,7 +141,7 @@ class Run:
             else []
         trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
-                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors)
+                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes)
         if resume_from is not None:
             trainer.resume(resume_from)
             if place.is_main:
@@ -178,10 +191,15 @@ class Run:
         result = split_loss(trainer.model, streams, self.parts.model.cfg.context_length, batch, self.device,
                             trainer.autocast)
         record = {"val_loss_full": result.loss, "val_tokens_scored": result.tokens}
+        if self.parts.text_bytes is not None:
+            record["val_bytes_scored"] = split_bytes(streams, self.parts.text_bytes)
+            record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
             record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
             if self.sinks.tensorboard is not None:
                 self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
+                if record.get("val_bpb_full") is not None:
+                    self.sinks.tensorboard.add_scalar("val/bpb_full", record["val_bpb_full"], trainer.state.step)
         return record
 
     def close(self) -> dict:
@@ -201,16 +219,18 @@ class Run:
         if not self.place.is_main:
             return {}
         try:
-            monitor_summary = self.monitors.close()
+            monitor_summary = self.monitors.close(progress=self.cfg.trainer.progress)
             summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
                                     time.perf_counter() - self.start, trainer.state.best_val_loss,
-                                    {"skipped_steps": trainer.state.skipped_steps, **self.split,
+                                    {"skipped_steps": trainer.state.skipped_steps, "val_bpb": trainer.last_val_bpb,
+                                     **self.split,
                                      "flops_per_token": trainer.flops_per_token,
                                      "train_flops": result.tokens_seen * trainer.flops_per_token,
                                      "monitors": monitor_summary,
                                      **({"active_params": self.active_params} if self.active_params else {})})
             if self.sinks.tensorboard is not None:
-                log_hparams(self.sinks.tensorboard, self.cfg, summary)
+                log_hparams(self.sinks.tensorboard, self.cfg, summary, self.overrides, experiment=not self.sweep_job)
+            self.summary = summary
         finally:
             self.sinks.close()
             self.release()

@@ -196,10 +196,12 @@ def test_full_monitors_write_files_and_tensorboard_and_leave_training_unchanged(
 
 
 @pytest.mark.slow
-def test_light_monitors_write_statistics_only(tmp_path):
+def test_light_monitors_write_statistics_and_two_attention_maps(tmp_path):
     Run(run_config(tmp_path, CAPTURE)).execute()  # light is the default
     out = tmp_path / "run/monitors"
-    assert sorted(p.name for p in (out / "attention/step_6").iterdir()) == ["statistics.json"]
+    # the first and last layer's head-averaged maps; no head grids, layer comparison or distribution figures
+    assert sorted(p.name for p in (out / "attention/step_6").iterdir()) == [
+        "layer0_avg.png", "layer1_avg.png", "statistics.json"]
     assert sorted(p.name for p in (out / "distribution/step_12").iterdir()) == ["layer_statistics.json"]
     assert len((out / "distribution/history.jsonl").read_text().splitlines()) == 2
 
@@ -264,7 +266,7 @@ def test_a_full_monitor_queue_drops_the_oldest_jobs_and_says_so_once(tmp_path, m
         write = cls._write
         monkeypatch.setattr(cls, "_write", lambda self, *a, w=write: (disk_back.wait(60), w(self, *a)))
     close = MonitorSet.close
-    monkeypatch.setattr(MonitorSet, "close", lambda self: (disk_back.set(), close(self))[1])
+    monkeypatch.setattr(MonitorSet, "close", lambda self, **kw: (disk_back.set(), close(self, **kw))[1])
     every = ["monitors.attention.every=1", "monitors.distribution.every=1", "monitors.max_workers=1",
              "monitors.max_pending=1"]
     result = Run(run_config(tmp_path, every)).execute()

@@ -59,6 +59,9 @@ class AttentionMonitorConfig:
     """average | all | [head indices]: what the per-layer heatmaps show"""
     images: bool = False
     """heatmaps, head grids, layer comparison (PNG + TensorBoard images)"""
+    maps: bool = False
+    """just the head-averaged maps of the first and last chosen layer (PNG + TensorBoard images): a few figures per
+    capture, drawn in the background (monitors=light: true; images=true draws these and all the others)"""
     label_max_tokens: int = 48
     """put token labels on the axes when the probe is at most this long"""
     save_raw: bool = False

@@ -97,7 +97,7 @@ class AttentionMonitor(Monitor):
         chosen = [probs[i] for i in self.layers]
         stats = torch.stack([attention_stats(p) for p in chosen]).cpu().numpy()  # (L, H, stats)
         first = None
-        if self.cfg.images or self.cfg.save_raw:
+        if self.cfg.images or self.cfg.maps or self.cfg.save_raw:
             first = torch.stack([p[0] for p in chosen]).float().cpu().numpy()  # (L, H, T, T), sequence 0
         record = self._record(info, stats)
         writer = self.ctx.writer
@@ -129,6 +129,22 @@ class AttentionMonitor(Monitor):
                                 **{f"layer{layer}": first[i] for i, layer in enumerate(self.layers)})
         if self.cfg.images:
             self._figures(step, step_dir, first)
+        elif self.cfg.maps:
+            self._maps(step, step_dir, first)
+
+    def _maps(self, step: int, step_dir, first: np.ndarray) -> None:
+        """The head-averaged maps of the first and last chosen layer: what a newcomer looks at first, for the cost
+        of two small figures per capture."""
+        ends = sorted({0, len(self.layers) - 1})
+        self._draw(step, [("attention", step_dir / f"layer{self.layers[i]}_avg.png", True,
+                           {"probs": first[i].mean(0), "title": f"layer {self.layers[i]} avg (step {step})",
+                            "labels": self.labels}) for i in ends])
+
+    def _draw(self, step: int, jobs: list) -> None:
+        images = self.ctx.figures.draw_all(jobs)
+        if self.ctx.writer is not None:
+            for (_, path, _, _), image in zip(jobs, images, strict=True):
+                self.ctx.writer.add_image(f"attention/{path.stem}", image, step, dataformats="HWC")
 
     def _figures(self, step: int, step_dir, first: np.ndarray) -> None:
         heads, labels = self.cfg.heads, self.labels
@@ -148,7 +164,4 @@ class AttentionMonitor(Monitor):
         jobs.append(("layer_comparison", step_dir / "layer_comparison.png", True,
                      {"probs": first.mean(1), "title": f"layers, head-averaged (step {step})",
                       "layer_names": [f"layer {layer}" for layer in self.layers]}))
-        images = self.ctx.figures.draw_all(jobs)
-        if self.ctx.writer is not None:
-            for (_, path, _, _), image in zip(jobs, images, strict=True):
-                self.ctx.writer.add_image(f"attention/{path.stem}", image, step, dataformats="HWC")
+        self._draw(step, jobs)

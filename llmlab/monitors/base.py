@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from llmlab.config.monitors import ProbeConfig
 from llmlab.monitors.models import ModelView, view_of
@@ -323,10 +324,26 @@ class MonitorSet:
     def train_end(self, step: int) -> None:
         self._call("on_train_end", step)
 
-    def close(self) -> dict:
-        """Flush every pending job (end of run, interruption or exception) and say what was lost."""
+    def _drain(self, progress: bool) -> None:
+        worker = self.ctx.worker
+        self.ctx.figures.hurry()  # training is over: figures need not wait for idle CPU any more
+        queued = worker.pending()
+        if not queued:
+            return
+        print(f"monitors: writing {queued} queued jobs (figures, statistics, TensorBoard images) into "
+              f"{self.ctx.out_dir}", flush=True)
+        with tqdm(total=queued, desc="monitors", unit="job", disable=not progress, dynamic_ncols=True) as bar:
+            while not worker.flush(timeout=0.5):
+                bar.update(max(queued - worker.pending() - bar.n, 0))
+            bar.update(queued - bar.n)
+
+    def close(self, progress: bool = False) -> dict:
+        """Flush every pending job (end of run, interruption or exception) and say what was lost. Jobs still
+        queued when training ends (monitors=full draws hundreds of figures) are announced on one line with the
+        folder they go to, and counted down on a bar when progress is on: the process is not silently stuck."""
         if self.ctx is None:
             return {}
+        self._drain(progress)
         self.ctx.worker.close()
         self.ctx.figures.close()
         summary = {"dropped_jobs": self.ctx.worker.dropped, "completed_jobs": self.ctx.worker.completed,

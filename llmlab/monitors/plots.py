@@ -8,17 +8,21 @@ figures stay small (80 dpi, a few inches) to be cheap to draw.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 DPI = 80
 MAX_LABELS = 64  # more tick labels than this are unreadable, so none are drawn
-GRID_MAX_LABELS = 32  # panels in a grid are small: stricter limit
+GRID_MAX_LABELS = 16  # panels in a grid are small (2 inches): more labels than this would not be legible
 STAT_KEYS = ("mean", "std", "min", "max", "kurtosis", "sparsity")
 SEQUENTIAL, DIVERGING = "viridis", "RdBu_r"
 
@@ -36,8 +40,11 @@ def render(fig: Figure, path: Path | None = None) -> np.ndarray:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Save the already drawn buffer: fig.savefig would lay out and draw everything a second time.
-        mpimg.imsave(path, rgba, format="png")
+        # Save the already drawn buffer: fig.savefig would lay out and draw everything a second time. Written
+        # beside and renamed, so a reader (or a second drawing of the same figure) never sees half a file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        mpimg.imsave(partial, rgba, format="png")
+        os.replace(partial, path)
     return np.asarray(rgba)[..., :3].copy()  # copy: the buffer belongs to the canvas
 
 
@@ -52,6 +59,23 @@ def _tick_labels(ax: Axes, labels: list[str] | None, limit: int, fontsize: float
 
 def _label_fontsize(n: int) -> float:
     return 8 if n <= 16 else 6 if n <= 32 else 4
+
+
+# Attention weights of a causal row spread over up to T keys, so most are near 1/T: on a linear 0..1 scale a map is
+# one dark colour. A log scale from a quarter of 1/T up to the map's largest weight shows where the weight goes;
+# keys a query cannot see (weight 0, the causal mask) are left white.
+LABEL_INCHES = 0.13  # room per labelled token: a map with token labels grows with them, so they stay legible
+ATTENTION_CMAP = colormaps[SEQUENTIAL].with_extremes(bad="white")
+
+
+def _attention_norm(*maps: np.ndarray) -> LogNorm:
+    top = max(float(np.nanmax(m)) for m in maps)
+    low = min(0.01, 0.25 / max(m.shape[-1] for m in maps))
+    return LogNorm(vmin=low, vmax=max(top, low * 10), clip=True)
+
+
+def _masked(p: np.ndarray) -> np.ma.MaskedArray:
+    return np.ma.masked_less_equal(p, 0.0)
 
 
 def histogram_figure(
@@ -90,36 +114,41 @@ def heatmap_figure(
 
 
 def attention_figure(probs: np.ndarray, title: str, labels: list[str] | None = None) -> Figure:
-    """One (T, T) attention map: rows are queries, columns keys."""
+    """One (T, T) attention map: rows are queries, columns keys, on a log colour scale."""
     p = np.asarray(probs, dtype=float)
-    fig = _figure(5.0, 4.4)
+    labelled = bool(labels) and len(labels) <= MAX_LABELS
+    side = min(max(5.0, 1.8 + LABEL_INCHES * len(labels)), 11.0) if labelled else 5.0
+    fig = _figure(side, side * 0.88)
     ax = fig.add_subplot()
-    im = ax.imshow(p, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, interpolation="nearest")
-    if labels:
-        _tick_labels(ax, labels, MAX_LABELS, _label_fontsize(len(labels)))
-    ax.set(title=title, xlabel="key", ylabel="query")
-    fig.colorbar(im, ax=ax, shrink=0.85)
+    im = ax.imshow(_masked(p), cmap=ATTENTION_CMAP, norm=_attention_norm(p), interpolation="nearest")
+    if labelled:
+        _tick_labels(ax, labels, MAX_LABELS, 7)
+    ax.set(title=title, xlabel="key (attended token)", ylabel="query (attending token)")
+    fig.colorbar(im, ax=ax, shrink=0.85, label="attention weight (log scale; white: masked)")
     return fig
 
 
 def _panel_grid(maps: np.ndarray, titles: list[str], cols: int, title: str, labels: list[str] | None) -> Figure:
-    """Square maps in a rows x cols grid on one shared 0..1 colour scale."""
+    """Square maps in a rows x cols grid on one shared log colour scale (attention_figure's)."""
     n = len(maps)
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
     panel = 2.0 if cols <= 4 else 1.6  # shrink panels as the grid widens so the figure stays modest
     fig = _figure(0.8 + panel * cols, 0.5 + panel * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
-    fontsize = _label_fontsize(maps.shape[-1]) - 2
+    fontsize = 6
+    norm = _attention_norm(maps)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.set_axis_off()
             continue
-        im = ax.imshow(maps[i], cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, interpolation="nearest")
+        im = ax.imshow(_masked(maps[i]), cmap=ATTENTION_CMAP, norm=norm, interpolation="nearest")
         ax.set_title(titles[i], fontsize=8)
         # Ticks on the outer panels only: each tick costs layout time, and inner ones would only repeat them.
         _tick_labels(ax, labels, GRID_MAX_LABELS, fontsize, x=i + cols >= n, y=i % cols == 0)
-    fig.colorbar(im, ax=axes, shrink=0.7)
+    fig.colorbar(im, ax=axes, shrink=0.7, label="weight (log scale)")
+    fig.supxlabel("key", fontsize=9)
+    fig.supylabel("query", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -233,18 +262,20 @@ def router_load_figure(steps: list[int], loads: dict[str, np.ndarray]) -> Figure
     share (1 = balanced, 0 = the expert gets no token); loads[name] is (experts, captures) of shares."""
     n = len(loads)
     n_experts = max(v.shape[0] for v in loads.values())
-    fig = _figure(min(3 + 0.25 * len(steps), 12), 0.9 + (0.3 * n_experts + 0.6) * n)
+    # drawn once, at the end of a run: large enough to read (about 650 px wide at the least), however few captures
+    fig = Figure(figsize=(min(max(6.5, 4.0 + 0.3 * len(steps)), 14), 1.2 + (0.32 * n_experts + 0.9) * n), dpi=100,
+                 layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     top = max(2.0, max(float(v.max()) * v.shape[0] for v in loads.values()))
     image = None
     for ax, (name, share) in zip(axes, loads.items(), strict=True):
         image = ax.imshow(share * share.shape[0], aspect="auto", cmap=SEQUENTIAL, vmin=0.0, vmax=top,
                           interpolation="nearest")
-        ax.set_ylabel(f"{name.replace('layer', 'layer ')}\nexpert", fontsize=8)
-        ax.set_yticks(range(share.shape[0]), [str(e) for e in range(share.shape[0])], fontsize=7)
-        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
-        ax.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=7)
-    axes[-1].set_xlabel("step", fontsize=8)
-    axes[0].set_title("router load per expert (x fair share)", fontsize=9)
+        ax.set_ylabel(f"{name.replace('layer', 'layer ')}\nexpert", fontsize=10)
+        ax.set_yticks(range(share.shape[0]), [str(e) for e in range(share.shape[0])], fontsize=9)
+        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
+        ax.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=9)
+    axes[-1].set_xlabel("step", fontsize=10)
+    axes[0].set_title("router load per expert (x fair share: 1 = balanced)", fontsize=11)
     fig.colorbar(image, ax=list(axes), label="load / fair share")
     return fig

@@ -55,12 +55,19 @@ class StageParts:
     # the whole validation split as token streams, scored once at the end (llmlab.train.split_eval); None: the
     # stage's validation batches are all it has
     val_split: list[np.ndarray] | None = None
+    # ids -> UTF-8 bytes of the text they decode to (markers count none), for losses in bits per byte; None: the
+    # stage's loss is not per token (DPO, GRPO)
+    text_bytes: Callable[[list[int]], int] | None = None
 
 
 class Stage(ABC):
     name: ClassVar[str]  # stage=<name>
     config: ClassVar[type[StageConfig]]  # its schema, registered as stage/base_<name>
     chat: ClassVar[bool] = False  # its model answers in the chat template (generate and evaluate prompt it so)
+    # what TensorBoard shows of its objective besides the loss (llmlab.train.tb_layout): Custom Scalars charts
+    # (title -> ["Multiline", [tag regexes]]) and the tags pinned first in the Time Series tab
+    charts: ClassVar[dict[str, list]] = {}
+    pinned: ClassVar[list[str]] = []
 
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg

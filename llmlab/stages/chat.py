@@ -23,6 +23,7 @@ from llmlab.load import load_trained
 from llmlab.model.lora import apply_lora, count_parameters
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
+from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.dpo import DPOObjective
 from llmlab.train.evaluators import TaskAccuracy
 from llmlab.train.objectives import NextTokenObjective, Objective
@@ -57,7 +58,8 @@ class ChatStage(Stage):
             model, objective, train_batches, val_batches,
             steps_per_epoch=train_batches.batches_per_epoch / trainer.grad_accum_steps, stats=items.stats,
             sample=task_sampler(model, template, shown, ctx.device), describe_batch=describer(template),
-            decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True})
+            decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True},
+            text_bytes=utf8_bytes(lambda ids: tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])))
 
 
 @dataclass
@@ -98,6 +100,10 @@ class DPOConfig(StageConfig):
 class DPO(ChatStage):
     name = "dpo"
     config = DPOConfig
+    charts = {"reward margin": ["Multiline", [r"^dpo/reward_margin$", r"^val/dpo/reward_margin$"]],
+              "reward accuracy": ["Multiline", [r"^dpo/reward_accuracy$", r"^val/dpo/reward_accuracy$"]],
+              "log-probabilities": ["Multiline", [r"^dpo/(chosen|rejected)_logp$"]]}
+    pinned = ["dpo/reward_margin", "dpo/reward_accuracy"]
 
     def objective(self, model: Transformer) -> Objective:
         return DPOObjective(copy.deepcopy(model), self.cfg.beta)  # the reference: frozen, without adapters

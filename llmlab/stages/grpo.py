@@ -354,6 +354,10 @@ def report(record: dict, rewards: torch.Tensor, flat: torch.Tensor, completion_m
 
 class GRPO(Stage):
     name = "grpo"
+    charts = {"reward": ["Multiline", [r"^grpo/reward"]], "KL to the reference": ["Multiline", [r"^grpo/kl$"]],
+              "policy entropy": ["Multiline", [r"^grpo/entropy$"]],
+              "completions": ["Multiline", [r"^grpo/(completion_length|ended_fraction)$"]]}
+    pinned = ["grpo/reward_mean", "grpo/kl"]
     config = GRPOConfig
     chat = True
 

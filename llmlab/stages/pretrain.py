@@ -31,6 +31,7 @@ from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
+from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.objectives import NextTokenObjective
 
 
@@ -104,7 +105,7 @@ class Pretrain(Stage):
             steps_per_epoch=train_tokens / tokens_per_step, stats=stats,
             sample=sampler(cfg, model, tokenizer, ctx.device), describe_batch=describer(tokenizer),
             decode=tokenizer.decode, manifest={"base": None}, copy_probe=copy_prober(cfg, tokenizer),
-            val_split=val_split)
+            val_split=val_split, text_bytes=utf8_bytes(tokenizer.decode))
 
     def tokenizer(self, ctx: StageContext, train_text: Callable[[], str]) -> tuple[Tokenizer, bool]:
         """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);

@@ -59,7 +59,8 @@ class JobRecord:
         unfinished or unreadable job what its log reached."""
         if self.summary:
             return self.summary.get(key)
-        logged = {"val_loss": "val/loss", "train_loss": "train/loss", "wall_s": "perf/wall_s"}.get(key)
+        logged = {"val_loss": "val/loss", "val_bpb": "val/bpb", "train_loss": "train/loss",
+                  "wall_s": "perf/wall_s"}.get(key)
         if key == "best_val_loss":
             values = [row["val/loss"] for row in self.curve if is_number(row.get("val/loss"))]
             return min(values) if values else None

@@ -21,6 +21,7 @@ from llmlab.sweep.collect import SEED, JobRecord, is_number
 from llmlab.sweep.internals import per_layer_attention
 
 MIN_LOSS_SPAN = 0.1  # nats: the least a loss axis spans
+MIN_EVALS_TO_ZOOM = 8  # loss curves of fewer evaluations are shown whole, not zoomed on their second half
 
 
 def _numeric(values: list[str]) -> list[float] | None:
@@ -134,7 +135,9 @@ def loss_curves(jobs: list[JobRecord], keys: list[str], labels: dict[str, str], 
                                                                             if len(members) > 1 else ""))
         if len(members) > 1:
             ax.fill_between(xs, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, linewidth=0)
-        tail = ys[:, len(xs) // 2:]  # the y range follows the second half, where settings differ
+        # the y range follows the second half of a long curve, where settings differ; a curve of a few
+        # evaluations is shown whole (cutting its first points would leave lines entering from the top)
+        tail = ys[:, len(xs) // 2:] if len(xs) >= MIN_EVALS_TO_ZOOM else ys
         lows.append(tail.min())
         highs.append(tail.max())
     if budget is not None and x_key == "flops":

@@ -19,19 +19,23 @@ from llmlab.config.errors import ConfigError
 from llmlab.files import write_atomic
 from llmlab.monitors.circuit_history import circuit_summary, circuits_history
 from llmlab.sweep.collect import SEED, STATUSES, JobRecord, declared_reference, find_jobs, is_number, swept_keys
+from llmlab.sweep.hparams import write_hparams_experiment
 from llmlab.sweep.internals import COLUMNS as INTERNALS
 from llmlab.sweep.internals import MEANING, internals
 from llmlab.sweep.intervals import compare, describe
 from llmlab.train.split_eval import SplitLoss, read_windows
 
-METRICS = ("val_loss_full", "rank", "val_loss", "best_val_loss", "val_ppl", "entropy_floor", "gap_to_floor",
-           "compute_matched", "params", "train_flops", "wall_s", "tokens_per_s", "peak_mem_mb", "steps")
+METRICS = ("val_loss_full", "val_bpb_full", "rank", "val_loss", "val_bpb", "best_val_loss", "val_ppl", "entropy_floor",
+           "gap_to_floor", "compute_matched", "params", "train_flops", "wall_s", "tokens_per_s", "peak_mem_mb", "steps")
 # from the circuits monitor's history, where a job has one (llmlab.monitors.circuit_history.circuit_summary)
 CIRCUITS = ("max_induction", "max_copy", "formed_at", "copy_accuracy")
-GROUPED = ("val_loss_full", "val_loss", "gap_to_floor", "compute_matched", "wall_s", "tokens_per_s")
+GROUPED = ("val_loss_full", "val_bpb_full", "val_loss", "gap_to_floor", "compute_matched", "wall_s", "tokens_per_s")
 MEANINGS = {
     "val_loss_full": "the final model's loss over every validation token (nats per token); the ranking's",
+    "val_bpb_full": "the same loss in bits per byte of the text those tokens decode to: comparable across "
+                    "tokenizers (a character and a BPE model of the same text)",
     "val_loss": "the last periodic evaluation's, on its fixed sample of windows",
+    "val_bpb": "val_loss in bits per byte",
     "gap_to_floor": "val_loss_full - entropy_floor (0 is the best any model can do)",
     "compute_matched": "val/loss at the smallest training FLOPs any job reached (interpolated between "
                        "evaluations), so a bigger model is not credited for the compute it spent",
@@ -50,7 +54,9 @@ def job_row(job: JobRecord, keys: list[str]) -> dict:
     row = {"job": label, **{k: job.overrides.get(k, "") for k in keys}, "status": job.status}
     row.update({
         "val_loss_full": full,
+        "val_bpb_full": number("val_bpb_full"),
         "val_loss": number("val_loss"),
+        "val_bpb": number("val_bpb"),
         "best_val_loss": number("best_val_loss"),
         "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
         "entropy_floor": floor,
@@ -365,6 +371,7 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         if side_by_side:
             md += ["", "## Generations", "", "The first sample of each prompt; same seed and settings for every job.",
                    "", markdown_table(side_by_side, ["job", "prompt", "completion"], limit=None)]
+    write_hparams_experiment(sweep_dir, jobs, keys)  # TensorBoard's HParams view of every job
     if plots:
         from llmlab.sweep.plots import write_sweep_plots
 

@@ -13,6 +13,8 @@ from llmlab.train.distributed import unwrap
 class Objective:
     """A stage's loss. Subclasses add what their stage needs (a loss mask, a reference model, ...)."""
 
+    mean_over_tokens = False  # the loss is the mean over the batch's scored targets (so bits per byte apply)
+
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         """The batch's loss; extra metrics go into record[name] as detached tensors (the trainer averages them)."""
         raise NotImplementedError
@@ -46,6 +48,8 @@ def with_auxiliary(model: nn.Module, loss: torch.Tensor, record: dict | None = N
 class NextTokenObjective(Objective):
     """Pretraining and SFT: mean cross-entropy of the next tokens; IGNORE targets (SFT's padding and
     non-assistant tokens) are left out."""
+
+    mean_over_tokens = True
 
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         logits = model(batch.input_ids)  # (B, T, vocab)

@@ -28,7 +28,8 @@ class Sink:
 
 
 class JsonlSink(Sink):
-    """metrics.jsonl: one JSON object per logged step."""
+    """metrics.jsonl: one JSON object per logged step, written through to the file as it is logged, so a reader
+    (a sweep job without a progress bar, `tail -f`, a plot) sees every row at once; readers skip a torn last line."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
@@ -39,6 +40,7 @@ class JsonlSink(Sink):
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
         self.file.write(json.dumps(row) + "\n")
+        self.file.flush()  # a few hundred bytes per log step: cheap, and the row is on disk if the process dies
 
     def flush(self) -> None:
         self.file.flush()

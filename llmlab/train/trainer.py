@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TrainerConfig
-from llmlab.data.batch import Batch, BatchSource
+from llmlab.data.batch import IGNORE, Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.train import distributed
+from llmlab.train.bits_per_byte import TextBytes, bits_per_byte, scored_bytes
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
 from llmlab.train.distributed import SINGLE, Distributed
 from llmlab.train.evaluators import Evaluator, Samples
@@ -66,7 +67,8 @@ class TrainState:
 class Trainer:
     """model: what trains (compiled, DDP-wrapped or FSDP-sharded: checkpoints hold the model inside). The
     optimizer is the trainer config's (AdamW with weight decay on matrices only, or Muon and AdamW: train/optim.py).
-    Without a checkpointer nothing is saved; without sinks nothing is logged."""
+    Without a checkpointer nothing is saved; without sinks nothing is logged. text_bytes (ids -> the UTF-8 bytes
+    they decode to) adds val/bpb to each evaluation when the objective's loss is a mean over its scored tokens."""
 
     def __init__(
         self,
@@ -80,6 +82,7 @@ class Trainer:
         checkpointer: Checkpointer | None = None,
         evaluators: Sequence[Evaluator] = (),
         monitors: MonitorSet | None = None,
+        text_bytes: TextBytes | None = None,
     ):
         self.model, self.objective, self.cfg, self.place = model, objective, cfg, place
         self.train_batches, self.val_batches = train_batches, val_batches
@@ -96,6 +99,11 @@ class Trainer:
         self.agreed_stop: str | None = None  # under torchrun: the stop all ranks voted for at the last step
         self.last_val_loss: float | None = None
         self.last_train_loss: float | None = None
+        self.last_val_bpb: float | None = None
+        # per validation batch: (scored tokens, bytes of their text), counted once; None: no bits per byte
+        self.val_text = [(int((b.targets != IGNORE).sum()), scored_bytes(b, text_bytes)) for b in val_batches
+                         ] if text_bytes is not None and objective.mean_over_tokens else None
+        self._val_losses: torch.Tensor | None = None  # the last evaluation's batch means
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
@@ -211,7 +219,16 @@ class Trainer:
                     losses.append(self.objective.loss(self.model, batch.to(self.device), self.val_metrics).float())
         finally:
             self.model.train()
-        return torch.stack(losses).mean().item()
+        self._val_losses = torch.stack(losses)
+        return self._val_losses.mean().item()
+
+    def val_bpb(self) -> float | None:
+        """The last evaluation's loss in bits per byte: each batch's mean loss times its scored tokens, summed,
+        over the bytes of their text (batches score unequal numbers of tokens in SFT)."""
+        if self.val_text is None or self._val_losses is None:
+            return None
+        tokens, n_bytes = (torch.tensor(column, dtype=torch.float64) for column in zip(*self.val_text, strict=True))
+        return bits_per_byte(float((self._val_losses.double().cpu() * tokens).sum()), int(n_bytes.sum()))
 
     def fit(self, stop: StopRequested | None = None, until: int | None = None) -> TrainResult:
         """Train to cfg.max_steps, or pause after step `until` (status "paused": benchmarks interleave runs)."""
@@ -238,6 +255,7 @@ class Trainer:
             status = "paused"
         if self.last_val_loss is None and status == "completed":
             self.last_val_loss = self.evaluate()
+            self.last_val_bpb = self.val_bpb()
         wall = self.state.wall_s
         return TrainResult(status, self.state.step, self.state.tokens_seen, self.last_train_loss,
                            self.last_val_loss, wall, self.state.tokens_seen / wall if wall else 0.0,
@@ -330,6 +348,9 @@ class Trainer:
             **reported,
             "train/loss": train_loss,
             "train/lr": info.lr,
+            # Muon trains the blocks' matrices at its own rate: logged beside AdamW's so the plots show both
+            **({"train/lr_muon": scheduled_lr(info.step - 1, self.cfg.muon.lr, self.cfg)}
+               if self.cfg.optimizer == "muon" else {}),
             "train/grad_norm": info.grad_norm,
             "train/skipped_steps": float(state.skipped_steps),
             "perf/tokens_per_s": tps,
@@ -354,6 +375,9 @@ class Trainer:
             state.evals_without_improvement += 1
         state.best_val_loss = min(state.best_val_loss, val_loss)
         row = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+        self.last_val_bpb = self.val_bpb()
+        if self.last_val_bpb is not None:
+            row["val/bpb"] = self.last_val_bpb
         row.update({f"val/{k}": v for k, v in mean_metrics(self.val_metrics).items()})
         for evaluator in self.evaluators:
             with self.timings.measure("sampling" if isinstance(evaluator, Samples) else type(evaluator).__name__):
