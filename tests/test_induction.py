@@ -1,0 +1,208 @@
+"""data=induction (repeated spans with an exact floor), attention-only blocks, the in-context score and head
+ablation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_config
+
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import InductionDataConfig, ModelConfig
+from llmlab.data.induction import ALPHABET, RepeatedSpans, span_documents, span_probe
+from llmlab.data.pipeline import encode_documents
+from llmlab.data.sources import induction_source
+from llmlab.data.tokenizers import CharTokenizer
+from llmlab.interop.hf import hf_family
+from llmlab.model.ablation import ablated_heads, head_output_means
+from llmlab.model.transformer import Transformer
+from llmlab.train.evaluators import InContextScore
+
+SMALL = RepeatedSpans(vocab=3, zipf=1.0, length=5, span=2)
+
+
+def test_the_repeated_spans_are_where_the_generator_says():
+    generator = RepeatedSpans(vocab=20, zipf=1.0, length=30, span=6)
+    docs = span_documents(generator, 200, seed=3)
+    assert {len(t) for t in docs.texts} == {30}
+    offsets = set()
+    for text, (s, t) in zip(docs.texts, docs.placements, strict=True):
+        assert s + 6 <= t <= 30 - 6
+        assert text[t:t + 6] == text[s:s + 6]
+        offsets.add(t - s)
+    assert len(offsets) > 5  # the copy's distance varies: no fixed offset predicts it
+    # in the token stream (each document after the end token of the one before) the copy sits where it says
+    tokenizer = CharTokenizer(ALPHABET[:20])
+    stream = encode_documents(tokenizer, docs.texts)
+    for k, (s, t) in enumerate(docs.placements[:20]):
+        start = k * 31  # 30 tokens and an end token per document
+        np.testing.assert_array_equal(stream[start + t:start + t + 6], stream[start + s:start + s + 6])
+    masks = docs.part_mask(0), docs.part_mask(1)
+    assert all(m.sum(1).tolist() == [6] * 200 for m in masks) and not (masks[0] & masks[1]).any()
+
+
+def derivations(generator: RepeatedSpans):
+    """Every (document, placement, probability of that derivation): a placement and the free tokens."""
+    span = generator.span
+    for s, t in generator.placements:
+        free = [i for i in range(generator.length) if not t <= i < t + span]
+        for values in itertools.product(range(generator.vocab), repeat=len(free)):
+            doc = np.zeros(generator.length, dtype=int)
+            doc[free] = values
+            doc[t:t + span] = doc[s:s + span]  # the source lies before the copy: all free tokens
+            p = np.prod([generator.probs[doc[i]] if i < 2 else generator.transitions[doc[i - 2], doc[i]]
+                         for i in free]) / len(generator.placements)
+            yield doc, (s, t), p
+
+
+def brute_force(generator: RepeatedSpans) -> dict[tuple[int, ...], float]:
+    """Every document and its probability, summed over every derivation that makes it."""
+    texts: dict[tuple[int, ...], float] = {}
+    for doc, _, p in derivations(generator):
+        texts[tuple(doc)] = texts.get(tuple(doc), 0.0) + p
+    return texts
+
+
+@pytest.mark.parametrize("skip", [0.0, 0.4])
+def test_the_floor_is_the_brute_force_entropy_on_a_small_case(skip):
+    generator = RepeatedSpans(vocab=3, zipf=1.0, length=5, span=2, skip=skip)
+    texts = brute_force(generator)
+    assert math.isclose(sum(texts.values()), 1.0, rel_tol=1e-12)
+    prefix: dict[tuple[int, ...], float] = {}
+    for doc, p in texts.items():
+        for i in range(generator.length + 1):
+            prefix[doc[:i]] = prefix.get(doc[:i], 0.0) + p
+    for doc, p in texts.items():
+        logprobs = generator.position_logprobs(np.array(doc))
+        assert math.isclose(logprobs.sum(), math.log(p), rel_tol=1e-9)  # the document's exact probability
+        brute = [math.log(prefix[doc[:i + 1]] / prefix[doc[:i]]) for i in range(generator.length)]
+        np.testing.assert_allclose(logprobs, brute, rtol=1e-9)  # and of each token given the ones before
+    entropy = -sum(p * math.log(p) for p in texts.values())
+    # the source's floor: its validation documents' optimal log-probability, a sample of that entropy
+    cfg = InductionDataConfig(vocab=3, zipf=1.0, length=5, span=2, skip=skip, train_docs=10, val_docs=20000)
+    source = induction_source(cfg)
+    assert abs(-source.val_logprob / cfg.val_docs - entropy) < 0.02
+    # the sampler draws documents with the probabilities the brute force gives them
+    sampled = span_documents(generator, 20000, seed=2)
+    seen: dict[str, int] = {}
+    for text in sampled.texts:
+        seen[text] = seen.get(text, 0) + 1
+    for doc, p in sorted(texts.items(), key=lambda kv: -kv[1])[:5]:
+        assert abs(seen.get(generator.text(np.array(doc)), 0) / 20000 - p) < 4 * math.sqrt(p / 20000) + 1e-3
+
+
+def test_the_repeat_floor_is_the_optimum_on_the_repeated_tokens():
+    # brute force: the expected loss of the optimal predictor on the copy, over every derivation
+    floor = sum(p * -SMALL.position_logprobs(doc)[t:t + SMALL.span].mean() for doc, (_, t), p in derivations(SMALL))
+    assert 0 < floor < SMALL.unigram_entropy
+    sampled = span_documents(SMALL, 20000, seed=5, score=True).floors()["repeat_floor"]
+    assert abs(sampled - floor) < 0.02
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("vocab", 63, "data.vocab must be in [2, 62]"),
+    ("zipf", -1.0, "data.zipf must be >= 0"),
+    ("span", 30, "data.length=48 must hold the span twice"),
+])
+def test_bad_induction_settings_are_one_line_naming_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        InductionDataConfig(**{field: value})
+
+
+def test_attention_only_blocks_have_no_mlp_and_refuse_export_in_one_line():
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=11, mlp="none")
+    model = Transformer(cfg)
+    assert all(block.mlp is None and block.mlp_norm is None for block in model.blocks)
+    assert not any("mlp" in name for name, _ in model.named_parameters())
+    full = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=11))
+    assert model.num_params() < full.num_params()
+    ids = torch.randint(0, 11, (2, 16))
+    assert model(ids).shape == (2, 16, 11)
+    with pytest.raises(ConfigError, match=r"^model.mlp=none \(attention-only blocks\) has no Hugging Face"):
+        hf_family(cfg)
+    with pytest.raises(ConfigError, match="model.mlp=none"):
+        ModelConfig(mlp="none", moe={"experts": 4})
+
+
+def test_the_option_builds_from_the_config_and_the_stage_logs_the_score(tmp_path):
+    cfg = run_config(tmp_path, ["data=induction", "model.mlp=none", "data.train_docs=200", "data.val_docs=40",
+                                "data.length=24", "data.span=8", "model.context_length=32"])
+    assert cfg.model.mlp == "none" and cfg.data.kind == "induction"
+    from llmlab.stages import StageContext, get_stage
+    from llmlab.train.distributed import Distributed
+
+    ctx = StageContext(cfg, torch.device("cpu"), Distributed(), tmp_path / "run", None)
+    parts = get_stage("pretrain")(cfg.stage).build(ctx)
+    assert parts.model.blocks[0].mlp is None
+    floors = parts.stats["induction"]
+    assert 0 < floors["repeat_floor"] < floors["first_floor"] and floors["unigram_entropy"] > 2
+    (score,) = [e for e in parts.evaluators if isinstance(e, InContextScore)]
+    metrics = score(1, {})
+    assert set(metrics) == {"eval/icl_score", "eval/repeat_loss", "eval/first_loss"}
+    assert math.isclose(metrics["eval/icl_score"], metrics["eval/repeat_loss"] - metrics["eval/first_loss"])
+
+
+def test_a_context_too_short_for_a_document_is_refused(tmp_path):
+    cfg = run_config(tmp_path, ["data=induction", "data.train_docs=200", "data.val_docs=40",
+                                "model.context_length=32"])  # 48 tokens and an end token
+    from llmlab.stages import StageContext, get_stage
+    from llmlab.train.distributed import Distributed
+
+    with pytest.raises(ConfigError, match="data.length=48 tokens after an end token must fit model.context_length"):
+        get_stage("pretrain")(cfg.stage).build(StageContext(cfg, torch.device("cpu"), Distributed(),
+                                                             tmp_path / "run", None))
+
+
+def test_the_in_context_score_of_a_model_that_copies_is_minus_the_first_loss():
+    """A model that knows where the copy is and predicts it with certainty scores repeat loss 0."""
+    generator = RepeatedSpans(vocab=10, length=20, span=5)
+    docs = span_documents(generator, 8, seed=1)
+    tokenizer = CharTokenizer(ALPHABET[:10])
+    probe = span_probe(docs, tokenizer, rows=8)
+    vocab = tokenizer.vocab_size
+
+    class Copier(torch.nn.Module):
+        def forward(self, ids):
+            logits = torch.zeros(*ids.shape, vocab)
+            logits[..., :] = 0.0  # uniform everywhere ...
+            targets = ids[:, 1:]
+            repeat = torch.zeros_like(ids, dtype=torch.bool)
+            repeat[:, :-1] = probe.repeat
+            logits[repeat] = -1e4  # ... but certain of each repeated token
+            logits[repeat, targets[probe.repeat]] = 1e4
+            return logits
+
+    metrics = InContextScore(Copier(), probe, torch.device("cpu"))(1, {})
+    assert metrics["eval/repeat_loss"] < 1e-6
+    assert math.isclose(metrics["eval/first_loss"], math.log(vocab), rel_tol=1e-6)
+    assert math.isclose(metrics["eval/icl_score"], -math.log(vocab), rel_tol=1e-6)
+
+
+def test_ablating_a_head_removes_exactly_its_share_of_the_output():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=11, mlp="none")
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, 11, (3, 16))
+    with torch.no_grad():
+        intact = model(ids)
+        with ablated_heads(model, [(1, 2)]):
+            off = model(ids)
+        # by hand: layer 1's output projection without head 2's columns
+        o_proj = model.blocks[1].attn.o_proj
+        saved = o_proj.weight[:, 16:24].clone()
+        o_proj.weight[:, 16:24] = 0
+        by_hand = model(ids)
+        o_proj.weight[:, 16:24] = saved
+        again = model(ids)
+    torch.testing.assert_close(off, by_hand)
+    assert not torch.allclose(off, intact)
+    torch.testing.assert_close(again, intact)  # the hooks are gone
+    means = head_output_means(model, ids)
+    assert [m.shape for m in means] == [(4, 8), (4, 8)]
+    with pytest.raises(ValueError, match="L2H0"):
+        with ablated_heads(model, [(2, 0)]):
+            pass
