@@ -8,6 +8,10 @@ circuit scores on the run's copy probe, or else on the text, and on the inductio
 <run>/analysis and N is the checkpoint's step; for an imported model out defaults to
 outputs/analysis/<directory name> and N is 0.
 With layers chosen, only those blocks' weights get gradients: a 1B model's other layers cost no gradient memory.
+
+`python -m llmlab.analyze run=<run dir> ablate=[L1H2,L1H3]` (or ablate=[each], ablation=mean) instead switches
+heads off and prints the in-context scores with and without them (llmlab.monitors.ablation), into
+<out>/ablation/step_<N>/.
 """
 
 from __future__ import annotations
@@ -210,7 +214,7 @@ def circuit_lines(record: dict, where: Path) -> list[str]:
 
 def ablate(cfg: AnalyzeConfig) -> tuple[Path, dict]:
     """The in-context scores of a run's model with cfg.ablate's heads switched off, and without: the JSON file
-    written (<out>/ablation/step_<N>.json) and its record."""
+    written (<out>/ablation/step_<N>/<zero|mean>_<heads|each>.json, one per question) and its record."""
     from llmlab.config.commands import parse_head
     from llmlab.config.schema import InductionDataConfig
     from llmlab.data.induction import span_probe
@@ -239,7 +243,8 @@ def ablate(cfg: AnalyzeConfig) -> tuple[Path, dict]:
         spans = span_probe(induction_validation(InductionDataConfig(**data)), tokenizer, rows=256)
     probes = AblationProbes.of(model, spans)
     record = {"run": cfg.run, "step": step, **ablation_record(model, probes, sets, cfg.ablation)}
-    path = Path(cfg.out or default_out) / "ablation" / f"step_{step}.json"
+    label = "each" if cfg.ablate == ["each"] else "+".join(f"L{layer}H{head}" for layer, head in sets[0])
+    path = Path(cfg.out or default_out) / "ablation" / f"step_{step}" / f"{cfg.ablation}_{label}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=1))
     return path, record

@@ -2,8 +2,10 @@
 
 Each document is `length` tokens drawn independently from a Zipfian unigram distribution over `vocab` symbols,
 except that the `span` tokens starting at position t are a copy of the `span` tokens starting at s (s + span <=
-t): only attention to the first occurrence can predict the copy, which is what an induction head does. The pair
-(s, t) is drawn uniformly from every pair that fits, and the generator returns it with the document.
+t): only attention to the first occurrence can predict the copy, which is what an induction head does. The
+distance t - s is drawn uniformly from every distance that fits, then s uniformly among the starts that fit it
+(uniform distances leave a head that looks a fixed distance back little to gain: the copy must be found by its
+content), and the generator returns (s, t) with the document.
 
 With `skip` > 0 an unrepeated token is, with that chance, the fixed successor of the token two places before it.
 Independent tokens give a previous-token head no use of its own (it pays only once an induction head reads it),
@@ -71,6 +73,13 @@ class RepeatedSpans:
                  for t in range(s + self.span, self.length - self.span + 1)]
         return np.asarray(pairs, dtype=np.int64)
 
+    @cached_property
+    def placement_probs(self) -> np.ndarray:
+        """(P,) the chance of each placement: the distance uniform, then the start uniform given it."""
+        distance = self.placements[:, 1] - self.placements[:, 0]
+        _, index, counts = np.unique(distance, return_inverse=True, return_counts=True)
+        return 1.0 / (len(counts) * counts[index])
+
     @property
     def unigram_entropy(self) -> float:
         """Nats per token of the unigram distribution (without the skip structure: what a model that ignores the
@@ -81,7 +90,7 @@ class RepeatedSpans:
         """n documents (n, length) of symbol indices and their placements (n, 2) as (s, t)."""
         rng = np.random.default_rng(seed)
         tokens = rng.choice(self.vocab, size=(n, self.length), p=self.probs)
-        placed = self.placements[rng.integers(len(self.placements), size=n)]
+        placed = self.placements[rng.choice(len(self.placements), size=n, p=self.placement_probs)]
         if self.skip:  # left to right: a token after the copy depends on the copy's tokens
             follow = rng.random((n, self.length)) < self.skip
             for i in range(self.length):
@@ -108,7 +117,7 @@ class RepeatedSpans:
         with np.errstate(divide="ignore"):
             terms = np.where(copied, np.log(matches.astype(np.float64)), free)  # a copy: 1 if it matches, else 0
         prefix = np.cumsum(terms, axis=1)  # (P, length) log-likelihood of the first i + 1 tokens
-        prior = -np.log(len(self.placements))
+        prior = np.log(self.placement_probs)[:, None]
         joint = np.logaddexp.reduce(prefix + prior, axis=0)  # (length,) log P(tokens[:i + 1])
         return np.diff(joint, prepend=0.0)
 

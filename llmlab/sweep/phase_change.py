@@ -48,11 +48,20 @@ def change(steps: np.ndarray, values: np.ndarray, at: int, window: int) -> float
     return None if before is None or after is None else after - before
 
 
-def job_phase(job: JobRecord, window: int) -> dict:
-    """One job: when its first head formed, the train-loss and icl-score change across that step, the final icl
-    score, and the same-size change of the train loss across the middle of the run (for scale)."""
-    summary = circuit_summary(circuits_history(job.path))
-    formed = summary["formed_at"]
+def first_above(history: list[dict], score: str, threshold: float) -> int | None:
+    """The first capture step at which some head's score exceeds the threshold."""
+    steps, values = strongest(history, score)
+    above = np.flatnonzero(values > threshold)
+    return int(steps[above[0]]) if len(above) else None
+
+
+def job_phase(job: JobRecord, window: int, threshold: float) -> dict:
+    """One job: when its first induction head formed (the monitor's formation event) and when its first
+    previous-token head passed the same threshold, the train-loss and icl-score change across each of those
+    steps, and the final icl score."""
+    history = circuits_history(job.path)
+    summary = circuit_summary(history)
+    formed, prev = summary["formed_at"], first_above(history, "prev_token", threshold)
     loss_steps, losses = series(job, "train/loss")
     icl_steps, icl = series(job, ICL)
     return {
@@ -61,6 +70,9 @@ def job_phase(job: JobRecord, window: int) -> dict:
         "max_induction": summary["max_induction"],
         "loss_change_at_formation": change(loss_steps, losses, formed, window) if formed else None,
         "icl_change_at_formation": change(icl_steps, icl, formed, window) if formed else None,
+        "prev_token_at": prev,
+        "loss_change_at_prev_token": change(loss_steps, losses, prev, window) if prev else None,
+        "icl_change_at_prev_token": change(icl_steps, icl, prev, window) if prev else None,
         "final_icl_score": float(icl[-1]) if len(icl) else None,
         "final_val_loss": job.value("val_loss"),
         "wall_s": job.value("wall_s"),
@@ -88,13 +100,16 @@ def over_seeds(jobs: list[dict], keys: list[str]) -> list[dict]:
     rows = []
     for setting, members in settings.items():
         formed = [j["formed_at"] for j in members if j["formed_at"] is not None]
+        prev = [j["prev_token_at"] for j in members if j.get("prev_token_at") is not None]
         icl = [j["final_icl_score"] for j in members if j["final_icl_score"] is not None]
         f_mean, f_low, f_high = interval(formed)
+        p_mean, p_low, p_high = interval(prev)
         i_mean, i_low, i_high = interval(icl)
         rows.append({**dict(zip(keys, setting, strict=True)), "seeds": len(members), "formed": len(formed),
                      "formed_at_mean": f_mean, "formed_at_low": f_low, "formed_at_high": f_high,
-                     "formed_at_each": formed, "final_icl_mean": i_mean, "final_icl_low": i_low,
-                     "final_icl_high": i_high})
+                     "formed_at_each": formed, "prev_token_formed": len(prev), "prev_token_at_mean": p_mean,
+                     "prev_token_at_low": p_low, "prev_token_at_high": p_high, "prev_token_at_each": prev,
+                     "final_icl_mean": i_mean, "final_icl_low": i_low, "final_icl_high": i_high})
     return rows
 
 
@@ -102,23 +117,34 @@ def number(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def step_interval(row: dict, name: str, count: int) -> str:
+    """'mean [low, high] (each)' of a formation step over seeds, or 'never'."""
+    if not count:
+        return "never"
+    return (f"{number(row[name + '_mean'], 0)} [{number(row[name + '_low'], 0)}, {number(row[name + '_high'], 0)}] "
+            f"({', '.join(map(str, row[name + '_each']))})")
+
+
 def markdown(grouped: list[dict], jobs: list[dict], keys: list[str]) -> str:
-    lines = ["| " + " | ".join([*keys, "seeds formed", "formation step: mean [95% interval] (each)",
+    lines = ["| " + " | ".join([*keys, "induction head formed", "formation step: mean [95% interval] (each)",
+                                "previous-token head formed", "its step: mean [95% interval] (each)",
                                 "final icl_score: mean [95% interval]"]) + " |",
-             "|" + "---|" * (len(keys) + 3)]
+             "|" + "---|" * (len(keys) + 5)]
     for row in grouped:
-        formed = (f"{number(row['formed_at_mean'], 0)} [{number(row['formed_at_low'], 0)}, "
-                  f"{number(row['formed_at_high'], 0)}] ({', '.join(map(str, row['formed_at_each']))})"
-                  if row["formed"] else "never")
         icl = f"{number(row['final_icl_mean'])} [{number(row['final_icl_low'])}, {number(row['final_icl_high'])}]"
-        lines.append("| " + " | ".join([*(str(row[k]) for k in keys), f"{row['formed']}/{row['seeds']}", formed,
-                                        icl]) + " |")
+        lines.append("| " + " | ".join([*(str(row[k]) for k in keys), f"{row['formed']}/{row['seeds']}",
+                                        step_interval(row, "formed_at", row["formed"]),
+                                        f"{row['prev_token_formed']}/{row['seeds']}",
+                                        step_interval(row, "prev_token_at", row["prev_token_formed"]), icl]) + " |")
     lines += ["", "| " + " | ".join([*keys, SEED, "formed_at", "train-loss change", "icl_score change",
-                                     "final icl_score", "final val loss"]) + " |", "|" + "---|" * (len(keys) + 6)]
+                                     "prev-token head at", "train-loss change", "icl_score change",
+                                     "final icl_score", "final val loss"]) + " |", "|" + "---|" * (len(keys) + 9)]
     for job in jobs:
         lines.append("| " + " | ".join([*(str(job.get(k, "")) for k in keys), str(job.get(SEED, "")),
                                         number(job["formed_at"]), number(job["loss_change_at_formation"]),
-                                        number(job["icl_change_at_formation"]), number(job["final_icl_score"]),
+                                        number(job["icl_change_at_formation"]), number(job["prev_token_at"]),
+                                        number(job["loss_change_at_prev_token"]),
+                                        number(job["icl_change_at_prev_token"]), number(job["final_icl_score"]),
                                         number(job["final_val_loss"])]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -127,37 +153,45 @@ def label_of(job: JobRecord, keys: list[str]) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={job.overrides.get(k, '')}" for k in keys) or job.name
 
 
+def strongest(history: list[dict], score: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, the largest score of any head) over a job's circuit captures."""
+    rows = [(row["step"], max(v for heads in row["scores"][score] for v in heads))
+            for row in history if row["scores"].get(score)]
+    steps, values = zip(*rows, strict=True) if rows else ((), ())
+    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
 def phase_change_figure(jobs: list[JobRecord], keys: list[str], threshold: float, title: str = "") -> Figure:
-    """Three panels against steps, one colour per setting (seeds share it): training loss, eval/icl_score and the
-    strongest head's induction score, each job's formation step marked by a dot on its curves."""
-    fig = Figure(figsize=(15, 4.6), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 3)
+    """Four panels against steps, one colour per setting (seeds share it): training loss, eval/icl_score, and the
+    strongest head's induction and previous-token scores; each job's formation step is a black-edged dot."""
+    fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
+    axes = fig.subplots(2, 2).flatten()
     settings = list(dict.fromkeys(label_of(j, keys) for j in jobs))
     colours = {s: f"C{i % 10}" for i, s in enumerate(settings)}
     labelled: set[str] = set()
     for job in jobs:
         label = label_of(job, keys)
-        style = {"color": colours[label], "alpha": 0.8, "linewidth": 1.2,
+        style = {"color": colours[label], "alpha": 0.75, "linewidth": 1.1,
                  "label": None if label in labelled else label}
         labelled.add(label)
         history = circuits_history(job.path)
         formed = circuit_summary(history)["formed_at"]
-        induction = [(row["step"], max(v for heads in row["scores"]["induction"] for v in heads))
-                     for row in history if row["scores"].get("induction")]
-        for ax, (steps, values) in zip(axes, (series(job, "train/loss"), series(job, ICL),
-                                              tuple(map(np.asarray, zip(*induction, strict=True)))
-                                              if induction else (np.zeros(0), np.zeros(0))), strict=True):
+        curves = (series(job, "train/loss"), series(job, ICL), strongest(history, "induction"),
+                  strongest(history, "prev_token"))
+        for ax, (steps, values) in zip(axes, curves, strict=True):
             if len(steps):
                 ax.plot(steps, values, **style)
                 if formed is not None:
                     ax.plot([formed], [np.interp(formed, steps, values)], marker="o", markersize=7,
                             color=colours[label], markeredgecolor="black", linestyle="none")
-    axes[2].axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    axes[2].axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"formation threshold {threshold}")
     axes[0].set(title="training loss", xlabel="step", ylabel="loss (nats/token)")
-    axes[1].set(title="in-context score: loss on the repeat - on the first occurrence", xlabel="step",
+    axes[1].set(title="in-context score: loss on the repeat minus on its first occurrence", xlabel="step",
                 ylabel="eval/icl_score (nats/token)")
-    axes[2].set(title="strongest head's induction score", xlabel="step", ylabel="attention to the token after "
-                "the earlier occurrence", ylim=(0, 1))
+    axes[2].set(title="strongest head's induction score (random tokens repeated)", xlabel="step",
+                ylabel="attention to the token after the earlier occurrence", ylim=(0, 1))
+    axes[3].set(title="strongest head's previous-token score", xlabel="step",
+                ylabel="attention to the token before", ylim=(0, 1))
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8, title="black-edged dot: the job's first head formed", title_fontsize=8)
@@ -171,13 +205,14 @@ def write_phase_change(sweep_dir: str | Path, window: int = 50, threshold: float
     sweep_dir = Path(sweep_dir)
     jobs = find_jobs(sweep_dir)
     keys = [k for k in swept_keys(jobs, sweep_dir) if k != SEED]
-    phases = [job_phase(job, window) for job in jobs]
+    phases = [job_phase(job, window, threshold) for job in jobs]
     grouped = over_seeds(phases, keys)
     record = {"window": window, "swept": keys, "settings": grouped, "jobs": phases}
     write_atomic(sweep_dir / "phase_change.json", json.dumps(record, indent=1))
     buffer = io.StringIO()
     columns = [*keys, SEED, "formed_at", "max_induction", "loss_change_at_formation", "icl_change_at_formation",
-               "final_icl_score", "final_val_loss", "wall_s", "dir"]
+               "prev_token_at", "loss_change_at_prev_token", "icl_change_at_prev_token", "final_icl_score",
+               "final_val_loss", "wall_s", "dir"]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(phases)
