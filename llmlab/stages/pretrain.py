@@ -73,10 +73,7 @@ class Pretrain(Stage):
     def add_in_context_score(self, ctx: StageContext, parts: StageParts, tokenizer: Tokenizer) -> None:
         """data=induction: eval/icl_score at each evaluation, and the floors it is measured against in
         dataset_stats.json (the optimum's loss on the repeated tokens and on their first occurrences)."""
-        data, context = ctx.cfg.data, ctx.cfg.model.context_length
-        if data.length + 1 > context:
-            raise ConfigError(f"data.length={data.length} tokens after an end token must fit model.context_length="
-                              f"{context}: use data.length<={context - 1} or a longer context")
+        data = ctx.cfg.data  # whose documents fit the context (RunConfig checks it)
         docs = induction_validation(data)
         parts.stats["induction"] = {**docs.floors(), "unigram_entropy": span_generator(data).unigram_entropy}
         parts.evaluators.append(InContextScore(parts.model, span_probe(docs, tokenizer, SPAN_PROBE_ROWS),

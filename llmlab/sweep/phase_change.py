@@ -164,11 +164,12 @@ def strongest(history: list[dict], score: str) -> tuple[np.ndarray, np.ndarray]:
 def phase_change_figure(jobs: list[JobRecord], keys: list[str], threshold: float, title: str = "") -> Figure:
     """Four panels against steps, one colour per setting (seeds share it): training loss, eval/icl_score, and the
     strongest head's induction and previous-token scores; each job's formation step is a black-edged dot."""
-    fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(13, 8.5), dpi=80, layout="constrained")
     axes = fig.subplots(2, 2).flatten()
     settings = list(dict.fromkeys(label_of(j, keys) for j in jobs))
     colours = {s: f"C{i % 10}" for i, s in enumerate(settings)}
     labelled: set[str] = set()
+    any_formed = False
     for job in jobs:
         label = label_of(job, keys)
         style = {"color": colours[label], "alpha": 0.75, "linewidth": 1.1,
@@ -176,6 +177,7 @@ def phase_change_figure(jobs: list[JobRecord], keys: list[str], threshold: float
         labelled.add(label)
         history = circuits_history(job.path)
         formed = circuit_summary(history)["formed_at"]
+        any_formed |= formed is not None
         curves = (series(job, "train/loss"), series(job, ICL), strongest(history, "induction"),
                   strongest(history, "prev_token"))
         for ax, (steps, values) in zip(axes, curves, strict=True):
@@ -194,7 +196,9 @@ def phase_change_figure(jobs: list[JobRecord], keys: list[str], threshold: float
                 ylabel="attention to the token before", ylim=(0, 1))
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[2].legend(fontsize=8, title="black-edged dot: the job's first head formed", title_fontsize=8)
+    legend = "black-edged dot: the job's first induction head formed" if any_formed else \
+        "no job formed an induction head"
+    axes[2].legend(fontsize=8, title=legend, title_fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
