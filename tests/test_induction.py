@@ -260,3 +260,21 @@ def test_two_attention_only_layers_learn_in_context_through_previous_token_heads
                              [[(0, h) for h in formed], [(0, h) for h in others[:len(formed)]]], "zero")
     on_formed, on_others = (row["change"]["repeat_loss"] for row in record["ablated"])
     assert on_formed > 0.2 and on_formed > 2 * on_others
+
+
+@pytest.mark.slow
+def test_every_monitor_watches_an_attention_only_model(tmp_path):
+    from llmlab.runner import Run
+
+    cfg = run_config(tmp_path, ["model.mlp=none", "data.train_docs=200", "data.val_docs=20", "monitors=full",
+                                "monitors.attention.every=6", "monitors.distribution.every=6",
+                                "monitors.circuits.every=6", "monitors.health.every=6", "trainer.threads=1"])
+    result = Run(cfg).execute()
+    assert result.status == "completed"
+    run = tmp_path / "run"
+    import json
+
+    assert not json.loads((run / "metrics.json").read_text())["monitors"]["disabled"]  # none failed and stopped
+    stats = next((run / "monitors" / "distribution").glob("step_*/layer_statistics.json"))
+    activations = json.loads(stats.read_text())["activations"]
+    assert "blocks.0.attn" in activations and not any(name.endswith(".mlp") for name in activations)
