@@ -222,8 +222,8 @@ def write_phase_change(sweep_dir: str | Path, window: int = 50, threshold: float
     writer.writerows(phases)
     write_atomic(sweep_dir / "phase_change.csv", buffer.getvalue())
     write_atomic(sweep_dir / "phase_change.md", markdown(grouped, phases, keys))
-    render(phase_change_figure(jobs, keys, threshold, title=f"induction heads: {len(jobs)} job{'' if len(jobs) == 1 else 's'}"),
-           sweep_dir / "phase_change.png")
+    title = f"induction heads: {len(jobs)} job{'' if len(jobs) == 1 else 's'}"
+    render(phase_change_figure(jobs, keys, threshold, title=title), sweep_dir / "phase_change.png")
     return record
 
 
