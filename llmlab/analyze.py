@@ -8,6 +8,10 @@ circuit scores on the run's copy probe, or else on the text, and on the inductio
 <run>/analysis and N is the checkpoint's step; for an imported model out defaults to
 outputs/analysis/<directory name> and N is 0.
 With layers chosen, only those blocks' weights get gradients: a 1B model's other layers cost no gradient memory.
+
+`python -m llmlab.analyze run=<run dir> ablate=[L1H2,L1H3]` (or ablate=[each], ablation=mean) instead switches
+heads off and prints the in-context scores with and without them (llmlab.monitors.ablation), into
+<out>/ablation/step_<N>/.
 """
 
 from __future__ import annotations
@@ -59,23 +63,29 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
     return model, tokenizer, int(match[1]), checkpoint.parent.parent / "analysis", checkpoint
 
 
-def run_copy_probe(checkpoint: Path, tokenizer, context: int, rows: int, tokens: int):
-    """The copy probe of a run trained on the embedded language (from its verified config), else None."""
+def run_data_config(checkpoint: Path) -> dict:
+    """The data node of the run holding this checkpoint, from its verified config_resolved.yaml ({} without one)."""
     import yaml
 
-    from llmlab.config.schema import SyntheticDataConfig
-    from llmlab.data.copy_probe import copy_probe
-    from llmlab.data.sources import annotated_validation
     from llmlab.files import sha256_file
     from llmlab.train import checkpoint as ckpt
 
     config = checkpoint.parent.parent / "config_resolved.yaml"
     if not config.is_file():
-        return None
+        return {}
     recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
     if recorded and sha256_file(config) != recorded:
         raise ConfigError(f"{config} has changed since checkpoint {checkpoint} was written")
-    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+
+
+def run_copy_probe(checkpoint: Path, tokenizer, context: int, rows: int, tokens: int):
+    """The copy probe of a run trained on the embedded language (from its verified config), else None."""
+    from llmlab.config.schema import SyntheticDataConfig
+    from llmlab.data.copy_probe import copy_probe
+    from llmlab.data.sources import annotated_validation
+
+    data = run_data_config(checkpoint)
     if data.get("kind") != "synthetic":
         return None
     return copy_probe(annotated_validation(SyntheticDataConfig(**data)), tokenizer, rows, min(tokens, context))
@@ -202,10 +212,55 @@ def circuit_lines(record: dict, where: Path) -> list[str]:
     return lines
 
 
+def ablate(cfg: AnalyzeConfig) -> tuple[Path, dict]:
+    """The in-context scores of a run's model with cfg.ablate's heads switched off, and without: the JSON file
+    written (<out>/ablation/step_<N>/<zero|mean>_<heads|each>.json, one per question) and its record."""
+    from llmlab.config.commands import parse_head
+    from llmlab.config.schema import InductionDataConfig
+    from llmlab.data.induction import span_probe
+    from llmlab.data.sources import induction_validation
+    from llmlab.files import write_atomic
+    from llmlab.monitors.ablation import AblationProbes, ablation_record
+    from llmlab.train.device import pick_device
+
+    if cfg.run is None:
+        raise ConfigError("ablate: give run=<run dir>; heads are ablated in llmlab's own models")
+    model, tokenizer, step, default_out, checkpoint = load_for_analysis(cfg, pick_device(cfg.device))
+    model.eval()
+    n_layers, n_heads = len(model.blocks), model.cfg.n_heads
+    if cfg.ablate == ["each"]:
+        sets = [[(layer, head)] for layer in range(n_layers) for head in range(n_heads)]
+    else:
+        heads = [parse_head(name) for name in cfg.ablate if name != "each"]
+        bad = [f"L{layer}H{head}" for layer, head in heads if not (layer < n_layers and head < n_heads)]
+        if bad:
+            raise ConfigError(f"ablate: {', '.join(bad)} not in the model (layers 0..{n_layers - 1}, heads "
+                              f"0..{n_heads - 1})")
+        sets = [heads]
+    data = run_data_config(checkpoint)
+    spans = None
+    if data.get("kind") == "induction":
+        spans = span_probe(induction_validation(InductionDataConfig(**data)), tokenizer, rows=256)
+    probes = AblationProbes.of(model, spans)
+    record = {"run": cfg.run, "step": step, **ablation_record(model, probes, sets, cfg.ablation)}
+    label = "each" if cfg.ablate == ["each"] else "+".join(f"L{layer}H{head}" for layer, head in sets[0])
+    path = Path(cfg.out or default_out) / "ablation" / f"step_{step}" / f"{cfg.ablation}_{label}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=1))
+    return path, record
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
 def main(cfg: DictConfig) -> None:
     with exit_on_config_error():
-        out = analyze(to_dataclass(cfg))
+        settings = to_dataclass(cfg)
+        if settings.ablate is not None:
+            from llmlab.monitors.ablation import ablation_lines
+
+            path, record = ablate(settings)
+            print("\n".join([f"ablation: {path}", *ablation_lines(record)]))
+            return
+        out = analyze(settings)
     print("\n".join(summary(out)))
 
 

@@ -96,6 +96,9 @@ def describe_data(data: dict) -> str:
     kind = data.get("kind", "?")
     if kind == "synthetic":
         return f"the embedded synthetic language ({data.get('train_docs')} training documents)"
+    if kind == "induction":
+        return (f"repeated spans of Zipfian random tokens ({data.get('train_docs')} training documents of "
+                f"{data.get('length')} tokens)")
     if kind in ("tasks", "task_prefs"):
         return f"the embedded tasks ({kind}, {data.get('train_tasks')} training items)"
     paths = data.get("paths") or []

@@ -19,6 +19,7 @@ from llmlab.config.errors import ConfigError, find_config_error
 from llmlab.config.schema import (
     ChatDataConfig,
     HFDataConfig,
+    InductionDataConfig,
     MixDataConfig,
     RunConfig,
     SyntheticDataConfig,
@@ -76,6 +77,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RunConfig)
     # data options differ in their fields, so each data YAML names its own schema
     cs.store(group="data", name="base_synthetic", node=SyntheticDataConfig)
+    cs.store(group="data", name="base_induction", node=InductionDataConfig)
     cs.store(group="data", name="base_text", node=TextDataConfig)
     cs.store(group="data", name="base_tasks", node=TasksDataConfig)
     cs.store(group="data", name="base_chat", node=ChatDataConfig)

@@ -243,3 +243,24 @@ def test_bad_circuits_settings_are_one_line_naming_the_field(field, value, messa
 
     with pytest.raises(ConfigError, match=message):
         CircuitsMonitorConfig(**{field: value})
+
+
+def test_the_circuits_figure_marks_formation_only_where_a_head_formed():
+    import numpy as np
+
+    from llmlab.monitors.plots import circuits_over_training_figure
+
+    steps, lens = [10, 20, 30], np.zeros((3, 2))
+    scores = {"induction": np.zeros((3, 2, 2)), "prev_token": np.zeros((3, 2, 2))}
+
+    def score_axes(fig):
+        return [ax for sub in fig.subfigs for ax in sub.axes if "score per head" in ax.get_title()]
+
+    quiet = circuits_over_training_figure(steps, scores, lens, ([], []), [], {})
+    assert len(score_axes(quiet)) == 2
+    assert not any("star" in ax.get_title() for ax in score_axes(quiet))  # no legend for stars that are not there
+    formed = [{"score": "induction", "layer": 1, "head": 0, "step": 20, "value": 0.5}]
+    induction, prev = score_axes(circuits_over_training_figure(steps, scores, lens, ([], []), formed, {}))
+    assert "red star: formed, step 20" in induction.get_title() and "star" not in prev.get_title()
+    stars = [line for line in induction.lines if line.get_marker() == "*"]
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in stars] == [(1, 2)]  # capture 1, row L1H0

@@ -9,6 +9,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import (
     ChatDataConfig,
     HFDataConfig,
+    InductionDataConfig,
     MixDataConfig,
     RunConfig,
     SyntheticDataConfig,
@@ -47,8 +48,8 @@ def test_every_option_composes_into_dataclasses(group, option):
     add = "+" if group in OPTIONAL_GROUPS else ""
     cfg = to_dataclass(compose_config([f"{add}{group}={option}", *needs(group, option)]))
     assert isinstance(cfg, RunConfig)
-    assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig, HFDataConfig,
-                                 MixDataConfig))
+    assert isinstance(cfg.data, (SyntheticDataConfig, InductionDataConfig, TextDataConfig, TasksDataConfig,
+                                 ChatDataConfig, HFDataConfig, MixDataConfig))
 
 
 def test_groups_cover_what_the_design_promises():

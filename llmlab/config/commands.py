@@ -3,11 +3,12 @@ llmlab.store registers them all."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config.errors import ConfigError, check_finite, check_positive
+from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive
 from llmlab.config.schema import ModelConfig, TasksDataConfig
 
 
@@ -161,14 +162,34 @@ class AnalyzeConfig:
     """histogram bins"""
     device: str = "auto"
     """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+    ablate: list[str] | None = None
+    """heads to switch off, each L<layer>H<head> (or "<layer>.<head>"), ablated together; [each]: every head alone.
+    Instead of the text's statistics: the in-context score and repeated-token loss with and without them"""
+    ablation: str = "zero"
+    """zero | mean: a head's output replaced by zeros, or by its mean over the probe"""
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.model is None or self.model.path is None):
             raise ConfigError("give run=<run dir> or model=hf model.path=<transformers model dir> (one of them)")
+        check_choice("ablation", self.ablation, ("zero", "mean"))
+        if self.ablate is not None:
+            self.ablate = [str(a) for a in self.ablate]
+            if not self.ablate or not all(a == "each" or parse_head(a) for a in self.ablate):
+                raise ConfigError(f"ablate: expected heads as L<layer>H<head> (e.g. [L1H2,L1H3]) or [each], "
+                                  f"got {self.ablate}")
         check_positive("heatmap_max_dim", self.heatmap_max_dim)
         check_positive("bins", self.bins)
         if self.layers is not None and not self.layers:
             raise ConfigError("layers: empty list; give layer indices or null for all")
+
+
+def parse_head(name: str) -> tuple[int, int] | None:
+    """(layer, head) of "L1H2" or "1.2"; None when it is neither."""
+    match = re.fullmatch(r"[Ll](\d+)[Hh](\d+)|(\d+)\.(\d+)", name.strip())
+    if match is None:
+        return None
+    layer, head = (match[1], match[2]) if match[1] is not None else (match[3], match[4])
+    return int(layer), int(head)
 
 
 @dataclass

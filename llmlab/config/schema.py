@@ -117,7 +117,7 @@ class ModelConfig:
     norm: str = "rmsnorm"
     """layernorm | rmsnorm"""
     mlp: str = "swiglu"
-    """gelu | swiglu"""
+    """gelu | swiglu | none (attention-only blocks: no MLP and no norm before it)"""
     gelu: str = "exact"
     """exact | tanh: the GELU of a `gelu` MLP; tanh is GPT-2's approximation (exported as `gelu_new`, exact as
     `gelu`). Checkpoints written before this field existed load as tanh; resuming one needs `model.gelu=tanh`"""
@@ -166,7 +166,7 @@ class ModelConfig:
         check_finite("model.init_std", self.init_std)
         check_choice("model.positions", self.positions, ("learned", "rope"))
         check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice("model.mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice("model.mlp", self.mlp, ("gelu", "swiglu", "none"))
         check_choice("model.gelu", self.gelu, ("exact", "tanh"))
         check_choice("model.rope_scaling", self.rope_scaling, ("none", "llama3"))
         if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
@@ -188,6 +188,9 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.d_ff is not None:
             check_positive("model.d_ff", self.d_ff)
+        if self.mlp == "none" and self.moe.experts:
+            raise ConfigError(f"model.mlp=none (attention-only blocks) leaves no MLP for model.moe.experts="
+                              f"{self.moe.experts} to replace; use model.moe.experts=0 or an MLP")
 
     @property
     def expert_dim(self) -> int:
@@ -204,6 +207,8 @@ class ModelConfig:
 
     @property
     def ffn_dim(self) -> int:
+        if self.mlp == "none":
+            return 0
         if self.d_ff is not None:
             return self.d_ff
         if self.mlp == "swiglu":  # keeps the parameter count of a 4x GELU MLP, rounded to 32
@@ -280,6 +285,49 @@ class SyntheticDataConfig:
     def __post_init__(self) -> None:
         check_positive("data.train_docs", self.train_docs)
         check_positive("data.val_docs", self.val_docs)
+
+
+INDUCTION_SYMBOLS = 62  # digits and ASCII letters: one character per symbol (llmlab/data/induction.py)
+
+
+@dataclass
+class InductionDataConfig:
+    """Zipfian random tokens in which a span recurs later in the same document, with the exact entropy floor of the
+    repeated part (llmlab/data/induction.py): what only attention to the first occurrence can predict."""
+
+    kind: str = "induction"
+    """fixed: which data schema this is"""
+    vocab: int = 32
+    """symbols (at most 62), each one character for the char tokenizer"""
+    zipf: float = 1.0
+    """unigram exponent: p(rank k) proportional to k^-zipf (0 = uniform)"""
+    length: int = 48
+    """tokens per document (an end token follows each)"""
+    span: int = 16
+    """tokens of the span that recurs; its copy starts at or after the end of the first occurrence"""
+    skip: float = 0.0
+    """chance that an unrepeated token is the fixed successor of the token two places back (0 = independent
+    tokens; > 0 gives a previous-token head a use of its own, as natural text does)"""
+    train_docs: int = 20000
+    """documents generated for training"""
+    val_docs: int = 1000
+    """documents generated for validation, from seed + 1"""
+    seed: int = 1234
+    """the generator's, not the run's: the same documents whatever the run's seed"""
+
+    def __post_init__(self) -> None:
+        for name in ("span", "train_docs", "val_docs"):
+            check_positive(f"data.{name}", getattr(self, name))
+        if not 2 <= self.vocab <= INDUCTION_SYMBOLS:
+            raise ConfigError(f"data.vocab must be in [2, {INDUCTION_SYMBOLS}], got {self.vocab}")
+        check_finite("data.zipf", self.zipf)
+        if self.zipf < 0:
+            raise ConfigError(f"data.zipf must be >= 0 (0 = uniform), got {self.zipf}")
+        if not 0.0 <= self.skip < 1.0:
+            raise ConfigError(f"data.skip must be in [0, 1), got {self.skip}")
+        if 2 * self.span > self.length:
+            raise ConfigError(f"data.length={self.length} must hold the span twice (data.span={self.span}): "
+                              f"use data.length>={2 * self.span}")
 
 
 @dataclass
@@ -660,8 +708,8 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """tokenizer group"""
     data: Any = MISSING
-    """data group: each option names its own schema (SyntheticDataConfig, TextDataConfig, TasksDataConfig,
-    ChatDataConfig, HFDataConfig, MixDataConfig)"""
+    """data group: each option names its own schema (SyntheticDataConfig, InductionDataConfig, TextDataConfig,
+    TasksDataConfig, ChatDataConfig, HFDataConfig, MixDataConfig)"""
     stage: Any = MISSING
     """a StageConfig subclass: the stage group's option names its schema"""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -691,6 +739,10 @@ class RunConfig:
         if self.model.lora.rank and not stage.STARTS_FROM_MODEL:
             raise ConfigError(f"model.lora.rank: LoRA adapts a trained model, and stage={stage.name} trains one "
                               "from scratch; use it with a stage that starts from stage.init_from")
+        context = self.model.context_length
+        if isinstance(self.data, InductionDataConfig) and context is not None and self.data.length + 1 > context:
+            raise ConfigError(f"data.length={self.data.length} tokens after an end token must fit model.context_length="
+                              f"{context}: use data.length<={context - 1} or a longer context")
         moe = self.model.moe
         if moe.experts and moe.balance == "bias" and self.trainer.activation_checkpointing:
             raise ConfigError("model.moe.balance=bias moves the router bias in each training forward, which "

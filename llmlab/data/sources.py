@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import SyntheticDataConfig, TextDataConfig
+from llmlab.config.schema import InductionDataConfig, SyntheticDataConfig, TextDataConfig
+from llmlab.data.induction import RepeatedSpans, SpanDocuments, span_documents
 from llmlab.data.synthetic import Language, NameCopy, sample_annotated_documents, sample_documents
 
 
@@ -43,9 +44,11 @@ class Corpus:
         return None if any(v is None for v in values) else sum(values)
 
 
-def load_corpus(cfg: SyntheticDataConfig | TextDataConfig) -> Corpus:
+def load_corpus(cfg: SyntheticDataConfig | InductionDataConfig | TextDataConfig) -> Corpus:
     if isinstance(cfg, SyntheticDataConfig):
         return Corpus([synthetic_source(cfg)])
+    if isinstance(cfg, InductionDataConfig):
+        return Corpus([induction_source(cfg)])
     return Corpus([text_source(path, cfg.val_fraction) for path in resolve_paths(cfg.paths)])
 
 
@@ -60,6 +63,24 @@ def synthetic_source(cfg: SyntheticDataConfig) -> Source:
 def annotated_validation(cfg: SyntheticDataConfig) -> list[tuple[str, list[NameCopy]]]:
     """synthetic_source's validation documents, each with the names it repeats from its introduction."""
     return sample_annotated_documents(Language(), cfg.val_docs, seed=cfg.seed + 1)[0]
+
+
+def span_generator(cfg: InductionDataConfig) -> RepeatedSpans:
+    return RepeatedSpans(vocab=cfg.vocab, zipf=cfg.zipf, length=cfg.length, span=cfg.span, skip=cfg.skip)
+
+
+def induction_validation(cfg: InductionDataConfig) -> SpanDocuments:
+    """induction_source's validation documents with where each span repeats and every token's optimal
+    log-probability."""
+    return span_documents(span_generator(cfg), cfg.val_docs, seed=cfg.seed + 1, score=True)
+
+
+def induction_source(cfg: InductionDataConfig) -> Source:
+    """Documents with a repeated span; train and validation from distinct seeds. The floor is exact: the optimal
+    predictor's log-probability of the validation documents (their end tokens free, as the generator places them)."""
+    train = span_documents(span_generator(cfg), cfg.train_docs, seed=cfg.seed).texts
+    val = induction_validation(cfg)
+    return Source("induction", train, val.texts, val_logprob=float(val.logprobs.sum()))
 
 
 DATA_DIR_VARIABLE = "LLMLAB_DATA_DIR"  # relative data paths resolve against this directory when it is set

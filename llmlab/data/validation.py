@@ -10,12 +10,19 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import HFDataConfig, MixDataConfig, SyntheticDataConfig, TextDataConfig
+from llmlab.config.schema import (
+    HFDataConfig,
+    InductionDataConfig,
+    MixDataConfig,
+    SyntheticDataConfig,
+    TextDataConfig,
+)
 from llmlab.data.pipeline import encode_documents
 from llmlab.data.sources import load_corpus
 from llmlab.data.tokenizers import Tokenizer
 
-PRETRAINING = {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "hf": HFDataConfig, "mix": MixDataConfig}
+PRETRAINING = {"synthetic": SyntheticDataConfig, "induction": InductionDataConfig, "text": TextDataConfig,
+               "hf": HFDataConfig, "mix": MixDataConfig}
 
 
 def validation_streams(data: dict, tokenizer: Tokenizer, cache_dir: Path) -> list[np.ndarray] | None:

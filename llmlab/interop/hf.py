@@ -33,6 +33,9 @@ GPT2_ACTIVATION = {"exact": "gelu", "tanh": "gelu_new"}  # model.gelu -> GPT2Con
 def hf_family(cfg: ModelConfig) -> str:
     """'llama', 'gpt2', or for a mixture of experts 'mixtral' or 'qwen2_moe'; ConfigError naming the options that
     fit none."""
+    if cfg.mlp == "none":
+        raise ConfigError("model.mlp=none (attention-only blocks) has no Hugging Face equivalent: Llama and GPT-2 "
+                          "blocks always have an MLP")
     for family, style in (("llama", LLAMA_STYLE), ("gpt2", GPT2_STYLE)):
         if all(getattr(cfg, k) == v for k, v in style.items()):
             if cfg.moe.experts:

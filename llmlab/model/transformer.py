@@ -215,21 +215,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); mlp is a MoE in a MoE block."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); mlp is a MoE in a MoE block, and absent
+    (with its norm) in an attention-only block (model.mlp=none), the model of the induction-head studies."""
 
     def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
         self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.mlp_norm = make_norm(cfg)
-        self.mlp = MoE(cfg, MLP) if moe else MLP(cfg)
+        attention_only = cfg.mlp == "none"
+        self.mlp_norm = None if attention_only else make_norm(cfg)
+        self.mlp = None if attention_only else MoE(cfg, MLP) if moe else MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, past=None, padding_mask=None, keep_kv=True):
         """keep_kv=False (training): no keys and values returned, so nothing of the attention outlives it."""
         a, present = self.attn(self.attn_norm(x), rope, past, padding_mask)
         x = x + self.dropout(a)
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        if self.mlp is not None:
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, present if keep_kv else None
 
 

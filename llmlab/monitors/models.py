@@ -39,11 +39,15 @@ class ModelView:
         return f"{self.prefix}.{i}"
 
     def activation_modules(self) -> dict[str, nn.Module]:
-        """Each layer's attention output, MLP output and the layer output (the residual stream)."""
+        """Each layer's attention output, MLP output (where it has an MLP) and the layer output (the residual
+        stream)."""
         found = {}
         for i, layer in enumerate(self.layers):
             found[f"{self.layer_name(i)}.{self.attn}"] = layer.get_submodule(self.attn)
-            found[f"{self.layer_name(i)}.{self.mlp}"] = layer.get_submodule(self.mlp)
+            try:
+                found[f"{self.layer_name(i)}.{self.mlp}"] = layer.get_submodule(self.mlp)
+            except AttributeError:  # an attention-only layer (model.mlp=none)
+                pass
             found[self.layer_name(i)] = layer
         return found
 

@@ -215,14 +215,15 @@ def circuits_over_training_figure(steps: list[int], scores: dict[str, np.ndarray
     for ax, name in zip(top.subplots(1, len(names), squeeze=False)[0], names, strict=True):
         matrix = np.asarray(scores[name], dtype=float).reshape(captures, layers * heads).T  # (heads, captures)
         im = ax.imshow(matrix, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-        for event in (e for e in formed if e["score"] == name and e["step"] in steps):
+        events = [e for e in formed if e["score"] == name and e["step"] in steps]
+        for event in events:
             ax.plot(steps.index(event["step"]), event["layer"] * heads + event["head"], marker="*", color="red",
-                    markersize=11, markeredgecolor="white")
+                    markersize=14, markeredgecolor="white", linestyle="none")
         for boundary in range(1, layers):  # lines between layers
             ax.axhline(boundary * heads - 0.5, color="white", linewidth=0.8)
         ax.set_yticks(ticks, labels, fontsize=7 if len(ticks) > 16 else 8)
         ax.set_xticks(shown, [str(steps[k]) for k in shown], fontsize=8)
-        marked = " (red star: formed)" if name in ("induction", "copy") else ""
+        marked = f" (red star: formed, step {min(e['step'] for e in events)})" if events else ""
         ax.set(title=f"{SCORE_TITLES[name]} per head{marked}", xlabel="step", ylabel="layer / head")
         top.colorbar(im, ax=ax, shrink=0.9)
 

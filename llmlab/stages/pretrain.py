@@ -14,6 +14,7 @@ import torch
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import (
     HFDataConfig,
+    InductionDataConfig,
     MixDataConfig,
     RunConfig,
     StageConfig,
@@ -23,23 +24,27 @@ from llmlab.config.schema import (
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
+from llmlab.data.induction import span_probe
 from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
 from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample
-from llmlab.data.sources import annotated_validation, load_corpus
+from llmlab.data.sources import annotated_validation, induction_validation, load_corpus, span_generator
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
+from llmlab.train.evaluators import InContextScore
 from llmlab.train.objectives import NextTokenObjective
+
+SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context score is measured on
 
 
 @dataclass
 class PretrainConfig(StageConfig):
-    """stage=pretrain: next-token training of a new or imported model (data=synthetic|text|hf|mix)."""
+    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix)."""
 
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text", "hf", "mix")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix")
 
     name: str = "pretrain"
     """next-token loss on every token, from a new (or imported) model"""
@@ -64,8 +69,20 @@ class Pretrain(Stage):
         # every rank evaluates the whole validation set, batched as one process with the global batch would
         val_batches = validation_batches(streams.val, trainer.batch_size * ranks, seq_len, trainer.eval_batches,
                                          warn=ctx.place.is_main)
-        return self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
-                          [streams.val])
+        parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
+                           [streams.val])
+        if isinstance(cfg.data, InductionDataConfig):
+            self.add_in_context_score(ctx, parts, tokenizer)
+        return parts
+
+    def add_in_context_score(self, ctx: StageContext, parts: StageParts, tokenizer: Tokenizer) -> None:
+        """data=induction: eval/icl_score at each evaluation, and the floors it is measured against in
+        dataset_stats.json (the optimum's loss on the repeated tokens and on their first occurrences)."""
+        data = ctx.cfg.data  # whose documents fit the context (RunConfig checks it)
+        docs = induction_validation(data)
+        parts.stats["induction"] = {**docs.floors(), "unigram_entropy": span_generator(data).unigram_entropy}
+        parts.evaluators.append(InContextScore(parts.model, span_probe(docs, tokenizer, SPAN_PROBE_ROWS),
+                                               ctx.device))
 
     def build_sharded(self, ctx: StageContext) -> StageParts:
         """data=hf / data=mix: the sources tokenized into shards (once; python -m llmlab.prepare can do it ahead),

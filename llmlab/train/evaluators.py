@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from llmlab.data.chat_template import ChatTemplate
+from llmlab.data.induction import SpanProbe
 from llmlab.data.tasks import Task
 from llmlab.files import write_atomic
 from llmlab.train.distributed import Distributed
@@ -54,6 +56,30 @@ class TaskAccuracy:
     def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         scores = task_accuracy(self.model, self.template, self.tasks, self.device)
         return {f"eval/task_accuracy{'' if k == 'all' else '/' + k}": v for k, v in scores.items()}
+
+
+class InContextScore:
+    """In-context learning on documents with a repeated span (data=induction), in nats per token:
+    eval/first_loss on the span's first occurrence, eval/repeat_loss on its copy later in the document, and
+    eval/icl_score = repeat_loss - first_loss (later minus earlier, as Olsson et al. define it: the more negative,
+    the more the context helps; it falls abruptly when induction heads form)."""
+
+    def __init__(self, model: torch.nn.Module, probe: SpanProbe, device: torch.device):
+        self.model, self.device = model, device
+        self.ids, self.first, self.repeat = probe.ids.to(device), probe.first.to(device), probe.repeat.to(device)
+
+    @torch.no_grad()
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logits = self.model(self.ids)[:, :-1].float()  # position j predicts the document's token j
+        finally:
+            self.model.train(was_training)
+        losses = F.cross_entropy(logits.flatten(0, 1), self.ids[:, 1:].flatten(), reduction="none"
+                                 ).view(self.first.shape)
+        first, repeat = losses[self.first].mean().item(), losses[self.repeat].mean().item()
+        return {"eval/icl_score": repeat - first, "eval/repeat_loss": repeat, "eval/first_loss": first}
 
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+)\b")
