@@ -110,7 +110,7 @@ class Run:
                                       TensorBoardSink(out / "tb", resume_step)])
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
-                                        resume_step, parts.copy_probe)
+                                        resume_step, parts.copy_probe, parts.modular_task)
         checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})
@@ -209,9 +209,11 @@ class Run:
         finally:
             self.sinks.close()
             self.release()
-        from llmlab.plots import write_circuits_plot, write_training_curves  # matplotlib: only now, to draw
+        from llmlab.grokking_plots import write_grokking_plot  # matplotlib: only now, to draw
+        from llmlab.plots import write_circuits_plot, write_training_curves
 
-        for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot)):
+        for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot),
+                           ("grokking", write_grokking_plot)):
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)
             except Exception as exc:  # noqa: BLE001

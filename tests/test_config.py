@@ -10,6 +10,7 @@ from llmlab.config.schema import (
     ChatDataConfig,
     HFDataConfig,
     MixDataConfig,
+    ModularDataConfig,
     RunConfig,
     SyntheticDataConfig,
     TasksDataConfig,
@@ -48,7 +49,7 @@ def test_every_option_composes_into_dataclasses(group, option):
     cfg = to_dataclass(compose_config([f"{add}{group}={option}", *needs(group, option)]))
     assert isinstance(cfg, RunConfig)
     assert isinstance(cfg.data, (SyntheticDataConfig, TextDataConfig, TasksDataConfig, ChatDataConfig, HFDataConfig,
-                                 MixDataConfig))
+                                 MixDataConfig, ModularDataConfig))
 
 
 def test_groups_cover_what_the_design_promises():

@@ -18,6 +18,7 @@ import torch
 from llmlab.config.schema import RunConfig, StageConfig
 from llmlab.data.batch import Batch, BatchSource
 from llmlab.data.copy_probe import CopyProbe
+from llmlab.data.modular import ModularTask
 from llmlab.model.transformer import Transformer
 from llmlab.train.distributed import Distributed
 from llmlab.train.evaluators import Evaluator
@@ -55,6 +56,7 @@ class StageParts:
     # the whole validation split as token streams, scored once at the end (llmlab.train.split_eval); None: the
     # stage's validation batches are all it has
     val_split: list[np.ndarray] | None = None
+    modular_task: ModularTask | None = None  # data=modular: the task and its split, for the progress monitor
 
 
 class Stage(ABC):

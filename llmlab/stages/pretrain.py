@@ -15,6 +15,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import (
     HFDataConfig,
     MixDataConfig,
+    ModularDataConfig,
     RunConfig,
     StageConfig,
     SyntheticDataConfig,
@@ -31,12 +32,13 @@ from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
+from llmlab.stages.modular import modular_parts
 from llmlab.train.objectives import NextTokenObjective
 
 
 @dataclass
 class PretrainConfig(StageConfig):
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text", "hf", "mix")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "text", "hf", "mix", "modular")
 
     name: str = "pretrain"  # next-token loss on every token, from a new (or imported) model
 
@@ -47,6 +49,8 @@ class Pretrain(Stage):
 
     def build(self, ctx: StageContext) -> StageParts:
         cfg, trainer = ctx.cfg, ctx.cfg.trainer
+        if isinstance(cfg.data, ModularDataConfig):  # its own vocabulary, no tokenizer: llmlab/stages/modular.py
+            return modular_parts(ctx, cfg.data)
         if isinstance(cfg.data, HFDataConfig | MixDataConfig):
             return self.build_sharded(ctx)
         corpus = load_corpus(cfg.data)
