@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from llmlab.monitors.plots import render
 from llmlab.monitors.progress_history import GROKKED, grokking_summary, progress_history
@@ -87,6 +88,9 @@ def grokking_figure(runs: dict[str, RunPanels], title: str = "", frequencies: in
         for row, ax in enumerate((acc, norm, fourier, losses)):
             _mark(ax, grokked, label=row == 0)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(("accuracy", "weight norm (L2)", f"embedding energy in\n{top_k} frequencies",
@@ -109,3 +113,4 @@ def write_grokking_plot(run_dir: str | Path) -> Path | None:
     k = len(run.history[-1].get("top_frequencies", [])) or None
     render(grokking_figure({run_dir.name: run}, frequencies=k), path)
     return path
+

@@ -14,8 +14,10 @@ from llmlab.config.schema import ModularDataConfig
 from llmlab.data.batch import IGNORE
 from llmlab.data.modular import ModularBatches, all_pairs, answers, modular_task
 from llmlab.monitors.progress import fourier_share, frequency_energy, restricted_excluded
+from llmlab.monitors.progress_history import grokking_summary, seed_interval
 from llmlab.runner import Run
 from llmlab.store import to_dataclass
+from llmlab.sweep.report import grokking_over_seeds
 from tests.conftest import compose_config
 
 
@@ -170,3 +172,30 @@ def test_a_small_run_memorises_before_it_generalises(tmp_path):
         assert 0 < h["fourier_share"] <= 1 and len(h["top_frequencies"]) == 3
         assert h["weight_norm"] > 0 and math.isfinite(h["restricted_loss"]) and math.isfinite(h["excluded_loss"])
         assert len(h["frequency_shares"]) == 11
+    assert (tmp_path / "run" / "plots" / "grokking.png").stat().st_size > 10_000
+
+
+def test_grokking_step_is_the_first_evaluation_at_the_threshold():
+    curve = [{"step": 10, "train/loss": 1.0},  # a log row without accuracies is skipped
+             {"step": 25, "eval/train_accuracy": 0.5, "eval/heldout_accuracy": 0.01},
+             {"step": 50, "eval/train_accuracy": 1.0, "eval/heldout_accuracy": 0.2},
+             {"step": 75, "eval/train_accuracy": 0.98, "eval/heldout_accuracy": 0.995},
+             {"step": 100, "eval/train_accuracy": 1.0, "eval/heldout_accuracy": 0.9}]
+    summary = grokking_summary(curve)
+    assert summary == {"memorised_at": 50, "grokked_at": 75, "grokking_delay": 25, "train_accuracy": 1.0,
+                       "heldout_accuracy": 0.9}
+    assert grokking_summary(curve[:3])["grokked_at"] is None and grokking_summary(curve[:3])["grokking_delay"] is None
+    assert grokking_summary([{"step": 1, "val/loss": 2.0}]) == {}  # not a modular run
+
+
+def test_grokking_over_seeds_counts_the_seeds_and_gives_a_t_interval():
+    rows = [{"trainer.weight_decay": wd, "seed": s, "grokked_at": g}
+            for wd, s, g in [("1.0", "1", 700), ("1.0", "2", 800), ("1.0", "3", 900),
+                             ("0.0", "1", None), ("0.0", "2", None), ("0.0", "3", 1500)]]
+    with_wd, without = grokking_over_seeds(rows, ["trainer.weight_decay", "seed"])
+    assert with_wd["grokked"] == "3/3" and with_wd["grokked_at_mean"] == pytest.approx(800)
+    half = 4.303 * 100 / math.sqrt(3)  # t(0.975, 2) x sample std / sqrt(n)
+    assert (with_wd["grokked_at_low"], with_wd["grokked_at_high"]) == pytest.approx((800 - half, 800 + half))
+    assert without["grokked"] == "1/3" and without["grokked_at_mean"] == 1500 and without["grokked_at_low"] is None
+    assert seed_interval([5.0]) is None
+    assert grokking_over_seeds([{"seed": "1", "val_loss": 1.0}], ["seed"]) == []

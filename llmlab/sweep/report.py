@@ -406,6 +406,10 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         from llmlab.sweep.plots import write_sweep_plots
 
         figures = write_sweep_plots(sweep_dir, jobs, rows, keys, budget)
+        if grokking:
+            from llmlab.sweep.grokking import write_sweep_grokking_plot
+
+            figures += [p for p in [write_sweep_grokking_plot(sweep_dir)] if p is not None]
         report["plots"] = [p.name for p in figures]
         md += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in figures)]
     write_atomic(sweep_dir / "sweep_summary.csv", csv_text(rows, columns))
