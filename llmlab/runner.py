@@ -123,7 +123,7 @@ class Run:
                                       TensorBoardSink(out / "tb", resume_step)])
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
-                                        resume_step, parts.copy_probe)
+                                        resume_step, parts.copy_probe, parts.modular_task)
         self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
         if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
             self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
@@ -234,9 +234,11 @@ class Run:
         finally:
             self.sinks.close()
             self.release()
-        from llmlab.plots import write_circuits_plot, write_training_curves  # matplotlib: only now, to draw
+        from llmlab.grokking_plots import write_grokking_plot  # matplotlib: only now, to draw
+        from llmlab.plots import write_circuits_plot, write_training_curves
 
-        for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot)):
+        for name, draw in (("training_curves", write_training_curves), ("circuits", write_circuits_plot),
+                           ("grokking", write_grokking_plot)):
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)
             except Exception as exc:  # noqa: BLE001

@@ -21,6 +21,7 @@ from llmlab.config.schema import (
     HFDataConfig,
     InductionDataConfig,
     MixDataConfig,
+    ModularDataConfig,
     RunConfig,
     SyntheticDataConfig,
     TasksDataConfig,
@@ -83,6 +84,7 @@ def register_configs() -> None:
     cs.store(group="data", name="base_chat", node=ChatDataConfig)
     cs.store(group="data", name="base_hf", node=HFDataConfig)
     cs.store(group="data", name="base_mix", node=MixDataConfig)
+    cs.store(group="data", name="base_modular", node=ModularDataConfig)
     # likewise each stage's YAML: conf/stage/<name>.yaml lists base_<name>
     for name, stage in all_stages().items():
         cs.store(group="stage", name=f"base_{name}", node=stage.config)

@@ -11,6 +11,7 @@ from llmlab.config.schema import (
     HFDataConfig,
     InductionDataConfig,
     MixDataConfig,
+    ModularDataConfig,
     RunConfig,
     SyntheticDataConfig,
     TasksDataConfig,
@@ -49,7 +50,7 @@ def test_every_option_composes_into_dataclasses(group, option):
     cfg = to_dataclass(compose_config([f"{add}{group}={option}", *needs(group, option)]))
     assert isinstance(cfg, RunConfig)
     assert isinstance(cfg.data, (SyntheticDataConfig, InductionDataConfig, TextDataConfig, TasksDataConfig,
-                                 ChatDataConfig, HFDataConfig, MixDataConfig))
+                                 ChatDataConfig, HFDataConfig, MixDataConfig, ModularDataConfig))
 
 
 def test_groups_cover_what_the_design_promises():

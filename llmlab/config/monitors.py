@@ -204,6 +204,28 @@ class CircuitsMonitorConfig:
 
 
 @dataclass
+class ProgressMonitorConfig:
+    """The progress measures of grokking (llmlab/monitors/progress.py): weight norm; with data=modular also the
+    embedding's Fourier sparsity and the restricted and excluded losses."""
+
+    enabled: bool = False
+    """run this monitor (off in every preset: the grokking experiment turns it on)"""
+    every: int = 100
+    """capture every N optimizer steps (0 = only `steps`/`epochs`)"""
+    steps: list[int] = field(default_factory=list)
+    """extra capture steps"""
+    epochs: list[float] = field(default_factory=list)
+    """extra captures at these (fractional) epochs"""
+    frequencies: int = 5
+    """k: the top-k Fourier frequencies of fourier_share, and the key frequencies of the restricted and excluded
+    losses (Nanda et al. found 5 for p = 113)"""
+
+    def __post_init__(self) -> None:
+        _check_schedule("monitors.progress", self.every, self.steps, self.epochs)
+        check_positive("monitors.progress.frequencies", self.frequencies)
+
+
+@dataclass
 class MonitorsConfig:
     """What watches a run from inside while it trains (llmlab/monitors/); monitors never change training."""
 
@@ -221,6 +243,8 @@ class MonitorsConfig:
     """induction, copy, logit lens"""
     router: RouterMonitorConfig = field(default_factory=RouterMonitorConfig)
     """MoE routing: load, entropy, losses"""
+    progress: ProgressMonitorConfig = field(default_factory=ProgressMonitorConfig)
+    """grokking's progress measures"""
     max_workers: int = 2
     """background threads for files, plots and TensorBoard images (0 = inline)"""
     max_pending: int = 64

@@ -330,6 +330,39 @@ class InductionDataConfig:
                               f"use data.length>={2 * self.span}")
 
 
+MODULAR_OPS = ("add", "sub", "mul", "div")  # a + b, a - b, a x b, a / b (times b's inverse), all mod p
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+@dataclass
+class ModularDataConfig:
+    """Modular arithmetic `a op b = c` (llmlab/data/modular.py), the grokking task: its own vocabulary of p numbers,
+    the operator and '=' (tokenizer settings do not apply); the loss is on the answer c alone."""
+
+    kind: str = "modular"
+    """fixed: which data schema this is"""
+    p: int = 113
+    """the prime modulus: numbers 0..p-1"""
+    op: str = "add"
+    """add | sub | mul | div (a / b = a x b^-1 mod p; b = 0 is left out)"""
+    train_fraction: float = 0.3
+    """share of all pairs that train; the rest are held out (validation)"""
+    full_batch: bool = True
+    """every step trains on all the training pairs (trainer.batch_size is not used)"""
+    seed: int = 0
+    """the split's, not the run's: the same pairs train whatever the run's seed"""
+
+    def __post_init__(self) -> None:
+        if not is_prime(self.p):
+            raise ConfigError(f"data.p must be a prime (every b != 0 has an inverse mod p), got {self.p}")
+        check_choice("data.op", self.op, MODULAR_OPS)
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ConfigError(f"data.train_fraction must be in (0, 1), got {self.train_fraction}")
+
+
 @dataclass
 class TextDataConfig:
     """UTF-8 text files; the last val_fraction of each file is validation."""
@@ -711,7 +744,8 @@ class RunConfig:
     """data group: each option names its own schema (SyntheticDataConfig, InductionDataConfig, TextDataConfig,
     TasksDataConfig, ChatDataConfig, HFDataConfig, MixDataConfig)"""
     stage: Any = MISSING
-    """a StageConfig subclass: the stage group's option names its schema"""
+    """MixDataConfig | ModularDataConfig (data group) a StageConfig subclass: the stage group's option names its
+    schema"""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """trainer group: the training loop"""
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)

@@ -12,12 +12,14 @@ from torch.utils.tensorboard import SummaryWriter
 from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import MonitorsConfig
 from llmlab.data.copy_probe import CopyProbe
+from llmlab.data.modular import ModularTask
 from llmlab.monitors.attention import AttentionMonitor, select_layers
 from llmlab.monitors.base import AlertLog, Monitor, MonitorContext, MonitorSet, input_ids
 from llmlab.monitors.circuits import CircuitsMonitor
 from llmlab.monitors.distribution import DistributionMonitor
 from llmlab.monitors.health import HealthMonitor
 from llmlab.monitors.pool import FigurePool
+from llmlab.monitors.progress import ProgressMonitor
 from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
 
@@ -25,10 +27,11 @@ from llmlab.monitors.worker import BackgroundWorker
 CopyProbeSource = Callable[[int, int], CopyProbe | None]
 
 
-def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = None, moe: bool = False
-                   ) -> list[Monitor]:
+def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = None, moe: bool = False,
+                   modular_task: ModularTask | None = None) -> list[Monitor]:
     """copy_probe: where the circuits monitor gets its copy probe; moe: the model has mixture-of-experts layers
-    (the router monitor watches nothing in a dense one)."""
+    (the router monitor watches nothing in a dense one); modular_task: the run's modular arithmetic (data=modular),
+    whose Fourier and restricted/excluded measures the progress monitor takes."""
     monitors: list[Monitor] = []
     if cfg.attention.enabled:
         monitors.append(AttentionMonitor(cfg.attention, probe=cfg.probe))
@@ -42,15 +45,17 @@ def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = Non
         monitors.append(CircuitsMonitor(circuits, copy_probe=probe))
     if cfg.router.enabled and moe:
         monitors.append(RouterMonitor(cfg.router))
+    if cfg.progress.enabled:
+        monitors.append(ProgressMonitor(cfg.progress, modular_task))
     return monitors
 
 
 def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batches: Sequence, run_dir: Path,
                 writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
-                steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None
-                ) -> MonitorSet:
+                steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None,
+                modular_task: ModularTask | None = None) -> MonitorSet:
     """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
-    monitors = build_monitors(cfg, copy_probe, moe=bool(moe_layers(model)))
+    monitors = build_monitors(cfg, copy_probe, moe=bool(moe_layers(model)), modular_task=modular_task)
     if not monitors:
         return MonitorSet([])
     # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor

@@ -18,6 +18,7 @@ import torch
 from llmlab.config.schema import RunConfig, StageConfig
 from llmlab.data.batch import Batch, BatchSource
 from llmlab.data.copy_probe import CopyProbe
+from llmlab.data.modular import ModularTask
 from llmlab.model.transformer import Transformer
 from llmlab.train.distributed import Distributed
 from llmlab.train.evaluators import Evaluator
@@ -58,6 +59,7 @@ class StageParts:
     # ids -> UTF-8 bytes of the text they decode to (markers count none), for losses in bits per byte; None: the
     # stage's loss is not per token (DPO, GRPO)
     text_bytes: Callable[[list[int]], int] | None = None
+    modular_task: ModularTask | None = None  # data=modular: the task and its split, for the progress monitor
 
 
 class Stage(ABC):

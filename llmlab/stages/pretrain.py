@@ -16,6 +16,7 @@ from llmlab.config.schema import (
     HFDataConfig,
     InductionDataConfig,
     MixDataConfig,
+    ModularDataConfig,
     RunConfig,
     StageConfig,
     SyntheticDataConfig,
@@ -35,6 +36,7 @@ from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.evaluators import InContextScore
+from llmlab.stages.modular import modular_parts
 from llmlab.train.objectives import NextTokenObjective
 
 SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context score is measured on
@@ -42,9 +44,9 @@ SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context sco
 
 @dataclass
 class PretrainConfig(StageConfig):
-    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix)."""
+    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix|modular)."""
 
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix")
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix", "modular")
 
     name: str = "pretrain"
     """next-token loss on every token, from a new (or imported) model"""
@@ -56,6 +58,8 @@ class Pretrain(Stage):
 
     def build(self, ctx: StageContext) -> StageParts:
         cfg, trainer = ctx.cfg, ctx.cfg.trainer
+        if isinstance(cfg.data, ModularDataConfig):  # its own vocabulary, no tokenizer: llmlab/stages/modular.py
+            return modular_parts(ctx, cfg.data)
         if isinstance(cfg.data, HFDataConfig | MixDataConfig):
             return self.build_sharded(ctx)
         corpus = load_corpus(cfg.data)

@@ -18,6 +18,7 @@ import numpy as np
 from llmlab.config.errors import ConfigError
 from llmlab.files import write_atomic
 from llmlab.monitors.circuit_history import circuit_summary, circuits_history
+from llmlab.monitors.progress_history import GROKKED, grokking_summary, seed_interval
 from llmlab.sweep.collect import SEED, STATUSES, JobRecord, declared_reference, find_jobs, is_number, swept_keys
 from llmlab.sweep.hparams import write_hparams_experiment
 from llmlab.sweep.internals import COLUMNS as INTERNALS
@@ -29,6 +30,8 @@ METRICS = ("val_loss_full", "val_bpb_full", "rank", "val_loss", "val_bpb", "best
            "gap_to_floor", "compute_matched", "params", "train_flops", "wall_s", "tokens_per_s", "peak_mem_mb", "steps")
 # from the circuits monitor's history, where a job has one (llmlab.monitors.circuit_history.circuit_summary)
 CIRCUITS = ("max_induction", "max_copy", "formed_at", "copy_accuracy")
+# from a modular-arithmetic job's accuracy evaluations (llmlab.monitors.progress_history.grokking_summary)
+GROKKING = ("memorised_at", "grokked_at", "grokking_delay", "train_accuracy", "heldout_accuracy")
 GROUPED = ("val_loss_full", "val_bpb_full", "val_loss", "gap_to_floor", "compute_matched", "wall_s", "tokens_per_s")
 MEANINGS = {
     "val_loss_full": "the final model's loss over every validation token (nats per token); the ranking's",
@@ -68,6 +71,7 @@ def job_row(job: JobRecord, keys: list[str]) -> dict:
         "peak_mem_mb": number("peak_mem_mb"),
         "steps": job.steps if is_number(job.steps) else None,
         **circuit_summary(circuits_history(job.path)),
+        **grokking_summary(job.curve),
         **{k: v for k, v in internals(job.path).items() if k != "layers"},
         "dir": job.name,
         "note": job.note,
@@ -140,6 +144,27 @@ def group_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
             out[f"{metric}_mean"], out[f"{metric}_std"] = mean_std(values)
         grouped.append(out)
     return grouped
+
+
+def grokking_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
+    """Per setting of the non-seed keys: how many seeds grokked, and their grokking steps' mean and 95% t
+    interval; [] when no job is a modular-arithmetic run."""
+    if not any("grokked_at" in row for row in rows):
+        return []
+    others = [k for k in keys if k != SEED]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in others), []).append(row)
+    out = []
+    for setting, members in groups.items():
+        steps = [m["grokked_at"] for m in members if isinstance(m.get("grokked_at"), int | float)]
+        interval = seed_interval(steps)
+        mean = interval[0] if interval else (steps[0] if steps else None)
+        out.append({**dict(zip(others, setting, strict=True)), "grokked": f"{len(steps)}/{len(members)}",
+                    "grokked_at_mean": mean, "grokked_at_low": interval[1] if interval else None,
+                    "grokked_at_high": interval[2] if interval else None,
+                    "grokked_at_each": " ".join(str(m.get("grokked_at")) for m in members)})
+    return out
 
 
 def fmt(value) -> str:
@@ -315,8 +340,8 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
     reference = reference if reference is not None else declared_reference(sweep_dir)
     table, summary = compare_to_reference(jobs, keys, reference)
     metrics = present(rows, METRICS)
-    extra = present(rows, (*INTERNALS, *CIRCUITS))
-    columns = ["job", *keys, "status", *METRICS, *INTERNALS, *CIRCUITS, "dir", "note"]
+    extra = present(rows, (*INTERNALS, *CIRCUITS, *GROKKING))
+    columns = ["job", *keys, "status", *METRICS, *INTERNALS, *CIRCUITS, *GROKKING, "dir", "note"]
     report = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows, "grouped_over_seeds": grouped,
               "comparison": table, "summary": summary, "compute_budget_flops": budget}
 
@@ -345,9 +370,21 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         if any(c in CIRCUITS for c in extra):
             md += ["- max_induction / max_copy: the largest score of any head at any capture; formed_at: the first "
                    "step a head's score passed monitors.circuits.threshold; copy_accuracy: at the last capture."]
+        if any(c in GROKKING for c in extra):
+            md += [f"- memorised_at / grokked_at: the first evaluation with training / held-out accuracy >= {GROKKED} "
+                   "(grokked_at is the grokking step); grokking_delay: their difference; train_accuracy / "
+                   "heldout_accuracy: at the last evaluation."]
         md += ["", markdown_table(rows, [*keys, *extra])]
     if grouped:
         md += ["", "## Over seeds", "", grouped_markdown(grouped, [k for k in keys if k != SEED])]
+    grokking = grokking_over_seeds(rows, keys)
+    if grokking:
+        report["grokking_over_seeds"] = grokking
+        md += ["", "## Grokking step over seeds", "",
+               f"grokked_at: the first evaluation with held-out accuracy >= {GROKKED}; mean over the seeds that "
+               "grokked, with the 95% Student-t interval of the mean.", "",
+               markdown_table(grokking, [*(k for k in keys if k != SEED), "grokked", "grokked_at_mean",
+                                         "grokked_at_low", "grokked_at_high", "grokked_at_each"])]
     if generations is not None:
         from llmlab.sweep.generations import QUALITY, compare_generations
 
@@ -376,6 +413,10 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
         from llmlab.sweep.plots import write_sweep_plots
 
         figures = write_sweep_plots(sweep_dir, jobs, rows, keys, budget)
+        if grokking:
+            from llmlab.sweep.grokking import write_sweep_grokking_plot
+
+            figures += [p for p in [write_sweep_grokking_plot(sweep_dir)] if p is not None]
         report["plots"] = [p.name for p in figures]
         md += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in figures)]
     write_atomic(sweep_dir / "sweep_summary.csv", csv_text(rows, columns))
