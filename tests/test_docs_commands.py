@@ -20,13 +20,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
 
-from llmlab.config.argv import quote_paths
+from llmlab.config.argv import quote_overrides
 from llmlab.store import CONF_DIR, to_dataclass
 from tests.docs_pages import ROOT, pages, split_fences
 
 HYDRA_COMMANDS = {"run": "config", "prepare": "config", "generate": "generate", "chat": "chat", "evaluate": "evaluate",
                   "analyze": "analyze", "export": "export", "merge_lora": "merge_lora"}
-START = re.compile(r"(?:python -m|torchrun\b[^`\n]*?\s-m)\s+llmlab\.([a-z_]+)\b(.*)")
+START = re.compile(r"(?:python -m|torchrun\b[^`\n]*?\s-m)\s+llmlab\.([a-z_]+(?:\.[a-z_]+)*)\b(.*)")
 PLACEHOLDER = "placeholder"
 
 
@@ -129,7 +129,7 @@ def check_hydra(command: Command) -> None:
     # `<group>.<field>=<value>` and `+experiment=<name>` show the syntax: no value to compose
     args = [a for a in args if PLACEHOLDER not in a.partition("=")[0]
             and not (a.partition("=")[2] == PLACEHOLDER and (CONF_DIR / a.partition("=")[0].lstrip("+~")).is_dir())]
-    for choice in alternatives(quote_paths(args)):
+    for choice in alternatives(quote_overrides(args)):
         points = sweep_points(choice) if len(command.args) != len(args) or "-m" in command.args else [choice]
         for overrides in itertools.islice(points, 12):
             cfg = compose(HYDRA_COMMANDS[command.name], overrides=overrides, return_hydra_config=True)

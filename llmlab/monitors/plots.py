@@ -252,7 +252,8 @@ def circuits_over_training_figure(steps: list[int], scores: dict[str, np.ndarray
         if any(math.isfinite(v) for v in values):
             ax.plot(steps, model_level[key], marker="o", markersize=3, color=color, label=label)
     ax.set(title="copying and in-context learning", xlabel="step", ylabel="accuracy / nats")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # neither measure exists on some probes (a run without copies)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return fig
