@@ -243,7 +243,8 @@ def circuits_over_training_figure(steps: list[int], scores: dict[str, np.ndarray
         ax.annotate(heads_formed, (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
                     va="top", ha="right", color="red")
     ax.set(title="validation loss and formation events", xlabel="step", ylabel="loss (nats/token)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no validation loss and nothing formed: nothing to name
+        ax.legend(fontsize=7)
 
     ax = bottom[2]
     for key, label, color in (("copy_accuracy", "copy accuracy", "tab:green"),
