@@ -183,7 +183,8 @@ def test_a_transformers_llama_gives_the_scores_of_the_same_weights_in_llmlab(tmp
 
 @pytest.mark.slow
 def test_a_run_measures_plots_and_announces_circuits_once(tmp_path):
-    args = ["monitors.circuits.every=4", "monitors.circuits.threshold=0.05", "model.context_length=96",
+    # context 128: the code is typed about 100 characters into a document (the copy probe's events)
+    args = ["monitors.circuits.every=4", "monitors.circuits.threshold=0.05", "model.context_length=128",
             "trainer.batch_size=4"]
     cfg = run_config(tmp_path, args)
     assert Run(cfg).execute().status == "completed"
