@@ -109,7 +109,7 @@ def test_the_generator_returns_where_each_copied_name_came_from():
     determined = 0
     for text, copies in annotated:
         first, second = text.split(" went ")[0].split(" and ")
-        for c in copies:
+        for c in (c for c in copies if c.kind == "name"):  # the code typed: tests/test_synthetic.py
             assert text[c.start:c.end] == text[c.source_start:c.source_end] in (first, second)
             assert c.source_start in (0, len(first) + 5) and c.start > len(first) + len(second)
             if c.determined:  # the recipient: "... to <name>."
@@ -121,16 +121,24 @@ def test_the_generator_returns_where_each_copied_name_came_from():
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_the_copy_probe_points_at_the_same_names_in_tokens(kind):
+def test_the_copy_probe_points_at_the_code_typed_in_tokens(kind):
     data = SyntheticDataConfig(train_docs=200, val_docs=200)
     annotated = annotated_validation(data)
     text = "\n".join(t for t, _ in annotated)
     tokenizer = CharTokenizer.train(text) if kind == "char" else train_tokenizer(TokenizerConfig(kind="bpe",
                                                                                                 vocab_size=400), text)
-    probe = copy_probe(annotated, tokenizer, rows=16, tokens=96)
-    assert probe.ids.shape == (16, 96) and len(probe.events) >= 10
-    for e in probe.events:
+    probe = copy_probe(annotated, tokenizer, rows=16, tokens=128)
+    assert probe.ids.shape == (16, 128) and len(probe.events) >= 10
+    for e in probe.events:  # the code where it is typed
         row = probe.ids[e.row].tolist()
+        code = tokenizer.decode(row[e.start:e.end]).strip(" #.")
+        assert code == tokenizer.decode(row[e.source_start:e.source_end]).strip(" #.")
+        assert code.isdigit() and len(code) == 6
+        assert tokenizer.decode(row[:e.end]).rstrip(".").endswith(f"They typed #{code}")  # bpe may join the "."
+        assert e.start > e.source_end
+    names = copy_probe(annotated, tokenizer, rows=16, tokens=128, kinds=("name",))  # the recipients
+    for e in names.events:
+        row = names.ids[e.row].tolist()
         name = tokenizer.decode(row[e.start:e.end]).strip(" .")
         assert name == tokenizer.decode(row[e.source_start:e.source_end]).strip(" .")
         assert name[0].isupper() and len(name) == 4
@@ -175,7 +183,8 @@ def test_a_transformers_llama_gives_the_scores_of_the_same_weights_in_llmlab(tmp
 
 @pytest.mark.slow
 def test_a_run_measures_plots_and_announces_circuits_once(tmp_path):
-    args = ["monitors.circuits.every=4", "monitors.circuits.threshold=0.05", "model.context_length=96",
+    # context 128: the code is typed about 100 characters into a document (the copy probe's events)
+    args = ["monitors.circuits.every=4", "monitors.circuits.threshold=0.05", "model.context_length=128",
             "trainer.batch_size=4"]
     cfg = run_config(tmp_path, args)
     assert Run(cfg).execute().status == "completed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -146,6 +146,26 @@ def test_the_grammar_accepts_every_generated_document_and_rejects_corrupted_ones
     assert not checker.check(re.sub(r"ate the (\w+) (\w+)\.", r"ate the \1 book.", action, count=1)).valid
     cut = docs[0][:-8]  # a sample cut off mid-sentence: its unfinished sentence is not judged
     assert checker.check(cut).sentences == docs[0].count(".") - 2
+
+
+def test_the_grammar_checks_the_code_given_and_typed():
+    checker = GrammarChecker()
+    doc = sample_documents(Language(), 1, seed=3)[0][0]
+    code = re.search(r"The code was #([0-9]+)\.", doc)[1]
+    other = code[1] + code[0] + code[2:]  # two digits swapped: still a code of the language
+    wrong_copy = doc.replace(f"typed #{code}", f"typed #{other}")
+    check = checker.check(wrong_copy)  # well-formed, but not the code given
+    assert not check.valid and check.accepted == check.sentences and check.names_copied == check.sentences - 1
+    assert not checker.check(doc.replace(f"typed #{code}", f"typed #{code[:-1]}")).valid  # a digit short
+    repeated = code[0] * 6
+    assert not checker.check(doc.replace(f"#{code}", f"#{repeated}")).valid  # a digit twice: no code of the language
+    sentences = doc.split(". ")
+    not_typed = ". ".join(sentences[:3]) + "."
+    assert checker.check(not_typed).accepted == 2 and not checker.check(not_typed).valid  # ended before typing it
+    swapped = ". ".join([sentences[0], sentences[2], sentences[1], *sentences[3:]])  # given after a sentence
+    assert checker.check(swapped).accepted == checker.check(swapped).sentences - 2
+    plain = GrammarChecker(replace(Language(), code_digits=0))  # a language without a code knows none
+    assert plain.check(sample_documents(plain.language, 1, seed=3)[0][0]).valid and not plain.check(doc).valid
 
 
 def test_quality_on_samples_of_the_language():

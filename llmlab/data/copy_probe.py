@@ -1,10 +1,12 @@
-"""The copy probe: validation documents of the embedded language as token rows, with every place where a name
-must be copied from the document's introduction, in token positions (what the circuits monitor measures).
+"""The copy probe: validation documents of the embedded language as token rows, with every place where a span
+must be copied from earlier in the document, in token positions (what the circuits monitor measures).
 
 Each row is one document as training sees it: after the end token of the document before it, and followed by
-the next documents up to the row's length. Only names the grammar determines are probed (the recipient in
-"X gave the N to Y"): a sentence's subject is a coin flip between the two characters, which no model can
-predict, so scoring it would measure the coin and not the copying.
+the next documents up to the row's length. By default only the code is probed where it is typed: it repeats
+the code given earlier digit for digit, so a head that copies attends from the '#' before it to the code given,
+and nothing else in the language predicts it. Names are left out: a sentence's subject is a coin flip between the two
+characters, which no model can predict, and the recipient of "X gave the N to Y" is determined but asks for
+"the other character", a choice made before any copying (kinds=("name",) probes those recipients).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from llmlab.data.synthetic import NameCopy
+from llmlab.data.synthetic import Copy
 from llmlab.data.tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
 class CopyEvent:
-    """One determined name in a probe row, in token positions: the name is tokens [start, end) and predicting it
-    starts at start - 1; its introduction is tokens [source_start, source_end)."""
+    """One determined copy in a probe row, in token positions: the copy is tokens [start, end) and predicting it
+    starts at start - 1; where it first stood is tokens [source_start, source_end)."""
 
     row: int
     start: int
@@ -51,17 +53,17 @@ def token_span(ends: list[int], start: int, end: int) -> tuple[int, int]:
     return first, last + 1
 
 
-def copy_probe(annotated: list[tuple[str, list[NameCopy]]], tokenizer: Tokenizer, rows: int, tokens: int
-               ) -> CopyProbe | None:
-    """Up to `rows` rows of `tokens` tokens, each starting at a document with a determined name, from annotated
-    documents (llmlab.data.sources.annotated_validation); None when none fits."""
+def copy_probe(annotated: list[tuple[str, list[Copy]]], tokenizer: Tokenizer, rows: int, tokens: int,
+               kinds: tuple[str, ...] = ("code",)) -> CopyProbe | None:
+    """Up to `rows` rows of `tokens` tokens, each starting at a document with a determined copy of one of `kinds`
+    (code, name), from annotated documents (llmlab.data.sources.annotated_validation); None when none fits."""
     encoded = [tokenizer.encode(text) for text, _ in annotated]
     eos = tokenizer.eos_id
     row_ids, events = [], []
     for i, (text, copies) in enumerate(annotated):
         if len(row_ids) == rows:
             break
-        determined = [c for c in copies if c.determined]
+        determined = [c for c in copies if c.determined and c.kind in kinds]
         ends = token_ends(tokenizer, text, encoded[i]) if determined else None
         if ends is None:
             continue
@@ -83,7 +85,7 @@ def copy_probe(annotated: list[tuple[str, list[NameCopy]]], tokenizer: Tokenizer
     return CopyProbe(torch.tensor(row_ids), events)
 
 
-def event_of(row: int, copy: NameCopy, ends: list[int]) -> CopyEvent:
+def event_of(row: int, copy: Copy, ends: list[int]) -> CopyEvent:
     start, end = token_span(ends, copy.start, copy.end)
     source_start, source_end = token_span(ends, copy.source_start, copy.source_end)
     shift = 1  # the row starts with the previous document's end token

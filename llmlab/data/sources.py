@@ -14,7 +14,7 @@ from pathlib import Path
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import InductionDataConfig, SyntheticDataConfig, TextDataConfig
 from llmlab.data.induction import RepeatedSpans, SpanDocuments, span_documents
-from llmlab.data.synthetic import Language, NameCopy, sample_annotated_documents, sample_documents
+from llmlab.data.synthetic import Copy, Language, sample_annotated_documents, sample_documents
 
 
 @dataclass
@@ -60,8 +60,8 @@ def synthetic_source(cfg: SyntheticDataConfig) -> Source:
     return Source("synthetic", train, val, val_logprob=sum(logprobs))
 
 
-def annotated_validation(cfg: SyntheticDataConfig) -> list[tuple[str, list[NameCopy]]]:
-    """synthetic_source's validation documents, each with the names it repeats from its introduction."""
+def annotated_validation(cfg: SyntheticDataConfig) -> list[tuple[str, list[Copy]]]:
+    """synthetic_source's validation documents, each with the spans it repeats (names, the code typed)."""
     return sample_annotated_documents(Language(), cfg.val_docs, seed=cfg.seed + 1)[0]
 
 

@@ -1,20 +1,28 @@
 """The embedded artificial language: small, seeded, structured, with an exactly known entropy.
 
-A document introduces two characters, then tells one to three short sentences about them:
+A document introduces two characters and a code, then tells one to three short sentences about them;
+after the first sentence they type the code:
 
-    Bako and Tilu went to the lake. Tilu ate the ripe pear. Bako gave the map to Tilu.
+    Bako and Tilu went to the lake. The code was #470852. Tilu ate the ripe pear. They typed #470852.
+    Bako gave the map to Tilu.
 
 Structure a model can learn, by what it takes to learn it:
 - spelling, spacing and punctuation are deterministic (n-gram statistics suffice);
 - a verb selects its noun class and the class its adjectives (a dependency a few words back);
-- names are random syllable pairs met at the start of the document and later copied, and in
+- the code is a random string of distinct digits (6 by default: ln(10 x 9 x ... x 5) = 11.9 nats) and
+  typing it repeats it verbatim: those digits cost that much to any model that does not copy from earlier
+  in the context, and nothing to one that does. Digits and '#' appear nowhere else, and no digit twice in
+  a code, so the token after each one's earlier occurrence is the next one: exactly what an induction head
+  predicts, and the most a model can gain from attention to earlier context here;
+- names are random syllable pairs met at the start of the document and later repeated, and in
   "X gave the N to Y" Y is always the *other* character: only attention to the introduction can
-  predict them (induction-style copying).
+  predict them.
 
 Every document is a sequence of uniform choices and its text determines those choices (names are
-capitalised and never equal; word classes are disjoint), so each text has exactly one derivation and
-the generator knows its exact log-probability. Summed over validation documents and divided by the
-run's token count, that is the entropy floor: no model beats it on average.
+capitalised and never equal; word classes are disjoint; the code is the digits after the first '#'),
+so each text has exactly one derivation and the generator knows its exact log-probability.
+Summed over validation documents and divided by the run's token count, that is the entropy floor: no
+model beats it on average.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class Language:
         (("fed", "washed"), ("dog", "cat", "goat", "horse"), ("big", "sleepy", "young")),
     )
     sentence_counts: tuple[int, ...] = (1, 2, 3)
+    digits: str = "0123456789"
+    code_digits: int = 6  # distinct digits of the code given after the introduction and typed later (0: no code)
 
     def name(self, choose: Chooser, exclude: str | None = None) -> str:
         """A capitalised consonant-vowel-consonant-vowel name, uniform over all names but `exclude`."""
@@ -61,19 +71,28 @@ class Language:
         syllables = [self.consonants.index(low[i]) * v + self.vowels.index(low[i + 1]) for i in (0, 2)]
         return syllables[0] * c * v + syllables[1]
 
+    def code(self, choose: Chooser) -> str:
+        """code_digits distinct digits, each uniform over the digits not used yet."""
+        digits = list(self.digits)
+        return "".join(digits.pop(choose(len(digits))) for _ in range(self.code_digits))
+
     def document(self, choose: Chooser) -> str:
         return self.annotated_document(choose)[0]
 
-    def annotated_document(self, choose: Chooser) -> tuple[str, list[NameCopy]]:
-        """A document and every name it repeats from its introduction (the same choices as `document`)."""
+    def annotated_document(self, choose: Chooser) -> tuple[str, list[Copy]]:
+        """A document and every span it repeats from earlier in it (the same choices as `document`)."""
         first = self.name(choose)
         second = self.name(choose, exclude=first)
         cast = (first, second)
         introduced = ((0, len(first)), (len(first) + 5, len(first) + 5 + len(second)))  # "<first> and <second>"
         place = self.places[choose(len(self.places))]
         text = f"{first} and {second} went to the {place}."
-        copies: list[NameCopy] = []
-        for _ in range(self.sentence_counts[choose(len(self.sentence_counts))]):
+        copies: list[Copy] = []
+        if self.code_digits:
+            code = self.code(choose)
+            text += f" The code was #{code}."
+            given = len(text) - 1 - len(code)  # where the code's digits start
+        for k in range(self.sentence_counts[choose(len(self.sentence_counts))]):
             subject = choose(2)
             start = len(text) + 1  # after the space that joins sentences
             mentions = [(subject, start, False)]  # (who, where, determined)
@@ -86,22 +105,29 @@ class Language:
                 noun = nouns[choose(len(nouns))]
                 sentence = f"{cast[subject]} gave the {noun} to {cast[1 - subject]}."
                 mentions.append((1 - subject, start + len(sentence) - 1 - len(cast[1 - subject]), True))
-            copies += [NameCopy(at, at + len(cast[who]), *introduced[who], det) for who, at, det in mentions]
+            copies += [Copy(at, at + len(cast[who]), *introduced[who], det) for who, at, det in mentions]
             text += " " + sentence
+            if k == 0 and self.code_digits:  # the code again, digit for digit
+                text += f" They typed #{code}."
+                typed = len(text) - 1 - len(code)
+                copies.append(Copy(typed, typed + len(code), given, given + len(code), True, "code"))
         return text, copies
 
 
 @dataclass(frozen=True)
-class NameCopy:
-    """A name a document repeats from its introduction, as character offsets into the document: where it is
-    repeated, where it was introduced, and whether the grammar determines it (the recipient in "X gave the N to
-    Y" is always the other character) or chose it (a sentence's subject is either character)."""
+class Copy:
+    """A span a document repeats verbatim from earlier in it, as character offsets into the document: where it
+    is repeated, where it first stood, whether the grammar determines it, and what it is. A "name" comes from
+    the introduction: determined when it is the recipient in "X gave the N to Y" (always the other character),
+    chosen when it is a sentence's subject (either character). A "code" is the code typed, always determined:
+    every digit of it is in the context already."""
 
     start: int
     end: int
     source_start: int
     source_end: int
     determined: bool
+    kind: str = "name"  # name | code
 
 
 @dataclass
@@ -121,8 +147,8 @@ def sample_documents(language: Language, n: int, seed: int) -> tuple[list[str], 
 
 
 def sample_annotated_documents(language: Language, n: int, seed: int
-                               ) -> tuple[list[tuple[str, list[NameCopy]]], list[float]]:
-    """sample_documents' documents, each with the names it repeats from its introduction."""
+                               ) -> tuple[list[tuple[str, list[Copy]]], list[float]]:
+    """sample_documents' documents, each with the spans it repeats (names, the code typed)."""
     rng = random.Random(seed)
     docs, logprobs = [], []
     for _ in range(n):

@@ -168,7 +168,8 @@ def make_tasks(
     unknown = [f for f in families if f not in _GENERATORS]
     if unknown or not families:
         raise ValueError(f"families must be a non-empty tuple drawn from {FAMILIES}, got {families!r}")
-    language = language or Language()
+    # The tasks draw on the language's sentences; its code is pretraining's test of copying, not a task.
+    language = replace(language or Language(), code_digits=0)
     rng = random.Random(f"llmlab.tasks/{seed}/{split}")  # str seeds are hashed with SHA-512: stable
     tasks = []
     for j in range(n):
