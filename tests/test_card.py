@@ -216,4 +216,5 @@ def test_the_cards_transformers_snippet_prints_what_generate_prints(cli_runs, tm
         assert "apply_chat_template" in snippet
         sample = sample.removeprefix(f"user: {prompt}\nassistant: ")
     assert theirs.stdout == sample
-    assert len(sample.strip()) > (len(prompt) if run == "base" else 0)  # something was generated
+    # something was generated (a tiny model may continue with spaces, so only the closing newline is dropped)
+    assert len(sample.removesuffix("\n")) > (len(prompt) if run == "base" else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_help_lists_the_options_a_user_picks_and_no_internal_schema(module, tmp_
     assert result.returncode == 0, result.stderr
     groups = result.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
     assert "base_" not in groups
-    assert "\ndata: chat, hf, mix, prefs, synthetic, task_prefs, tasks, text\n" in groups
+    data_options = ", ".join(sorted(path.stem for path in (REPO / "conf" / "data").glob("*.yaml")))
+    assert f"\ndata: {data_options}\n" in groups and "prefs" in data_options
     assert "\nstage: dpo, grpo, pretrain, sft\n" in groups and "\ntokenizer: bpe, byte, char, unigram\n" in groups
     assert "\nexperiment/optimizers: " in groups and "hydra" not in groups

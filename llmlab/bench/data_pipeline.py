@@ -13,7 +13,7 @@ each kind trained with `build_tokenizer` into an empty temporary cache, then the
 `encode_documents` (the token-stream path). Sentencepiece kinds train on the first --train-mb MB when given
 (`trained_on_mb`); the tokenizer itself thins texts over 10M characters to about 10M.
 
-Parallel: a --parallel-mb MB JSONL corpus (documents of ~3.5 KB) is converted to Arrow once, then tokenized into
+Parallel: a --parallel-mb MB JSONL corpus (documents of ~5 KB) is converted to Arrow once, then tokenized into
 shards (`write_shards`, pool start included) with 1 process and with every core, for each of --parallel-kinds.
 
 Memory: for each --memory-mb size, a JSONL corpus is generated under --tmp and `python -m llmlab.prepare` (char
@@ -110,7 +110,7 @@ def tokenizer_times(kind: str, docs: list[str], train_docs: list[str]) -> dict:
 
 
 def write_corpus(path: Path, mb: float) -> dict:
-    """minimind-style pretraining JSONL ({"text": ...} per line) of about mb x 10^6 characters: documents of ~3.5 KB
+    """minimind-style pretraining JSONL ({"text": ...} per line) of about mb x 10^6 characters: documents of ~5 KB
     (40 synthetic-language documents joined by newlines, numbered so no two are equal), written as a stream."""
     pool = synthetic_docs(min(mb, 4.0))
     docs = ["\n".join(pool[i:i + 40]) for i in range(0, len(pool) - 39, 40)]

@@ -3,17 +3,18 @@ forms (the logit lens), measured while training runs.
 
 On a capture step the model runs once more, in eval mode and without gradients, on one batch of two probes,
 with attention probabilities computed explicitly (training keeps SDPA):
-- real text: the copy probe (validation documents of the embedded language, with every name the grammar says
-  must be copied from the introduction) or else the run's fixed probe;
+- real text: the copy probe (validation documents of the embedded language, with every copy the grammar
+  determines located: by default the typed code, whose digits only the code given earlier predicts; names with
+  llmlab.data.copy_probe's kinds=("name",)) or else the run's fixed probe;
 - random tokens repeated twice (length L each, drawn once from a seeded generator of the monitor's own).
 
 Per head (for every layer), from the attention probabilities A[query, key]:
 - prev_token: mean A[i, i-1] over the real-text positions;
 - induction: mean A[i, i-L+1] over positions i of the second copy: attention to the token that followed the
   current token's earlier occurrence;
-- copy: mean over copied names of the attention mass from the position before the name to the name's tokens in
-  the introduction.
-Per model: copy_accuracy (share of copied names whose every token is the top-1 prediction), icl_loss_drop (loss
+- copy: mean over copies of the attention mass from the position before the copy to its tokens where they
+  were first given.
+Per model: copy_accuracy (share of copies whose every token is the top-1 prediction), icl_loss_drop (loss
 on the first copy minus loss on the second, nats), and per layer the logit lens: the loss of decoding that
 layer's residual stream through the final norm and the head. Scores are reduced on the device and copied once.
 """
