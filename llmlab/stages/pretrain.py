@@ -34,9 +34,9 @@ from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
+from llmlab.stages.modular import modular_parts
 from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.evaluators import InContextScore
-from llmlab.stages.modular import modular_parts
 from llmlab.train.objectives import NextTokenObjective
 
 SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context score is measured on

@@ -403,7 +403,8 @@ def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: d
                    "repeat_4gram = share of a sample's 4-grams it already wrote, mean_tokens = tokens to the end "
                    "token, ended = share that reached it; on the embedded language, grammatical and names_copied "
                    "= shares of complete sentences the language's grammar accepts / whose names are the two "
-                   "introduced and whose typed code is the one given, valid_documents = whole documents it could have written.", "",
+                   "introduced and whose typed code is the one given, valid_documents = whole documents it could "
+                   "have written.", "",
                    markdown_table(scores, ["job", "checkpoint", *present(scores, QUALITY)])]
         if side_by_side:
             md += ["", "## Generations", "", "The first sample of each prompt; same seed and settings for every job.",
