@@ -36,8 +36,22 @@ def sweep_grokking_figure(sweep_dir: str | Path, seed: str | None = None) -> Fig
         return None
     first = next(iter(runs.values()))
     k = len(first.history[-1].get("top_frequencies", [])) or None
-    return grokking_figure(runs, title=f"{sweep_dir.name}" + (f", seed {chosen}" if chosen is not None else ""),
-                           frequencies=k)
+    title = task_title(next(job.path for job in jobs if run_panels(job.path).history)) or sweep_dir.name
+    return grokking_figure(runs, title=title + (f", seed {chosen}" if chosen is not None else ""), frequencies=k)
+
+
+def task_title(job_dir: Path) -> str | None:
+    """'(a + b) mod 113, 30% of the pairs train' from a job's resolved config; None where it has none."""
+    from omegaconf import OmegaConf
+
+    config = job_dir / "config_resolved.yaml"
+    if not config.is_file():
+        return None
+    data = OmegaConf.load(config).get("data", {})
+    symbol = {"add": "+", "sub": "-", "mul": "x", "div": "/"}.get(data.get("op"))
+    if symbol is None:
+        return None
+    return f"(a {symbol} b) mod {data.get('p')}, {data.get('train_fraction', 0):.0%} of the pairs train"
 
 
 def write_sweep_grokking_plot(sweep_dir: str | Path, seed: str | None = None, path: str | Path | None = None
