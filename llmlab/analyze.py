@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import AnalyzeConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
+from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, to_dataclass
 
 
@@ -60,23 +61,15 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
     match = re.fullmatch(r"step_(\d+)", checkpoint.name)
     if match is None or int(match[1]) < 1:
         raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
-    return model, tokenizer, int(match[1]), checkpoint.parent.parent / "analysis", checkpoint
+    return model, tokenizer, int(match[1]), RunDir.of_checkpoint(checkpoint).analysis, checkpoint
 
 
 def run_data_config(checkpoint: Path) -> dict:
     """The data node of the run holding this checkpoint, from its verified config_resolved.yaml ({} without one)."""
-    import yaml
-
-    from llmlab.files import sha256_file
     from llmlab.train import checkpoint as ckpt
 
-    config = checkpoint.parent.parent / "config_resolved.yaml"
-    if not config.is_file():
-        return {}
     recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
-    if recorded and sha256_file(config) != recorded:
-        raise ConfigError(f"{config} has changed since checkpoint {checkpoint} was written")
-    return (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return RunDir.of_checkpoint(checkpoint).verified_config(recorded, checkpoint).get("data") or {}
 
 
 def run_copy_probe(checkpoint: Path, tokenizer, context: int, rows: int, tokens: int):

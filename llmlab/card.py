@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError
-from llmlab.run_info import CONFIG_FILE, RunInfo
+from llmlab.run_info import RunInfo
+from llmlab.rundir import CONFIG_FILE, RunDir
 
 CARD = "README.md"
 REACH_TIMEOUT_S = 3.0  # a Hub that does not answer a connection in this long is taken as unreachable
@@ -91,7 +92,7 @@ def model_card(info: RunInfo, cfg: ExportConfig, family: str, chat: bool) -> str
     else:
         lines.append("None recorded: the run wrote no final `metrics.json`.")
     lines += ["", "## Config", ""]
-    config_file = info.root / CONFIG_FILE
+    config_file = RunDir(info.root).config
     if info.config:
         lines += [f"The run's `{CONFIG_FILE}`, as its checkpoint `{info.checkpoint.name}` was trained under:", "",
                   "```yaml", config_file.read_text(encoding="utf-8").rstrip("\n"), "```"]

@@ -32,6 +32,7 @@ from llmlab.config.commands import ChatConfig, SamplingSettings
 from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.data.chat import Message
 from llmlab.run_info import RunInfo, read_run_info
+from llmlab.rundir import RunDir
 from llmlab.sampling import Speaker
 from llmlab.store import CONF_DIR, to_dataclass
 from llmlab.sweep.collect import find_jobs
@@ -83,7 +84,7 @@ def sweep_jobs(sweep: str) -> dict[str, str]:
     jobs = {}
     for job in find_jobs(path):
         try:
-            checkpoint, _ = newest_intact(job.path / "checkpoints")
+            checkpoint, _ = newest_intact(RunDir(job.path).checkpoints)
         except ConfigError:
             continue
         if checkpoint is not None:

@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 
 from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import EvaluateConfig
-from llmlab.config.errors import ConfigError, exit_on_config_error
+from llmlab.config.errors import exit_on_config_error
+from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, to_dataclass
 
 
@@ -51,7 +52,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if not (cfg.tasks if cfg.tasks is not None else kind is None or kind in EMBEDDED_LANGUAGE):
         result["tasks_skipped"] = (f"the run trained on data.kind={kind}, not on llmlab's embedded language the "
                                    "tasks are written in (tasks=true scores them anyway)")
-        (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        RunDir.of_checkpoint(checkpoint).evaluation.write_text(json.dumps(result, indent=2) + "\n")
         return result
     template = ChatTemplate(tokenizer)
     model.resize_vocab(template.vocab_size)  # a pretrained run: the markers SFT would add
@@ -70,7 +71,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
     result.update(eval_tasks=len(eval_tasks), task_accuracy=accuracy, answer_loss=total / count,
                   answer_ppl=math.exp(total / count))
-    (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    RunDir.of_checkpoint(checkpoint).evaluation.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -79,18 +80,10 @@ EMBEDDED_LANGUAGE = ("synthetic", "tasks", "task_prefs")  # the data kinds drawn
 
 def run_config(checkpoint: Path) -> dict:
     """The checkpoint's run's config_resolved.yaml, verified against the checkpoint; {} when there is none."""
-    import yaml
-
-    from llmlab.files import sha256_file
     from llmlab.train import checkpoint as ckpt
 
-    config_file = checkpoint.parent.parent / "config_resolved.yaml"
-    if not config_file.is_file():
-        return {}
     recorded = ckpt.read_manifest(checkpoint).get("config_sha256")
-    if recorded and sha256_file(config_file) != recorded:
-        raise ConfigError(f"{config_file} has changed since checkpoint {checkpoint} was written")
-    return yaml.safe_load(config_file.read_text()) or {}
+    return RunDir.of_checkpoint(checkpoint).verified_config(recorded, checkpoint)
 
 
 def split_of(model, tokenizer, config: dict, device) -> dict:

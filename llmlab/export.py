@@ -26,20 +26,16 @@ from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import ExportConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error, first_few
 from llmlab.files import publishing, remove_temporaries
+from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, to_dataclass
-from llmlab.train.checkpoint import MANIFEST, read_manifest
+from llmlab.train.checkpoint import read_manifest
 
 RECORD = "llmlab_export.json"  # what marks a directory as an export (and lists the files it wrote)
 
 
 def run_root(run: Path) -> Path:
     """The run directory that `run` (a run, its checkpoints/ or one checkpoint, as load_trained takes) is part of."""
-    run = run.resolve()
-    if (run / MANIFEST).is_file():  # <run>/checkpoints/step_N
-        return run.parent.parent
-    if run.name == "checkpoints" and not (run / "checkpoints").is_dir():
-        return run.parent
-    return run
+    return RunDir.containing(run).root
 
 
 def check_outside_run(out: Path, shown: str, run: Path, run_shown: str) -> None:
@@ -139,7 +135,7 @@ def export_run(cfg: ExportConfig) -> Path:
     from llmlab.stages import is_chat_checkpoint
 
     model, tokenizer, checkpoint = load_trained(cfg.run, checkpoint=cfg.checkpoint)
-    check_outside_run(out, f"out={cfg.out}", checkpoint.parent.parent, cfg.run)
+    check_outside_run(out, f"out={cfg.out}", RunDir.of_checkpoint(checkpoint).root, cfg.run)
     if model.cfg.lora.rank:
         raise ConfigError(f"run={cfg.run} holds LoRA adapters: merge them first "
                           "(python -m llmlab.merge_lora run=... out=...), then export the merged run")

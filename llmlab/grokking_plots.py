@@ -20,6 +20,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from llmlab.monitors.plots import render
 from llmlab.monitors.progress_history import GROKKED, grokking_summary, progress_history
 from llmlab.plots import read_metrics, series
+from llmlab.rundir import RunDir
 
 
 @dataclass
@@ -109,7 +110,7 @@ def write_grokking_plot(run_dir: str | Path) -> Path | None:
     run = run_panels(run_dir)
     if not run.history or not run.summary:
         return None
-    path = run_dir / "plots" / "grokking.png"
+    path = RunDir(run_dir).plot("grokking")
     k = len(run.history[-1].get("top_frequencies", [])) or None
     render(grokking_figure({run_dir.name: run}, frequencies=k), path)
     return path

@@ -20,6 +20,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModelConfig, architecture_differences, saved_model_section
 from llmlab.data.tokenizers import Tokenizer, load_tokenizer
 from llmlab.model.transformer import Transformer
+from llmlab.rundir import RunDir
 from llmlab.train import checkpoint as ckpt
 from llmlab.weights import check_memory, check_model_file, read_header
 
@@ -49,8 +50,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", checkpoin
         ckpt.load_weights(chosen, model)
     except SafetensorError as e:  # checked above; a file changed since is still one line
         raise ConfigError(f"checkpoint file {chosen / WEIGHTS}: {str(e).strip().splitlines()[0]}") from None
-    tokenizer_dir = chosen.parent.parent / "tokenizer"
-    return model.to(device).eval(), load_tokenizer(tokenizer_dir), chosen
+    return model.to(device).eval(), load_tokenizer(RunDir.of_checkpoint(chosen).tokenizer), chosen
 
 
 def check_checkpoint(checkpoint: Path, model_cfg: ModelConfig, adapters_only: bool) -> None:

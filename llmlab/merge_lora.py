@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import MergeConfig
 from llmlab.config.errors import ConfigError, exit_on_config_error
+from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, to_dataclass
 
 
@@ -33,8 +34,8 @@ def merge_run(cfg: MergeConfig) -> Path:
         raise ConfigError(f"run={cfg.run}: no LoRA adapters to merge (model.lora.rank was 0)")
     model.cfg = dataclasses.replace(model.cfg, lora=LoRAConfig())
     manifest = ckpt.read_manifest(checkpoint)
-    tokenizer.save(out / "tokenizer")
-    ckpt.save_checkpoint(out / "checkpoints", manifest["step"], model, {},
+    tokenizer.save(RunDir(out).tokenizer)
+    ckpt.save_checkpoint(RunDir(out).checkpoints, manifest["step"], model, {},
                          {"model": dataclasses.asdict(model.cfg), "stage": manifest.get("stage"),
                           "chat": is_chat_checkpoint(manifest), "merged_from": str(checkpoint.resolve())})
     return out

@@ -20,18 +20,19 @@ from matplotlib.figure import Figure
 from llmlab.files import read_jsonl
 from llmlab.monitors.circuit_history import circuits_history
 from llmlab.monitors.plots import circuits_over_training_figure, render
+from llmlab.rundir import RunDir
 
 X_AXES = {"step": "steps", "perf/wall_s": "training time (s)"}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of <run_dir>/metrics.jsonl, up to a torn last line (a run killed mid-write)."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return read_jsonl(RunDir(run_dir).metrics_log)
 
 
 def run_baselines(run_dir: str | Path) -> dict[str, float]:
     """The entropy floor and bigram loss of a run's data (dataset_stats.json), where it has them."""
-    path = Path(run_dir) / "dataset_stats.json"
+    path = RunDir(run_dir).dataset_stats
     stats = json.loads(path.read_text()) if path.exists() else {}
     named = {"entropy floor": stats.get("entropy_floor"), "bigram baseline": stats.get("bigram_loss")}
     return {k: v for k, v in named.items() if isinstance(v, int | float) and math.isfinite(v)}
@@ -159,7 +160,7 @@ def write_training_curves(run_dir: str | Path) -> Path | None:
     rows = read_metrics(run_dir)
     if not rows:
         return None
-    path = run_dir / "plots" / "training_curves.png"
+    path = RunDir(run_dir).plot("training_curves")
     render(training_curves(rows, run_baselines(run_dir), title=run_dir.name), path)
     return path
 
@@ -176,7 +177,7 @@ def write_circuits_plot(run_dir: str | Path) -> Path | None:
     lens = np.asarray([row["logit_lens"] for row in history], dtype=float)
     formed = [{**event, "step": row["step"]} for row in history for event in row.get("formed", [])]
     model_level = {key: [row.get(key, math.nan) for row in history] for key in ("copy_accuracy", "icl_loss_drop")}
-    path = run_dir / "plots" / "circuits.png"
+    path = RunDir(run_dir).plot("circuits")
     render(circuits_over_training_figure(steps, scores, lens, series(read_metrics(run_dir), "val/loss"), formed,
                                          model_level, title=f"circuits: {run_dir.name}"), path)
     return path

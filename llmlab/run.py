@@ -10,7 +10,6 @@ import errno
 import os
 import shlex
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +17,7 @@ from omegaconf import DictConfig
 
 from llmlab.config.argv import quote_arguments
 from llmlab.config.errors import ConfigError
+from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
 register_configs()
@@ -33,7 +33,7 @@ def checkpoint_size(out_dir: str) -> str:
     """How much room a checkpoint of this run takes, from the newest one written: what a full disk must free."""
     from llmlab.train.checkpoint import list_checkpoints, read_manifest
 
-    written = list_checkpoints(Path(out_dir) / "checkpoints")
+    written = list_checkpoints(RunDir(out_dir).checkpoints)
     if not written:
         return ""
     size = sum(f["bytes"] for f in read_manifest(written[-1].path)["files"].values())

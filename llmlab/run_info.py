@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from llmlab.files import sha256_file
+from llmlab.rundir import RunDir
 from llmlab.sweep.collect import read_summary
 
-CONFIG_FILE = "config_resolved.yaml"
 # metrics.json's figures a reader compares models by, in the order shown (time, speed and memory are the machine's)
 METRICS = {"val_loss": "val loss", "val_bpb": "val bits/byte", "val_loss_full": "whole-split val loss",
            "val_bpb_full": "whole-split bits/byte", "val_ppl": "val perplexity", "best_val_loss": "best val loss",
@@ -108,14 +108,14 @@ def describe_data(data: dict) -> str:
 def read_run_info(checkpoint: Path, manifest: dict) -> RunInfo:
     """What the run holding this checkpoint says about itself; manifest: the checkpoint's (verified) manifest."""
     checkpoint = Path(checkpoint)
-    root = checkpoint.parent.parent
-    info = RunInfo(root, checkpoint)
-    info.config = read_config(root / CONFIG_FILE, manifest.get("config_sha256"), checkpoint.name, info.problems)
-    summary, why = read_summary(root / "metrics.json")
+    run = RunDir.of_checkpoint(checkpoint)
+    info = RunInfo(run.root, checkpoint)
+    info.config = read_config(run.config, manifest.get("config_sha256"), checkpoint.name, info.problems)
+    summary, why = read_summary(run.summary)
     info.summary = summary or {}
     if why:
         info.problems.append(why)
-    overrides_file = root / ".hydra" / "overrides.yaml"
+    overrides_file = run.hydra_overrides
     if overrides_file.is_file():
         try:
             lines = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
@@ -124,7 +124,7 @@ def read_run_info(checkpoint: Path, manifest: dict) -> RunInfo:
             info.overrides = [str(line) for line in lines]
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
             info.problems.append(f".hydra/overrides.yaml is not readable ({type(err).__name__})")
-        hydra_file = root / ".hydra" / "hydra.yaml"
+        hydra_file = run.hydra_config
         try:
             info.multirun = yaml.safe_load(hydra_file.read_text(encoding="utf-8"))["hydra"]["mode"] == "MULTIRUN"
         except Exception:  # an older or partial record: a single run

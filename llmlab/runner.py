@@ -20,6 +20,7 @@ from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
+from llmlab.rundir import RunDir
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -56,6 +57,7 @@ class Run:
                     Path(cfg.out_dir).rmdir()
                 cfg = dataclasses.replace(cfg, out_dir=shared)
         self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
+        self.run_dir = RunDir(self.out_dir)
         self.stage = get_stage(cfg.stage.name)(cfg.stage)
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
         self.lock: RunDirLock | None = None
@@ -92,7 +94,7 @@ class Run:
             self.lock = RunDirLock(out)
             for surprise in cfg.surprises():
                 print(f"warning: {surprise}", file=sys.stderr)
-        resume_from = resume_point(out / "checkpoints", cfg.trainer.resume)
+        resume_from = resume_point(self.run_dir.checkpoints, cfg.trainer.resume)
         context = StageContext(cfg, self.device, place, out, resume_from)
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
         if manifest is not None:
@@ -117,10 +119,10 @@ class Run:
         if place.is_main:
             write_run_record(out, cfg, parts.stats, model, self.device, place)
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
-        resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
+        resume_step = manifest["step"] if manifest else (0 if self.run_dir.metrics_log.exists() else None)
         if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
-            self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
-                                      TensorBoardSink(out / "tb", resume_step)])
+            self.sinks = MetricSinks([JsonlSink(self.run_dir.metrics_log, resume_step),
+                                      TensorBoardSink(self.run_dir.tensorboard, resume_step)])
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
                                         self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
                                         resume_step, parts.copy_probe, parts.modular_task)
@@ -129,7 +131,7 @@ class Run:
             self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
                 parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
                 bool(parts.evaluators)))
-        checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
+        checkpointer = Checkpointer(self.run_dir.checkpoints, place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})
         if resume_from is not None:  # the weights go in before the model is wrapped, sharded or compiled
@@ -137,7 +139,7 @@ class Run:
         batches = parts.train_batches
         if cfg.trainer.debug_first_batch and place.is_main:
             batches = ShowFirstBatch(batches, parts.describe_batch)
-        evaluators = [Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step)] if parts.sample \
+        evaluators = [Samples(parts.sample, self.sinks, self.run_dir.samples, place, resume_step)] if parts.sample \
             else []
         trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,

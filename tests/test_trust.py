@@ -15,6 +15,7 @@ from conftest import FAST, REPO, compose_config, run_cli
 from test_faults import driver
 
 from llmlab.config.errors import ConfigError
+from llmlab.rundir import RunDir
 from llmlab.store import to_dataclass
 from llmlab.train.checkpoint import list_checkpoints
 from llmlab.train.run_dir import RunDirLock
@@ -33,7 +34,7 @@ def one_line_error(result: subprocess.CompletedProcess, expected: str, code: int
 def files_of(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run directory but Hydra's record of the latest command and the lock."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and p.name != RunDirLock.FILE}
+            if p.is_file() and ".hydra" not in p.parts and p.name != RunDir(run_dir).lock.name}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_a_second_process_on_a_run_directory_in_use_is_refused_naming_the_holder
 
 
 def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
-    (tmp_path / RunDirLock.FILE).write_text("999999\n")  # the file stays behind; the kernel's lock does not
+    RunDir(tmp_path).lock.write_text("999999\n")  # the file stays behind; the kernel's lock does not
     RunDirLock(tmp_path).release()
 
 

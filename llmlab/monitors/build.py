@@ -22,6 +22,7 @@ from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.progress import ProgressMonitor
 from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
+from llmlab.rundir import RunDir
 
 # (rows, tokens) -> the copy probe of the run's data, or None where its data has none
 CopyProbeSource = Callable[[int, int], CopyProbe | None]
@@ -67,9 +68,9 @@ def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batche
                           "batches (trainer.eval_batches)")
     ids = input_ids(val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
     ctx = MonitorContext(
-        model=model, out_dir=run_dir / "monitors", writer=writer,
+        model=model, out_dir=RunDir(run_dir).monitors, writer=writer,
         worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
-        alerts=AlertLog(run_dir / "alerts.jsonl", writer),
+        alerts=AlertLog(RunDir(run_dir).alerts, writer),
         figures=FigurePool(cfg.max_workers),
         probe=ids.to(device),
         decode_token=lambda t: decode([t]),

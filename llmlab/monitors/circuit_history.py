@@ -7,14 +7,13 @@ import math
 from pathlib import Path
 
 from llmlab.files import read_jsonl
-
-HISTORY = Path("monitors") / "circuits" / "history.jsonl"
+from llmlab.rundir import RunDir
 
 
 def circuits_history(run_dir: str | Path) -> list[dict]:
     """The circuits monitor's captures of a run, in step order, up to a torn last line (a resumed run captured the
     steps after its checkpoint again: the later row wins)."""
-    rows = {row["step"]: row for row in read_jsonl(Path(run_dir) / HISTORY)
+    rows = {row["step"]: row for row in read_jsonl(RunDir(run_dir).monitor_history("circuits"))
             if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("scores"), dict)}
     return [rows[step] for step in sorted(rows)]
 

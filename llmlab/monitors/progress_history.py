@@ -9,15 +9,15 @@ import statistics
 from pathlib import Path
 
 from llmlab.files import read_jsonl
+from llmlab.rundir import RunDir
 
-HISTORY = Path("monitors") / "progress" / "history.jsonl"
 GROKKED = 0.99  # held-out accuracy that counts as generalised (and training accuracy as memorised)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t quantiles
 
 
 def progress_history(run_dir: str | Path) -> list[dict]:
     """The progress monitor's captures in step order (a resumed run's later row for a step wins)."""
-    rows = {row["step"]: row for row in read_jsonl(Path(run_dir) / HISTORY)
+    rows = {row["step"]: row for row in read_jsonl(RunDir(run_dir).monitor_history("progress"))
             if isinstance(row, dict) and isinstance(row.get("step"), int)}
     return [rows[step] for step in sorted(rows)]
 

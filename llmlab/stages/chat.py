@@ -22,6 +22,7 @@ from llmlab.data.tokenizers import Tokenizer
 from llmlab.load import load_trained
 from llmlab.model.lora import apply_lora, count_parameters
 from llmlab.model.transformer import Transformer
+from llmlab.rundir import RunDir
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.dpo import DPOObjective
@@ -117,8 +118,9 @@ def chat_policy(ctx: StageContext, model: Transformer, tokenizer: Tokenizer) -> 
     template = ChatTemplate(tokenizer)
     model.resize_vocab(template.vocab_size)
     model.cfg = dataclasses.replace(model.cfg, name=cfg.model.name, lora=cfg.model.lora)  # adapters: add_adapters
-    if ctx.place.is_main and not (ctx.out_dir / "tokenizer").is_dir():
-        tokenizer.save(ctx.out_dir / "tokenizer")
+    own = RunDir(ctx.out_dir).tokenizer
+    if ctx.place.is_main and not own.is_dir():
+        tokenizer.save(own)
     return model.to(ctx.device).train(), template
 
 

@@ -33,6 +33,7 @@ from llmlab.data.sources import annotated_validation, induction_validation, load
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
 from llmlab.model.transformer import Transformer
+from llmlab.rundir import RunDir
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.stages.modular import modular_parts
 from llmlab.train.bits_per_byte import utf8_bytes
@@ -64,7 +65,7 @@ class Pretrain(Stage):
             return self.build_sharded(ctx)
         corpus = load_corpus(cfg.data)
         tokenizer, from_cache = self.tokenizer(ctx, lambda: "\n".join(corpus.train_docs))
-        streams = token_streams(corpus, tokenizer, ctx.out_dir / "tokenizer", Path(cfg.cache_dir) / "tokens",
+        streams = token_streams(corpus, tokenizer, RunDir(ctx.out_dir).tokenizer, Path(cfg.cache_dir) / "tokens",
                                 from_cache)
         model = new_model(cfg, tokenizer.vocab_size, ctx.device, pretrained=ctx.resume_from is None)
         seq_len, ranks = cfg.model.context_length, ctx.place.world_size
@@ -131,7 +132,7 @@ class Pretrain(Stage):
     def tokenizer(self, ctx: StageContext, train_text: Callable[[], str]) -> tuple[Tokenizer, bool]:
         """The one a resumed run already uses, an imported model's, or one trained on the text (or cached);
         saved into the run directory; whether it came from a cache."""
-        resumed = ctx.resume_from.parent.parent / "tokenizer" if ctx.resume_from else None
+        resumed = RunDir.of_checkpoint(ctx.resume_from).tokenizer if ctx.resume_from else None
         if resumed is not None and not resumed.is_dir():
             resumed = None
         if resumed is not None:
@@ -142,7 +143,7 @@ class Pretrain(Stage):
             tokenizer, cached = pretrained_tokenizer(ctx.cfg.model), False
         else:
             tokenizer, cached = build_tokenizer(ctx.cfg.tokenizer, train_text())
-        own = ctx.out_dir / "tokenizer"
+        own = RunDir(ctx.out_dir).tokenizer
         if resumed != own and ctx.place.is_main:
             tokenizer.save(own)
         return tokenizer, cached

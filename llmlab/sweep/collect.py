@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from llmlab.rundir import RunDir
+
 # overrides that say where or how a job ran, not what it studies
 SEED = "seed"  # the swept key whose values are grouped over, not compared
 NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir",
@@ -147,8 +149,9 @@ def modified(path: Path) -> float | None:
 
 def read_job(path: Path) -> JobRecord:
     """What one job directory says about its job; never raises: an unreadable file is the row's status."""
-    overrides, overrides_problem = read_overrides(path / ".hydra" / "overrides.yaml")
-    summary_file, curve_file = path / "metrics.json", path / "metrics.jsonl"
+    run = RunDir(path)
+    overrides, overrides_problem = read_overrides(run.hydra_overrides)
+    summary_file, curve_file = run.summary, run.metrics_log
     summary, summary_problem = read_summary(summary_file)
     curve = read_curve(curve_file)
     problems = [p for p in (summary_problem, overrides_problem) if p]
@@ -175,7 +178,7 @@ def find_jobs(sweep_dir: Path) -> list[JobRecord]:
 
 
 def job_order(path: Path) -> tuple:
-    hydra_cfg = path / ".hydra" / "hydra.yaml"
+    hydra_cfg = RunDir(path).hydra_config
     try:
         num = yaml.safe_load(hydra_cfg.read_text())["hydra"]["job"]["num"]
     except Exception:  # an older or partial job: order by name after the numbered ones

@@ -17,6 +17,7 @@ from llmlab.config.commands import GenerateConfig
 from llmlab.config.errors import ConfigError
 from llmlab.data.grammar import GrammarChecker
 from llmlab.files import write_atomic
+from llmlab.rundir import RunDir
 from llmlab.sampling import Completion, completions
 from llmlab.sweep.collect import JobRecord
 from llmlab.sweep.quality import quality
@@ -32,9 +33,9 @@ QUALITY = ("distinct_1", "distinct_2", "repeat_4gram", "mean_tokens", "ended", "
 def job_checkpoint(job: JobRecord, which: str):
     """The job's verified checkpoint `which` (latest | best | step_N), or None (with a warning) when it has none."""
     try:
-        found, _, _ = ckpt.select_checkpoint(job.path / "checkpoints", which)
+        found, _, _ = ckpt.select_checkpoint(RunDir(job.path).checkpoints, which)
     except ConfigError as err:  # damaged, or no such checkpoint: its row says what it reached, no completions
-        if (job.path / "checkpoints").is_dir():
+        if RunDir(job.path).checkpoints.is_dir():
             log.warning(f"{job.name}: no generations ({err})")
         return None
     return found
@@ -42,7 +43,7 @@ def job_checkpoint(job: JobRecord, which: str):
 
 def cached(job: JobRecord, key: str, expected: int) -> list[Completion] | None:
     try:
-        record = json.loads((job.path / "generations.json").read_text(encoding="utf-8"))
+        record = json.loads(RunDir(job.path).generations.read_text(encoding="utf-8"))
         if record.get("key") != key or len(record["completions"]) != expected:
             return None
         return [Completion(str(c["text"]), int(c["tokens"]), bool(c["ended"])) for c in record["completions"]]
@@ -66,7 +67,7 @@ def job_generations(job: JobRecord, settings: GenerateConfig) -> tuple[str, list
         log.warning(f"{job.name}: no generations ({err})")
         return None
     try:  # the report's own cache, the only file it writes into a job's directory
-        write_atomic(job.path / "generations.json",
+        write_atomic(RunDir(job.path).generations,
                      json.dumps({"key": key, "completions": [asdict(c) for c in found]}, indent=1))
     except OSError as err:  # a read-only sweep: generate again next time
         log.warning(f"{job.name}: generations not cached ({err.strerror})")
@@ -76,7 +77,7 @@ def job_generations(job: JobRecord, settings: GenerateConfig) -> tuple[str, list
 def embedded_language(job: JobRecord) -> bool:
     """Whether the job trained on the embedded language (then its grammar can judge the samples)."""
     try:
-        config = yaml.safe_load((job.path / "config_resolved.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load(RunDir(job.path).config.read_text(encoding="utf-8"))
         return config["data"]["kind"] == "synthetic"  # documents of the language (only pretraining takes them)
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return False

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from llmlab.grokking_plots import grokking_figure, run_panels
 from llmlab.monitors.plots import render
+from llmlab.rundir import RunDir
 from llmlab.sweep.collect import SEED, find_jobs, swept_keys
 
 
@@ -44,7 +45,7 @@ def task_title(job_dir: Path) -> str | None:
     """'(a + b) mod 113, 30% of the pairs train' from a job's resolved config; None where it has none."""
     from omegaconf import OmegaConf
 
-    config = job_dir / "config_resolved.yaml"
+    config = RunDir(job_dir).config
     if not config.is_file():
         return None
     data = OmegaConf.load(config).get("data", {})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from llmlab.rundir import RunDir
 from llmlab.sweep.collect import JobRecord
 from llmlab.train.summary import HPARAM_METRICS, flatten
 
@@ -21,7 +22,7 @@ SHOWN = ("stage.name", "model.n_layers", "model.d_model", "model.n_heads", "trai
 
 def job_settings(job: JobRecord) -> dict:
     """A job's resolved config, flattened, with its overrides (a config group like `arch` names no leaf)."""
-    path = job.path / "config_resolved.yaml"
+    path = RunDir(job.path).config
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
         settings = flatten(tree) if isinstance(tree, dict) else {}

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from llmlab.files import read_jsonl
+from llmlab.rundir import RunDir
 
 COLUMNS = ("attn_entropy", "attn_sink", "update_ratio", "dead_mlp", "alerts")
 MEANING = {
@@ -35,7 +36,7 @@ def mean(values: list[float]) -> float | None:
 
 def per_layer_attention(run_dir: Path) -> dict[str, list[float]]:
     """{"entropy": [per layer], "sink": [per layer]} at the attention monitor's last capture ({} without one)."""
-    row = last_row(run_dir / "monitors" / "attention" / "history.jsonl")
+    row = last_row(RunDir(run_dir).monitor_history("attention"))
     layers = row.get("layers") if row else None
     if not isinstance(layers, dict):
         return {}
@@ -51,13 +52,14 @@ def per_layer_attention(run_dir: Path) -> dict[str, list[float]]:
 def internals(run_dir: Path) -> dict:
     """The report's internals columns for one job, and its per-layer attention for the plots."""
     attention = per_layer_attention(run_dir)
-    weights = (last_row(run_dir / "monitors" / "distribution" / "history.jsonl") or {}).get("weights")
+    run = RunDir(run_dir)
+    weights = (last_row(run.monitor_history("distribution")) or {}).get("weights")
     ratios = numbers(stats.get("update_ratio") for name, stats in weights.items()
                      if isinstance(stats, dict) and name.startswith("blocks.")) if isinstance(weights, dict) else []
-    health = last_row(run_dir / "monitors" / "health" / "history.jsonl") or {}
+    health = last_row(run.monitor_history("health")) or {}
     dead = numbers(health.get("dead_mlp_fraction") or [])
-    alerts = read_jsonl(run_dir / "alerts.jsonl")
-    monitored = (run_dir / "monitors").is_dir()
+    alerts = read_jsonl(run.alerts)
+    monitored = run.monitors.is_dir()
     return {
         "attn_entropy": mean(attention.get("entropy", [])),
         "attn_sink": mean(attention.get("sink", [])),

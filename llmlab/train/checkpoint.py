@@ -27,10 +27,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from llmlab.config.errors import ConfigError
 from llmlab.files import publishing, remove_temporaries, sha256_file, write_atomic
 from llmlab.model.lora import load_lora_state_dict, lora_state_dict
+from llmlab.rundir import RunDir
+from llmlab.rundir.layout import MANIFEST
 
 ADAPTERS_ONLY = "lora_adapters"  # manifest["weights"] of a LoRA run: model.safetensors holds the adapters only
 
-MANIFEST = "manifest.json"
 BEST = "best"  # checkpoints/best: the weights at the lowest periodic val loss, never rotated away
 FORMAT_VERSION = 1
 
@@ -59,7 +60,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
             save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         files = {name: file_record(tmp / name) for name in ("model.safetensors", "state.pt")}
-        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(root.parent), **meta}
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(RunDir(root.parent)), **meta}
         write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
     if name is not None:
         return Checkpoint(final, step)
@@ -75,15 +76,14 @@ def file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def run_files(run_dir: Path) -> dict:
+def run_files(run: RunDir) -> dict:
     """What a checkpoint needs of its run directory, checksummed: the tokenizer its ids mean something in, and the
     config it was trained under."""
     record: dict = {}
-    tokenizer = run_dir / "tokenizer"
-    if tokenizer.is_dir():
-        record["tokenizer_files"] = {str(p.relative_to(run_dir)): file_record(p)
-                                     for p in sorted(tokenizer.rglob("*")) if p.is_file()}
-    config = run_dir / "config_resolved.yaml"
+    if run.tokenizer.is_dir():
+        record["tokenizer_files"] = {str(p.relative_to(run.root)): file_record(p)
+                                     for p in sorted(run.tokenizer.rglob("*")) if p.is_file()}
+    config = run.config
     if config.is_file():
         record["config_sha256"] = sha256_file(config)
     return record
@@ -119,7 +119,7 @@ def verify_checkpoint(path: Path) -> dict:
         raise ConfigError(f"checkpoint {path / MANIFEST} lists no files")
     for name, expected in files.items():
         check_file(path / name, expected, "checkpoint file")
-    run_dir = path.parent.parent
+    run_dir = RunDir.of_checkpoint(path).root
     for name, expected in manifest.get("tokenizer_files", {}).items():  # older checkpoints record none
         check_file(run_dir / name, expected, "the run's tokenizer file")
     return manifest
@@ -142,7 +142,7 @@ def find_checkpoint(path: Path) -> Path | None:
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    root = RunDir.checkpoints_of(path)
     pointer = root / "latest"
     if pointer.is_file():
         target = root / pointer.read_text().strip()
@@ -164,7 +164,7 @@ def select_checkpoint(path: Path, which: str = "latest") -> tuple[Path | None, d
             raise ConfigError(f"checkpoint={which}: {path} is one checkpoint already ({path.name}); give its run "
                               "directory to choose another")
         return path, verify_checkpoint(path), []
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    root = RunDir.checkpoints_of(path)
     if which == "latest":
         found, skipped = newest_intact(root)
         return found, read_manifest(found) if found else None, skipped

@@ -19,8 +19,8 @@ from yaml import YAMLError
 
 from llmlab.config.errors import ConfigError, first_few
 from llmlab.files import sha256_file
+from llmlab.rundir import RunDir
 
-CONFIG_FILE = "config_resolved.yaml"
 # keys that change where or how visibly a run executes, never which steps it takes
 FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
              "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
@@ -49,12 +49,13 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 def holds_a_run(out_dir: Path) -> str | None:
     """What in out_dir shows that a run already trained there, or None."""
-    checkpoints = sorted((out_dir / "checkpoints").glob("step_*"))
+    run = RunDir(out_dir)
+    checkpoints = sorted(run.checkpoints.glob("step_*"))
     if checkpoints:
         return f"checkpoint {checkpoints[-1].name}"
-    metrics = out_dir / "metrics.jsonl"
+    metrics = run.metrics_log
     if metrics.is_file() and metrics.stat().st_size:
-        return "metrics.jsonl"
+        return metrics.name
     return None
 
 
@@ -63,10 +64,8 @@ class RunDirLock:
     command twice, a resume while the first still trains, a scheduler's requeue) is refused with one line naming
     the holder. The kernel releases the lock when its holder dies, so a stale lock never blocks a resume."""
 
-    FILE = ".lock"
-
     def __init__(self, out_dir: Path):
-        self.path, self.fd = out_dir / self.FILE, None
+        self.path, self.fd = RunDir(out_dir).lock, None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,7 +100,7 @@ def completed_summary(out_dir: Path, manifest: dict | None, max_steps: int) -> d
     if manifest is None:
         return None
     try:
-        summary = json.loads((out_dir / "metrics.json").read_text())
+        summary = json.loads(RunDir(out_dir).summary.read_text())
     except (OSError, ValueError):
         return None
     step = manifest["step"]
@@ -121,7 +120,7 @@ def check_run_dir(out_dir: Path, current: dict, resume: str, allow_config_change
             raise ConfigError(f"{out_dir} already holds a run ({found}); trainer.resume=never would overwrite it: "
                               "use a new hydra.run.dir (or trainer.resume=auto to continue it)")
         return
-    saved_file = out_dir / CONFIG_FILE
+    saved_file = RunDir(out_dir).config
     if allow_config_change:
         return
     recorded = (manifest or {}).get("config_sha256")

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from llmlab.config.errors import ConfigError
 from llmlab.data.batch import IGNORE, Batch
 from llmlab.files import sha256_file, write_atomic
-
-WINDOWS_FILE = "val_windows.json"
+from llmlab.rundir import RunDir
 
 
 @dataclass
@@ -108,7 +107,7 @@ def split_loss(model: torch.nn.Module, streams: Sequence[np.ndarray], seq_len: i
 
 def write_windows(out: Path, result: SplitLoss, checkpoint: str) -> str:
     """val_windows.json in the run directory; its sha256 (metrics.json records it, so a reader can verify it)."""
-    path = out / WINDOWS_FILE
+    path = RunDir(out).val_windows
     write_atomic(path, json.dumps({"fingerprint": result.fingerprint, "checkpoint": checkpoint,
                                    "loss": result.loss, "tokens": result.tokens,
                                    "sums": [round(float(s), 6) for s in result.sums],
@@ -118,19 +117,19 @@ def write_windows(out: Path, result: SplitLoss, checkpoint: str) -> str:
 
 def read_windows(run_dir: Path, sha256: str | None) -> tuple[SplitLoss | None, str]:
     """A run's per-window losses, verified against the checksum its metrics.json recorded; None and why not."""
-    path = run_dir / WINDOWS_FILE
+    path = RunDir(run_dir).val_windows
     if not path.is_file():
         return None, ""
     if sha256 is None:
-        return None, f"{WINDOWS_FILE} has no checksum in metrics.json"
+        return None, f"{path.name} has no checksum in metrics.json"
     if sha256_file(path) != sha256:
-        return None, f"{WINDOWS_FILE} does not match the checksum in metrics.json"
+        return None, f"{path.name} does not match the checksum in metrics.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         sums, counts = np.asarray(record["sums"], np.float64), np.asarray(record["counts"], np.int64)
         fingerprint = str(record["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        return None, f"{WINDOWS_FILE} is not readable ({type(err).__name__})"
+        return None, f"{path.name} is not readable ({type(err).__name__})"
     if sums.shape != counts.shape or sums.ndim != 1 or not len(sums) or (counts <= 0).any():
-        return None, f"{WINDOWS_FILE} holds no per-window sums and counts of equal length"
+        return None, f"{path.name} holds no per-window sums and counts of equal length"
     return SplitLoss(sums, counts, fingerprint), ""

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from llmlab.config.schema import RunConfig
 from llmlab.files import write_atomic
+from llmlab.rundir import RunDir
 from llmlab.train.tb_layout import pinned_url
 from llmlab.train.trainer import TrainResult
 
@@ -22,8 +23,8 @@ HPARAM_METRICS = ("val_loss", "val_loss_full", "val_bpb", "val_bpb_full", "best_
 
 def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, place) -> None:
     """dataset_stats.json, config_resolved.yaml and the model's size, before the first step."""
-    (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
-    write_atomic(out / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (RunDir(out).dataset_stats).write_text(json.dumps(stats, indent=2))
+    write_atomic(RunDir(out).config, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
     active = model.active_params() if getattr(model, "inactive_params", lambda: 0)() else None
     per_token = f", {active:,} active per token" if active else ""  # a mixture of experts
@@ -57,7 +58,7 @@ def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak
         "timing": result.timing,  # start-up, evaluations, sampling, checkpoints (None: the run failed)
         **(extra or {}),
     }
-    write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+    write_atomic(RunDir(out).summary, json.dumps(summary, indent=2))
     return summary
 
 
@@ -130,10 +131,11 @@ def run_report(summary: dict, out: Path, chat: bool, pinned: Sequence[str] = ("t
         closed = summary.get("gap_closed")
         lines.append("baselines: " + ", ".join(baselines)
                      + (f"; {100 * closed:.1f}% of the bigram-to-floor gap closed" if closed is not None else ""))
-    plots = sorted(p.name for p in (out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
+    run_dir = RunDir(out)
+    plots = sorted(p.name for p in run_dir.plots.glob("*.png")) if run_dir.plots.is_dir() else []
     if plots:
-        lines.append(f"plots: {out / 'plots'}/ ({', '.join(plots)})")
-    lines.append(f"TensorBoard files: {out / 'tb'}")
+        lines.append(f"plots: {run_dir.plots}/ ({', '.join(plots)})")
+    lines.append(f"TensorBoard files: {run_dir.tensorboard}")
     prompt = " prompt=Hello" if chat else " prompt=The"
     lines += ["next:",
               f"  python -m llmlab.generate run={run}{prompt}    # sample from it",
