@@ -30,6 +30,7 @@ from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import EvaluateConfig
 from llmlab.config.errors import exit_on_config_error
 from llmlab.rundir import RunDir
+from llmlab.rundir.summary import perplexity
 from llmlab.store import CONF_DIR, to_dataclass
 
 
@@ -70,7 +71,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             count += int((targets != -100).sum())
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
     result.update(eval_tasks=len(eval_tasks), task_accuracy=accuracy, answer_loss=total / count,
-                  answer_ppl=math.exp(total / count))
+                  answer_ppl=perplexity(total / count))
     RunDir.of_checkpoint(checkpoint).evaluation.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

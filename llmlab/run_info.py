@@ -16,13 +16,7 @@ import yaml
 
 from llmlab.files import sha256_file
 from llmlab.rundir import RunDir
-from llmlab.sweep.collect import read_summary
-
-# metrics.json's figures a reader compares models by, in the order shown (time, speed and memory are the machine's)
-METRICS = {"val_loss": "val loss", "val_bpb": "val bits/byte", "val_loss_full": "whole-split val loss",
-           "val_bpb_full": "whole-split bits/byte", "val_ppl": "val perplexity", "best_val_loss": "best val loss",
-           "train_loss": "train loss", "gap_closed": "gap closed (bigram to entropy floor)",
-           "entropy_floor": "entropy floor", "bigram_loss": "bigram loss", "unigram_loss": "unigram loss"}
+from llmlab.rundir.summary import METRICS, read_summary
 
 
 @dataclass
@@ -82,8 +76,7 @@ class RunInfo:
 
     def metrics(self) -> list[tuple[str, str, float]]:
         """(key, label, value) for each final figure metrics.json holds."""
-        return [(key, label, float(self.summary[key])) for key, label in METRICS.items()
-                if is_number(self.summary.get(key))]
+        return [(m.key, m.label, float(self.summary[m.key])) for m in METRICS if is_number(self.summary.get(m.key))]
 
 
 def is_number(value) -> bool:

@@ -32,7 +32,7 @@ from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, co
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
-from llmlab.train.summary import log_hparams, write_run_record, write_summary
+from llmlab.train.summary import final_summary, log_hparams, write_run_record
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
@@ -167,7 +167,8 @@ class Run:
         result = TrainResult("interrupted", 0, 0, None, None, 0.0, 0.0,
                              f"{signal_name} while setting up, before step 1; no checkpoint was written")
         if self.place.is_main:
-            write_summary(self.out_dir, result, None, {}, peak_memory_mb(self.device), 0.0, float("inf"))
+            final_summary(result, {}, float("inf"), peak_mem_mb=peak_memory_mb(self.device), total_s=0.0
+                          ).write(self.run_dir.summary)
         return result
 
     def train(self, trainer: Trainer, stop: StopRequested) -> TrainResult:
@@ -222,14 +223,12 @@ class Run:
             return {}
         try:
             monitor_summary = self.monitors.close(progress=self.cfg.trainer.progress)
-            summary = write_summary(self.out_dir, result, self.params, self.parts.stats, peak_memory_mb(self.device),
-                                    time.perf_counter() - self.start, trainer.state.best_val_loss,
-                                    {"skipped_steps": trainer.state.skipped_steps, "val_bpb": trainer.last_val_bpb,
-                                     **self.split,
-                                     "flops_per_token": trainer.flops_per_token,
-                                     "train_flops": result.tokens_seen * trainer.flops_per_token,
-                                     "monitors": monitor_summary,
-                                     **({"active_params": self.active_params} if self.active_params else {})})
+            summary = final_summary(
+                result, self.parts.stats, trainer.state.best_val_loss, params=self.params,
+                total_s=time.perf_counter() - self.start, peak_mem_mb=peak_memory_mb(self.device),
+                skipped_steps=trainer.state.skipped_steps, val_bpb=trainer.last_val_bpb, **self.split,
+                flops_per_token=trainer.flops_per_token, train_flops=result.tokens_seen * trainer.flops_per_token,
+                monitors=monitor_summary, active_params=self.active_params).write(self.run_dir.summary)
             if self.sinks.tensorboard is not None:
                 log_hparams(self.sinks.tensorboard, self.cfg, summary, self.overrides, experiment=not self.sweep_job)
             self.summary = summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from llmlab.load import load_trained
 from llmlab.model.transformer import Transformer
 from llmlab.run_info import read_run_info
 from llmlab.rundir import RunDir
-from llmlab.sweep.collect import read_job
+from llmlab.rundir.summary import COSTS, METRICS, PPL_CAP, RunSummary, logged_key, perplexity
+from llmlab.sweep.collect import JobRecord, read_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +94,28 @@ def test_the_run_directory_module_loads_without_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
+
+
+def test_a_metrics_json_written_before_runsummary_reads_and_writes_back_unchanged():
+    written = json.loads((REPO / "docs/results/data/default_run_2026-12-07_metrics.json").read_text())
+    summary = RunSummary.from_dict(written)
+    assert summary.val_loss == written["val_loss"] and summary.extra == {}
+    assert list(summary.to_dict().items()) == list(written.items())  # same keys, same order, same values
+    newer = RunSummary.from_dict({"status": "completed", "a_newer_key": 1})
+    assert newer.to_dict()["a_newer_key"] == 1 and "val_loss_full" not in newer.to_dict()
+
+
+def test_the_summary_derives_perplexity_and_the_gap_in_one_place():
+    summary = RunSummary.of_run("completed", "", 10, 100, 1.5, 1.4, {"entropy_floor": 1.0, "bigram_loss": 2.0},
+                                float("inf"), wall_s=2.0)
+    assert summary.val_ppl == perplexity(1.5) == math.exp(1.5) and summary.gap_closed == 0.5
+    assert summary.best_val_loss is None and perplexity(1e9) == math.exp(PPL_CAP)
+
+
+def test_every_final_metric_the_log_also_has_is_read_from_an_unfinished_jobs_log():
+    job = JobRecord("j", Path("j"), {}, "incomplete", {}, [{"step": 1, "val/loss": 3.0, "perf/wall_s": 1.0},
+                                                            {"step": 2, "val/loss": 2.0, "perf/wall_s": 2.0}])
+    for metric in (*METRICS, *COSTS):
+        if metric.logged in ("val/loss", "perf/wall_s"):
+            assert job.value(metric.key) == 2.0
+    assert job.value("best_val_loss") == 2.0 and logged_key("val_loss") == "val/loss"

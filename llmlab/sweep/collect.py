@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from llmlab.rundir import RunDir
+from llmlab.rundir.summary import logged_key, read_summary
 
 # overrides that say where or how a job ran, not what it studies
 SEED = "seed"  # the swept key whose values are grouped over, not compared
@@ -61,8 +62,7 @@ class JobRecord:
         unfinished or unreadable job what its log reached."""
         if self.summary:
             return self.summary.get(key)
-        logged = {"val_loss": "val/loss", "val_bpb": "val/bpb", "train_loss": "train/loss",
-                  "wall_s": "perf/wall_s"}.get(key)
+        logged = logged_key(key)
         if key == "best_val_loss":
             values = [row["val/loss"] for row in self.curve if is_number(row.get("val/loss"))]
             return min(values) if values else None
@@ -98,27 +98,6 @@ def read_overrides(path: Path) -> tuple[dict[str, str], str]:
     if not isinstance(lines, list):
         return {}, f"{name} is not a list of overrides"
     return parse_overrides(lines), ""
-
-
-def read_summary(path: Path) -> tuple[dict | None, str]:
-    """metrics.json as a dict, or None and why not ("" when there is none yet)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, ""
-    except (OSError, UnicodeDecodeError) as err:
-        return None, f"metrics.json is not readable ({getattr(err, 'strerror', None) or type(err).__name__})"
-    if not text.strip():
-        return None, "metrics.json is empty"
-    try:
-        summary = json.loads(text)
-    except json.JSONDecodeError as err:
-        return None, f"metrics.json is not valid JSON ({err.msg}: line {err.lineno} column {err.colno})"
-    if not isinstance(summary, dict):
-        return None, f"metrics.json holds a JSON {type(summary).__name__}, not an object"
-    if not isinstance(summary.get("status"), str) or not summary["status"]:
-        return None, "metrics.json has no status"
-    return summary, ""
 
 
 def read_curve(path: Path) -> list[dict]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 
 from llmlab.rundir import RunDir
+from llmlab.rundir.summary import HPARAM_METRICS
 from llmlab.sweep.collect import JobRecord
-from llmlab.train.summary import HPARAM_METRICS, flatten
+from llmlab.train.summary import flatten
 
 SHOWN = ("stage.name", "model.n_layers", "model.d_model", "model.n_heads", "trainer.lr", "trainer.batch_size",
          "trainer.max_steps", "trainer.optimizer", "tokenizer.kind", "data.kind", "seed")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.files import write_atomic
 from llmlab.monitors.circuit_history import circuit_summary, circuits_history
 from llmlab.monitors.progress_history import GROKKED, grokking_summary, seed_interval
+from llmlab.rundir.summary import perplexity
 from llmlab.sweep.collect import SEED, STATUSES, JobRecord, declared_reference, find_jobs, is_number, swept_keys
 from llmlab.sweep.hparams import write_hparams_experiment
 from llmlab.sweep.internals import COLUMNS as INTERNALS
@@ -61,7 +61,7 @@ def job_row(job: JobRecord, keys: list[str]) -> dict:
         "val_loss": number("val_loss"),
         "val_bpb": number("val_bpb"),
         "best_val_loss": number("best_val_loss"),
-        "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
+        "val_ppl": perplexity(val) if val is not None else None,
         "entropy_floor": floor,
         "gap_to_floor": val - floor if val is not None and floor is not None else None,
         "params": number("params"),

@@ -14,11 +14,9 @@ from omegaconf import OmegaConf
 from llmlab.config.schema import RunConfig
 from llmlab.files import write_atomic
 from llmlab.rundir import RunDir
+from llmlab.rundir.summary import HPARAM_METRICS, RunSummary
 from llmlab.train.tb_layout import pinned_url
 from llmlab.train.trainer import TrainResult
-
-HPARAM_METRICS = ("val_loss", "val_loss_full", "val_bpb", "val_bpb_full", "best_val_loss", "val_ppl", "gap_closed",
-                  "tokens_per_s", "wall_s")
 
 
 def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, place) -> None:
@@ -32,34 +30,11 @@ def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, plac
           f"embeddings{per_token}) on {device}{ranks}")
 
 
-def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
-                  total_s: float, best_val: float, extra: dict | None = None) -> dict:
-    floor, bigram = stats.get("entropy_floor"), stats.get("bigram_loss")  # text stages only
-    val = result.val_loss
-    summary = {
-        "status": result.status,
-        "message": result.message,
-        "steps": result.steps,
-        "tokens_seen": result.tokens_seen,
-        "params": params,
-        "val_loss": val,
-        "val_ppl": math.exp(min(val, 50.0)) if val is not None else None,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "train_loss": result.train_loss,
-        "entropy_floor": floor,
-        "bigram_loss": bigram,
-        "unigram_loss": stats.get("unigram_loss"),
-        # share of the bigram -> floor gap the model closed (1.0 = at the floor)
-        "gap_closed": (bigram - val) / (bigram - floor) if None not in (floor, bigram, val) else None,
-        "wall_s": result.wall_s,
-        "total_s": total_s,
-        "tokens_per_s": result.tokens_per_s or None,  # None: stopped before a step was timed
-        "peak_mem_mb": peak_mb,
-        "timing": result.timing,  # start-up, evaluations, sampling, checkpoints (None: the run failed)
-        **(extra or {}),
-    }
-    write_atomic(RunDir(out).summary, json.dumps(summary, indent=2))
-    return summary
+def final_summary(result: TrainResult, stats: dict, best_val: float, **measured) -> RunSummary:
+    """metrics.json's record of a run that ended with `result`; measured: the other RunSummary fields by name."""
+    return RunSummary.of_run(result.status, result.message, result.steps, result.tokens_seen, result.val_loss,
+                             result.train_loss, stats, best_val, wall_s=result.wall_s,
+                             tokens_per_s=result.tokens_per_s or None, timing=result.timing, **measured)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -24,6 +24,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TrainerConfig
 from llmlab.data.batch import IGNORE, Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
+from llmlab.rundir.summary import perplexity
 from llmlab.train import distributed
 from llmlab.train.bits_per_byte import TextBytes, bits_per_byte, scored_bytes
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
@@ -374,7 +375,7 @@ class Trainer:
         else:
             state.evals_without_improvement += 1
         state.best_val_loss = min(state.best_val_loss, val_loss)
-        row = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+        row = {"val/loss": val_loss, "val/ppl": perplexity(val_loss)}
         self.last_val_bpb = self.val_bpb()
         if self.last_val_bpb is not None:
             row["val/bpb"] = self.last_val_bpb
