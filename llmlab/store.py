@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmlab.config import commands
 from llmlab.config.errors import ConfigError, find_config_error
+from llmlab.config.keys import is_free
 from llmlab.config.schema import (
     ChatDataConfig,
     HFDataConfig,
@@ -28,7 +29,7 @@ from llmlab.config.schema import (
     TextDataConfig,
 )
 from llmlab.stages import all_stages
-from llmlab.sweep.collect import NOT_SWEPT, declared_sweep
+from llmlab.sweep.collect import declared_sweep
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -41,9 +42,9 @@ def job_dirname(overrides, sweep_dir: str | None = None) -> str:
     swept = declared_sweep(Path(sweep_dir)) if sweep_dir else None
     if swept is not None:
         items = sorted((kv for kv in items if kv[0] in swept), key=lambda kv: swept.index(kv[0]))
-    else:  # no multirun.yaml to say what is swept: every override that says what the job studies
-        items = [kv for kv in items if kv[0] not in NOT_SWEPT | {"experiment", "debug"}
-                 and not kv[0].startswith("hydra.")]
+    else:  # no multirun.yaml to say what is swept: every override that says what the job studies (a preset's
+        # name aside: the keys it sets are there)
+        items = [kv for kv in items if not is_free(kv[0]) and kv[0] not in ("experiment", "debug")]
     name = ",".join(f"{k.replace('/', '.')}={path_safe(v)}" for k, v in items) or "default"
     if len(name) > 180:
         name = f"{name[:160]}~{hashlib.sha1(name.encode()).hexdigest()[:10]}"

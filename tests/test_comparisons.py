@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from llmlab.config.argv import quote_overrides
 from llmlab.config.errors import ConfigError
+from llmlab.config.keys import is_free
 from llmlab.config.schema import ModelConfig
 from llmlab.data.grammar import GrammarChecker
 from llmlab.data.synthetic import Language, sample_documents
@@ -23,6 +24,7 @@ from llmlab.load import load_trained
 from llmlab.model.transformer import Transformer
 from llmlab.sampling import Completion
 from llmlab.store import job_dirname
+from llmlab.sweep.collect import find_jobs, swept_keys
 from llmlab.sweep.intervals import compare, describe
 from llmlab.sweep.quality import distinct_n, quality, repeated_ngram_rate
 from llmlab.sweep.report import find_reference
@@ -220,6 +222,23 @@ def test_a_job_is_named_by_the_swept_keys_of_its_sweep(tmp_path):
     long = job_dirname(["data.paths=[corpus/one.txt,corpus/two.txt]"])
     assert re.fullmatch(r"data.paths=_corpus_one.txt_corpus_t~[0-9a-f]{8}", long), long
     assert job_dirname(["data.paths=[corpus/one.txt,corpus/two.txt]"]) != job_dirname(["data.paths=[corpus/one.txt]"])
+
+
+def test_a_key_that_changes_nothing_studied_names_and_tells_jobs_apart_only_when_the_sweep_varies_it(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(json.dumps({"hydra": {
+        "overrides": {"task": ["monitors=none,light", "trainer.threads=1", "model.n_layers=2"]}}}))
+    names = {job_dirname([f"monitors={m}", "trainer.threads=1", "model.n_layers=2"], str(tmp_path))
+             for m in ("none", "light")}
+    assert names == {"monitors=none", "monitors=light"}  # two jobs, two directories
+    for name, monitors in (("a", "none"), ("b", "light")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(json.dumps(
+            [f"monitors={monitors}", "trainer.threads=1", "model.n_layers=2", "hydra.run.dir=x"]))
+    jobs = find_jobs(tmp_path)
+    assert [j.overrides for j in jobs] == [{"monitors": m, "model.n_layers": "2"} for m in ("none", "light")]
+    assert swept_keys(jobs, tmp_path) == ["monitors"]
+    assert [is_free(k) for k in ("trainer.threads", "monitors.attention.every", "hydra.run.dir", "trainer.lr")] \
+        == [True, True, True, False]
 
 
 def test_path_arguments_that_hydra_would_misread_are_quoted_and_others_left_alone():

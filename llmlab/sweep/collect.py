@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from llmlab.config.keys import is_free
 from llmlab.rundir import RunDir
 from llmlab.rundir.summary import logged_key, read_summary
 
-# overrides that say where or how a job ran, not what it studies
 SEED = "seed"  # the swept key whose values are grouped over, not compared
-NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir",
-             "sweep.reference"}
 
 
 STATUSES = {
@@ -74,17 +73,18 @@ def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parse_overrides(lines: list[str]) -> dict[str, str]:
+def parse_overrides(lines: list[str], swept: Sequence[str] = ()) -> dict[str, str]:
+    """The overrides that say what a job studies: a key that does not (llmlab.config.keys) only if swept."""
     parsed = {}
     for line in lines:
         key, _, value = str(line).partition("=")
         key = key.lstrip("+~")
-        if key not in NOT_SWEPT and not key.startswith("hydra."):
+        if key in swept or not is_free(key):
             parsed[key] = value
     return parsed
 
 
-def read_overrides(path: Path) -> tuple[dict[str, str], str]:
+def read_overrides(path: Path, swept: Sequence[str] = ()) -> tuple[dict[str, str], str]:
     """The job's overrides, and why they cannot be read ("" when they can)."""
     name = f"{path.parent.name}/{path.name}"
     try:
@@ -97,7 +97,7 @@ def read_overrides(path: Path) -> tuple[dict[str, str], str]:
         return {}, ""  # a job without overrides: the defaults
     if not isinstance(lines, list):
         return {}, f"{name} is not a list of overrides"
-    return parse_overrides(lines), ""
+    return parse_overrides(lines, swept), ""
 
 
 def read_curve(path: Path) -> list[dict]:
@@ -126,10 +126,11 @@ def modified(path: Path) -> float | None:
         return None
 
 
-def read_job(path: Path) -> JobRecord:
-    """What one job directory says about its job; never raises: an unreadable file is the row's status."""
+def read_job(path: Path, swept: Sequence[str] = ()) -> JobRecord:
+    """What one job directory says about its job (swept: the keys its sweep varies); never raises: an unreadable
+    file is the row's status."""
     run = RunDir(path)
-    overrides, overrides_problem = read_overrides(run.hydra_overrides)
+    overrides, overrides_problem = read_overrides(run.hydra_overrides, swept)
     summary_file, curve_file = run.summary, run.metrics_log
     summary, summary_problem = read_summary(summary_file)
     curve = read_curve(curve_file)
@@ -153,7 +154,8 @@ def find_jobs(sweep_dir: Path) -> list[JobRecord]:
     """Every job under sweep_dir, in launch order. A job is a directory holding .hydra/ (Hydra writes it before the
     job starts), whatever state the job reached."""
     paths = sorted((p.parent for p in sweep_dir.glob("*/.hydra") if p.is_dir()), key=job_order)
-    return [read_job(p) for p in paths]
+    swept = declared_sweep(sweep_dir) or []
+    return [read_job(p, swept) for p in paths]
 
 
 def job_order(path: Path) -> tuple:
@@ -192,7 +194,7 @@ def declared_sweep(sweep_dir: Path) -> list[str] | None:
     for key in (str(k).lstrip("+~") for k in (params if isinstance(params, dict) else {})):
         if key not in keys:
             keys.append(key)
-    return [k for k in keys if k not in NOT_SWEPT]
+    return [k for k in keys if not k.startswith("hydra.")]  # a key the sweep varies is what it studies
 
 
 def declared_reference(sweep_dir: Path) -> str | None:

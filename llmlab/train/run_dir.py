@@ -18,13 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from llmlab.config.errors import ConfigError, first_few
+from llmlab.config.keys import is_free
 from llmlab.files import sha256_file
 from llmlab.rundir import RunDir
-
-# keys that change where or how visibly a run executes, never which steps it takes
-FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
-             "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
-             "trainer.activation_checkpointing", "monitors", "sweep")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -34,10 +30,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
-
-
-def is_free(key: str) -> bool:
-    return any(key == free or key.startswith(free + ".") for free in FREE_KEYS)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
