@@ -1,7 +1,8 @@
 """Run: the object one composed config becomes. It only orchestrates: seed, device, run directory, the stage's
 parts, monitors, the Trainer with its Checkpointer and sinks, and the summary at the end. What each step means
-lives with its owner: the stage (llmlab/stages/), the loop (llmlab/train/trainer.py), checkpoints
-(llmlab/train/checkpointer.py), monitors (llmlab/monitors/build.py), the summary (llmlab/train/summary.py).
+lives with its owner: the stage (llmlab/stages/), the runtime checks (llmlab/run_checks.py), the run directory's
+files (llmlab/rundir/), the loop (llmlab/train/trainer.py), checkpoints (llmlab/train/checkpointer.py), monitors
+(llmlab/monitors/build.py), the summary (llmlab/train/summary.py).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from llmlab.config.errors import ConfigError
+from llmlab import run_checks
 from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
-from llmlab.monitors.build import build_monitors, monitor_set
+from llmlab.monitors.build import MonitorSource, monitor_set
 from llmlab.rundir import RunDir
-from llmlab.stages import StageContext, get_stage
+from llmlab.stages import StageContext, StageParts, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
 from llmlab.train.bits_per_byte import bits_per_byte, split_bytes
@@ -45,9 +46,6 @@ class Run:
 
             cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
         device = pick_device(cfg.device)
-        if cfg.trainer.precision == "fp16" and device.type != "cuda":
-            raise ConfigError(f"trainer.precision=fp16 needs CUDA and this run is on {device.type}; "
-                              "use fp32 or bf16")
         self.place = distributed.init(device)  # one process, or one rank of a torchrun / SLURM job
         self.device = distributed.local_device(device, self.place)
         if self.place.enabled:  # every rank writes into rank 0's directory (Hydra resolved one per rank)
@@ -59,6 +57,7 @@ class Run:
         self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
         self.run_dir = RunDir(self.out_dir)
         self.stage = get_stage(cfg.stage.name)(cfg.stage)
+        run_checks.before_build(cfg, self.device, self.place, self.stage)
         self.sinks, self.monitors = MetricSinks([]), MonitorSet([])
         self.lock: RunDirLock | None = None
         self.split: dict = {}  # the whole validation split's loss, once a run completed (score_split)
@@ -79,78 +78,109 @@ class Run:
             raise
 
     def _setup(self) -> Trainer:
-        cfg, out, place = self.cfg, self.out_dir, self.place
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.trainer.threads:
-            torch.set_num_threads(cfg.trainer.threads)
+        self.start_process()
+        resume_from, manifest = self.claim_run_dir()
+        parts = self.parts = self.build_parts(StageContext(self.cfg, self.device, self.place, self.out_dir,
+                                                           resume_from))
+        run_checks.after_build(self.cfg, parts)  # the gate: the record, the logs and checkpoints come after it
+        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
+        # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
+        resume_step = manifest["step"] if manifest else (0 if self.run_dir.metrics_log.exists() else None)
+        if self.place.is_main:  # rank 0 alone writes the record, logs, TensorBoard and monitors
+            write_run_record(self.out_dir, self.cfg, parts.stats, parts.model, self.device, self.place)
+            self.open_sinks(resume_step)
+        trainer = self.trainer(self.checkpointer(resume_from), self.evaluators(resume_step))
+        if resume_from is not None:
+            trainer.resume(resume_from)
+            if self.place.is_main:
+                print(f"resumed from {resume_from} (step {trainer.state.step})")
+        else:
+            self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
+        return trainer
+
+    def start_process(self) -> None:
+        """The run directory, CPU threads, the seed and the clock."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.trainer.threads:
+            torch.set_num_threads(self.cfg.trainer.threads)
         elif self.device.type == "cpu" and (chosen := default_threads()):
             torch.set_num_threads(chosen[0])
-            if place.is_main:
+            if self.place.is_main:
                 print(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(self.cfg.seed)
         self.start = time.perf_counter()
 
+    def claim_run_dir(self) -> tuple[Path | None, dict | None]:
+        """Lock the run directory (rank 0: one writer), find the checkpoint to resume and check it may be resumed
+        under this config: (its path, its manifest), or (None, None). AlreadyCompleted when nothing is left."""
+        cfg, place = self.cfg, self.place
         if place.is_main:  # held until this process ends: one writer per run directory
-            self.lock = RunDirLock(out)
+            self.lock = RunDirLock(self.out_dir)
             for surprise in cfg.surprises():
                 print(f"warning: {surprise}", file=sys.stderr)
         resume_from = resume_point(self.run_dir.checkpoints, cfg.trainer.resume)
-        context = StageContext(cfg, self.device, place, out, resume_from)
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
         if manifest is not None:
-            self.stage.check_resume(manifest, context)
+            self.stage.check_resume(manifest, StageContext(cfg, self.device, place, self.out_dir, resume_from))
             check_same_processes(manifest, place.world_size, cfg.trainer.strategy, resume_from)
-        if place.enabled and cfg.trainer.strategy == "fsdp" and build_monitors(cfg.monitors):
-            raise ConfigError("trainer.strategy=fsdp shards the weights, so no rank sees them whole for the "
-                              "monitors: use monitors=none, or trainer.strategy=ddp")
         if place.is_main:  # another config is refused, even for a finished run
-            check_run_dir(out, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
+            check_run_dir(self.out_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.trainer.resume,
                           cfg.trainer.allow_config_change, manifest)
-        if cfg.trainer.resume == "auto" and (done := completed_summary(out, manifest, cfg.trainer.max_steps)):
+        if cfg.trainer.resume == "auto" and (done := completed_summary(self.out_dir, manifest, cfg.trainer.max_steps)):
             raise AlreadyCompleted(done)  # every rank reads the same files
+        return resume_from, manifest
+
+    def build_parts(self, context: StageContext) -> StageParts:
+        """The stage's parts; rank 0 builds first (it trains the tokenizer and fills the caches the others read)."""
+        place = self.place
         if not place.is_main:
-            distributed.barrier(place)  # rank 0 trains the tokenizer and fills the caches first
-        parts = self.parts = self.stage.build(context)
+            distributed.barrier(place)
+        parts = self.stage.build(context)
         if place.is_main:
             distributed.barrier(place)  # the caches are full: the other ranks may read them
-        model = parts.model
-        self.params = model.num_params()
-        self.active_params = model.active_params() if model.inactive_params() else None  # MoE: what a token uses
-        if place.is_main:
-            write_run_record(out, cfg, parts.stats, model, self.device, place)
-        # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
-        resume_step = manifest["step"] if manifest else (0 if self.run_dir.metrics_log.exists() else None)
-        if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
-            self.sinks = MetricSinks([JsonlSink(self.run_dir.metrics_log, resume_step),
-                                      TensorBoardSink(self.run_dir.tensorboard, resume_step)])
-            self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
-                                        self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
-                                        resume_step, parts.copy_probe, parts.modular_task)
-        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
-        if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
+        self.params = parts.model.num_params()
+        self.active_params = parts.model.active_params() if parts.model.inactive_params() else None  # MoE
+        return parts
+
+    def open_sinks(self, resume_step: int | None) -> None:
+        """metrics.jsonl, TensorBoard (with the layout its Custom Scalars tab opens on) and the monitors."""
+        parts, run_dir = self.parts, self.run_dir
+        self.sinks = MetricSinks([JsonlSink(run_dir.metrics_log, resume_step),
+                                  TensorBoardSink(run_dir.tensorboard, resume_step)])
+        self.monitors = monitor_set(self.cfg.monitors, MonitorSource(
+            parts.model, parts.val_batches, self.out_dir, self.sinks.tensorboard, parts.decode, self.device,
+            parts.steps_per_epoch, resume_step, parts.copy_probe, parts.modular_task))
+        if self.sinks.tensorboard is not None:
             self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
                 parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
                 bool(parts.evaluators)))
-        checkpointer = Checkpointer(self.run_dir.checkpoints, place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
+
+    def checkpointer(self, resume_from: Path | None) -> Checkpointer:
+        """The run's Checkpointer; a resumed run's weights go in before the model is wrapped, sharded or compiled."""
+        cfg, model = self.cfg, self.parts.model
+        checkpointer = Checkpointer(self.run_dir.checkpoints, self.place, cfg.trainer.strategy,
+                                    cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
-                                     "chat": self.stage.chat, **parts.manifest})
-        if resume_from is not None:  # the weights go in before the model is wrapped, sharded or compiled
+                                     "chat": self.stage.chat, **self.parts.manifest})
+        if resume_from is not None:
             checkpointer.load_weights(resume_from, model)
+        return checkpointer
+
+    def evaluators(self, resume_step: int | None) -> list:
+        """What each evaluation asks besides the loss: the samples (samples.txt), then the stage's own."""
+        parts = self.parts
+        samples = [Samples(parts.sample, self.sinks, self.run_dir.samples, self.place, resume_step)] if parts.sample \
+            else []
+        return [*samples, *parts.evaluators]
+
+    def trainer(self, checkpointer: Checkpointer, evaluators: list) -> Trainer:
+        cfg, parts, place = self.cfg, self.parts, self.place
         batches = parts.train_batches
         if cfg.trainer.debug_first_batch and place.is_main:
             batches = ShowFirstBatch(batches, parts.describe_batch)
-        evaluators = [Samples(parts.sample, self.sinks, self.run_dir.samples, place, resume_step)] if parts.sample \
-            else []
-        trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
-        trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
-                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes)
-        if resume_from is not None:
-            trainer.resume(resume_from)
-            if place.is_main:
-                print(f"resumed from {resume_from} (step {trainer.state.step})")
-        else:
-            self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        return trainer
+        trained = distributed.prepare(parts.model, cfg.trainer, place, self.device, cfg.cache_dir)
+        return Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place, self.sinks,
+                       checkpointer, evaluators, self.monitors, parts.text_bytes)
 
     def execute(self) -> TrainResult:
         stop = StopRequested()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
-from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import MonitorsConfig
 from llmlab.data.copy_probe import CopyProbe
 from llmlab.data.modular import ModularTask
-from llmlab.monitors.attention import AttentionMonitor, select_layers
+from llmlab.monitors.attention import AttentionMonitor
 from llmlab.monitors.base import AlertLog, Monitor, MonitorContext, MonitorSet, input_ids
 from llmlab.monitors.circuits import CircuitsMonitor
 from llmlab.monitors.distribution import DistributionMonitor
@@ -51,29 +51,39 @@ def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = Non
     return monitors
 
 
-def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batches: Sequence, run_dir: Path,
-                writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
-                steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None,
-                modular_task: ModularTask | None = None) -> MonitorSet:
-    """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
-    monitors = build_monitors(cfg, copy_probe, moe=bool(moe_layers(model)), modular_task=modular_task)
+@dataclass
+class MonitorSource:
+    """What a run's monitors are built from: its model and validation data, where they write and log."""
+
+    model: nn.Module
+    val_batches: Sequence  # the fixed probe is cut from one of them (monitors.probe)
+    run_dir: Path
+    writer: SummaryWriter | None
+    decode: Callable[[list[int]], str]  # ids to text, for token labels
+    device: torch.device
+    steps_per_epoch: float
+    resume_step: int | None
+    copy_probe: CopyProbeSource | None = None
+    modular_task: ModularTask | None = None
+
+
+def monitor_set(cfg: MonitorsConfig, source: MonitorSource) -> MonitorSet:
+    """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch (its
+    layers and batch were checked by the runtime gate, llmlab.run_checks)."""
+    model = source.model
+    monitors = build_monitors(cfg, source.copy_probe, moe=bool(moe_layers(model)), modular_task=source.modular_task)
     if not monitors:
         return MonitorSet([])
-    # layer indices are checked here, before training, so a typo is a config error, not a disabled monitor
-    for node in ("attention", "distribution"):
-        select_layers(getattr(cfg, node).layers, n_layers, f"monitors.{node}.layers")
     probe = cfg.probe
-    if probe.batch_idx >= len(val_batches):
-        raise ConfigError(f"monitors.probe.batch_idx={probe.batch_idx}: only {len(val_batches)} validation "
-                          "batches (trainer.eval_batches)")
-    ids = input_ids(val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
+    ids = input_ids(source.val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
+    run_dir, writer, decode = RunDir(source.run_dir), source.writer, source.decode
     ctx = MonitorContext(
-        model=model, out_dir=RunDir(run_dir).monitors, writer=writer,
+        model=model, out_dir=run_dir.monitors, writer=writer,
         worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
-        alerts=AlertLog(RunDir(run_dir).alerts, writer),
+        alerts=AlertLog(run_dir.alerts, writer),
         figures=FigurePool(cfg.max_workers),
-        probe=ids.to(device),
+        probe=ids.to(source.device),
         decode_token=lambda t: decode([t]),
-        steps_per_epoch=steps_per_epoch, resume_step=resume_step,
+        steps_per_epoch=source.steps_per_epoch, resume_step=source.resume_step,
     )
     return MonitorSet(monitors, ctx)

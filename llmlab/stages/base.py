@@ -70,6 +70,9 @@ class Stage(ABC):
     # (title -> ["Multiline", [tag regexes]]) and the tags pinned first in the Time Series tab
     charts: ClassVar[dict[str, list]] = {}
     pinned: ClassVar[list[str]] = []
+    # why its objective cannot train under trainer.strategy=fsdp with several processes (None: it can); the runtime
+    # gate (llmlab.run_checks) says so before anything is built
+    fsdp_problem: ClassVar[str | None] = None
 
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg

@@ -360,12 +360,11 @@ class GRPO(Stage):
     pinned = ["grpo/reward_mean", "grpo/kl"]
     config = GRPOConfig
     chat = True
+    fsdp_problem = ("stage=grpo samples a different number of tokens on each rank, which FSDP's collectives cannot "
+                    "follow: use trainer.strategy=ddp")
 
     def build(self, ctx: StageContext) -> StageParts:
         cfg, stage = ctx.cfg, self.cfg
-        if cfg.trainer.strategy == "fsdp" and ctx.place.enabled:
-            raise ConfigError("stage=grpo samples a different number of tokens on each rank, which FSDP's collectives "
-                              "cannot follow: use trainer.strategy=ddp")
         model, tokenizer, base = starting_model(cfg)
         context = model.cfg.context_length
         if stage.max_new_tokens >= context:

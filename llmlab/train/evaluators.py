@@ -24,6 +24,8 @@ from llmlab.train.task_eval import task_accuracy
 
 
 class Evaluator(Protocol):
+    """An evaluator may name its share of the run's timing block with a `timing` attribute."""
+
     def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]: ...
 
 
@@ -31,6 +33,8 @@ class Samples:
     """Generated text at each evaluation, into samples.txt and TensorBoard's text tab (rank 0 writes).
 
     The text is generated on every rank: a sharded model's forward needs them all."""
+
+    timing = "sampling"  # what the run's timing block calls the time it takes (else the class name)
 
     def __init__(self, generate: Callable[[int], str], sinks: MetricSinks, path: Path, place: Distributed,
                  resume_step: int | None = None):

@@ -29,7 +29,7 @@ from llmlab.train import distributed
 from llmlab.train.bits_per_byte import TextBytes, bits_per_byte, scored_bytes
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
 from llmlab.train.distributed import SINGLE, Distributed
-from llmlab.train.evaluators import Evaluator, Samples
+from llmlab.train.evaluators import Evaluator
 from llmlab.train.objectives import Objective
 from llmlab.train.optim import build_optimizer, peak_lrs
 from llmlab.train.schedule import scheduled_lr
@@ -381,7 +381,7 @@ class Trainer:
             row["val/bpb"] = self.last_val_bpb
         row.update({f"val/{k}": v for k, v in mean_metrics(self.val_metrics).items()})
         for evaluator in self.evaluators:
-            with self.timings.measure("sampling" if isinstance(evaluator, Samples) else type(evaluator).__name__):
+            with self.timings.measure(getattr(evaluator, "timing", type(evaluator).__name__)):
                 row.update(evaluator(step, row))
         self.monitors.eval_end(step, val_loss)
         self.timings.evals.append(time.perf_counter() - start)
