@@ -136,20 +136,14 @@ def prepare(model: nn.Module, cfg: TrainerConfig, place: Distributed, device: to
     return trained
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """What torch.compile wrapped (runner compiles last, so this is the DDP wrapper or the model)."""
-    return model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
-
-
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself, under torch.compile's and DDP's wrappers (FSDP2 shards in place: nothing to unwrap)."""
-    model = uncompiled(model)
+    """The model itself, under DDP's wrapper (FSDP2 shards in place, and torch.compile wraps the blocks alone:
+    nothing to unwrap)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def no_gradient_sync(model: nn.Module, last_micro_batch: bool):
     """Gradient accumulation: all-reduce once, on the last micro-batch, not after each of them."""
-    model = uncompiled(model)
     if last_micro_batch:
         return contextlib.nullcontext()
     if isinstance(model, nn.parallel.DistributedDataParallel):

@@ -39,10 +39,10 @@ def split_parameters(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], 
 
 
 def bare_name(name: str) -> str:
-    """A parameter's name without the prefixes that DDP (module.) and torch.compile (_orig_mod.) add."""
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix):]
+    """A parameter's name without the prefix DDP adds (module.); torch.compile wraps the blocks alone, so their
+    parameters keep their names."""
+    while name.startswith("module."):
+        name = name[len("module."):]
     return name
 
 
