@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from llmlab.rundir import RunDir
+
 # dense bf16 tensor-core peak FLOP/s by device name (vendors' datasheets; no sparsity), longest name matched first
 PEAK_BF16_FLOPS = {
     "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -206,7 +208,7 @@ def ddp(steps: int = 20, device: str = "cuda") -> dict:
         wall = time.perf_counter() - start
         if done.returncode != 0:
             return {"ok": False, "returncode": done.returncode, "stderr_tail": done.stderr[-2000:]}
-        summary = json.loads((run_dir / "metrics.json").read_text())
+        summary = json.loads(RunDir(run_dir).summary.read_text())
     print(f"ddp: {summary['steps']} steps, {summary['tokens_per_s']:,.0f} tok/s, {wall:.1f} s in all")
     return {"ok": summary["status"] == "completed" and summary["steps"] == steps,
             "backend": "nccl" if device == "cuda" else "gloo",

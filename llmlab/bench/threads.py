@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmlab.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[2]
 # python -m llmlab.run, with torch imported first (and then the policy set, for passive_after_import)
 TORCH_FIRST = ("import os, runpy, sys, torch; {set}sys.argv = ['llmlab.run', *sys.argv[1:]]; "
@@ -72,7 +74,7 @@ def one_run(variant: str, torch_threads: int, common: list[str], work: Path, n: 
     process_s = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads((run_dir / "metrics.json").read_text())
+    summary = json.loads(RunDir(run_dir).summary.read_text())
     chosen = next((line for line in done.stdout.splitlines() if line.startswith("cpu threads: ")), None)
     return {"variant": variant, "repeat": n, "wall_s": summary["wall_s"], "total_s": summary["total_s"],
             "process_s": round(process_s, 3), "load_before": load_before, "load_after": os.getloadavg()[0],
