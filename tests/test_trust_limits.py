@@ -1,0 +1,64 @@
+"""Extremes of legal-looking input, signals in the final scoring and in `prepare`, a full disk while preparing data,
+many shards under a low limit of open files: each fed through the real command line, each one line or handled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FAST, run_cli
+from test_trust import SHORT, one_line_error
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A completed run's directory."""
+    root = tmp_path_factory.mktemp("finished")
+    result = run_cli("llmlab.run", [*SHORT, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"], root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "run"
+
+
+# ---- numbers at the edge: one line, or what they mean -------------------------------------------------------
+@pytest.mark.slow
+def test_a_tiny_temperature_samples_as_greedy_instead_of_a_torch_error(finished, tmp_path):
+    args = [f"run={finished}", "prompt=a", "max_new_tokens=12", "device=cpu"]
+    greedy = run_cli("llmlab.generate", [*args, "temperature=0"], tmp_path)
+    tiny = run_cli("llmlab.generate", [*args, "temperature=1e-50"], tmp_path)  # 0 in fp32: logits / it were inf
+    assert tiny.returncode == 0, tiny.stderr[-2000:]
+    assert tiny.stdout == greedy.stdout and "--- sample 1" in tiny.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["llmlab.run", "llmlab.generate"])
+def test_a_seed_beyond_64_bits_is_one_line(finished, tmp_path, module):
+    args = [*SHORT, f"cache_dir={tmp_path}"] if module == "llmlab.run" else [f"run={finished}", "max_new_tokens=4"]
+    result = run_cli(module, [*args, f"seed={2**70}"], tmp_path)
+    one_line_error(result, f"seed must be an integer in [0, 4294967295], got {2**70}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expected", [
+    (["trainer.threads=-1"], "trainer.threads must be >= 1 (null = one per usable core), got -1"),
+    (["trainer.threads=0"], "trainer.threads must be >= 1"),
+    (["data=mix", "data.sources=[{path: a.txt, weight: 1e308}, {path: b.txt, weight: 1e308}]"],
+     "data.sources[].weight: the weights sum to inf; give relative weights whose sum is a finite number"),
+])
+def test_threads_below_one_and_weights_that_sum_to_inf_are_one_line(tmp_path, args, expected):
+    short = [a for a in SHORT if not a.startswith("data.")] if "data=mix" in args else SHORT
+    one_line_error(run_cli("llmlab.run", [*short, f"cache_dir={tmp_path}", *args], tmp_path), expected)
+
+
+@pytest.mark.slow
+def test_a_multirun_with_a_failing_job_ends_in_one_line_not_a_traceback(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *FAST, "trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2",
+            "monitors=none", "trainer.lr=0.003,1e30", "trainer.on_nonfinite=stop", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}"]
+    result = run_cli("llmlab.run", args, tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "JobFailed" not in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.startswith("error: ")][-1]
+    assert last.startswith("error: a job of the multirun failed (run failed: non-finite loss")
+    assert last.endswith(f"the sweep report lists every job: {sweep / 'sweep_summary.md'}")
+    assert "| failed |" in (sweep / "sweep_summary.md").read_text()
