@@ -3,10 +3,15 @@ many shards under a low limit of open files: each fed through the real command l
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, run_cli
+from conftest import FAST, REPO, run_cli
 from test_trust import SHORT, one_line_error
 
 
@@ -62,3 +67,33 @@ def test_a_multirun_with_a_failing_job_ends_in_one_line_not_a_traceback(tmp_path
     assert last.startswith("error: a job of the multirun failed (run failed: non-finite loss")
     assert last.endswith(f"the sweep report lists every job: {sweep / 'sweep_summary.md'}")
     assert "| failed |" in (sweep / "sweep_summary.md").read_text()
+
+
+# ---- bounded: open files -------------------------------------------------------------------------------------
+def write_docs(path: Path, n: int) -> Path:
+    words = "the cat sat on a mat and then ran far away from home to see the big sea".split()
+    path.write_text("".join(json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(24))}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def run_with_open_files(args: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess:
+    """`python -m llmlab.run ARGS` under `ulimit -n limit`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "llmlab.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+
+
+@pytest.mark.slow
+def test_more_shards_than_open_files_allowed_train(tmp_path):
+    # 240 shards under a limit of 128 descriptors: one memory map (one descriptor) per shard failed with EMFILE
+    docs = write_docs(tmp_path / "docs.jsonl", 240)
+    args = [*(a for a in SHORT if not a.startswith("data.")), "trainer.max_steps=2", "data=hf", f"data.path={docs}",
+            "data.shard_docs=1", "data.num_proc=1", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_with_open_files(args, tmp_path, 128)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "cache/shards").glob("*/train-*.train.bin"))) == 240
+    summary = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
