@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, REPO, run_cli
+from test_faults import driver
 from test_trust import SHORT, one_line_error
 
 
@@ -97,3 +98,26 @@ def test_more_shards_than_open_files_allowed_train(tmp_path):
     assert len(list((tmp_path / "cache/shards").glob("*/train-*.train.bin"))) == 240
     summary = json.loads((tmp_path / "run/metrics.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+# ---- signals ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_signal_during_the_final_scoring_stops_within_a_batch_and_the_next_start_scores(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*SHORT, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    result = driver("sigterm_split", 0, args, tmp_path)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "split batches after the signal: 0" in result.stderr  # of 100 times the split
+    assert "SIGTERM while scoring the whole validation split after step 8" in result.stdout
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "interrupted" and "val_loss_full" not in summary
+    assert not (run_dir / "val_windows.json").exists()
+    rows = (run_dir / "metrics.jsonl").read_text()
+
+    again = run_cli("llmlab.run", args, tmp_path)  # the same command: nothing to train, the split to score
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["val_loss_full"] > 0
+    assert json.loads((run_dir / "val_windows.json").read_text())["checkpoint"] == "step_8"
+    assert (run_dir / "metrics.jsonl").read_text() == rows  # no step trained or logged twice
+    assert summary["train_loss"] == [json.loads(r) for r in rows.splitlines()][-1]["train/loss"]
