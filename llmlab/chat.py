@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -115,6 +116,8 @@ def settings_of(temperature, top_k, top_p, penalty, max_new, seed) -> SamplingSe
     for name, value in controls.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r:.40}")
+        if not math.isfinite(value):  # int() of it would raise
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     return SamplingSettings(max_new_tokens=int(max_new), temperature=float(temperature), top_k=int(top_k),
                             top_p=float(top_p), repetition_penalty=float(penalty), seed=int(seed))
 

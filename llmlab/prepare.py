@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     for p in prepared:
         s = p.stats
         print(f"{p.name}: {s['train_documents']:,} train / {s['val_documents']:,} validation documents, "
-              f"{s['train_tokens']:,} / {s['val_tokens']:,} tokens in {len(p.train.maps) + len(p.val.maps)} shards "
+              f"{s['train_tokens']:,} / {s['val_tokens']:,} tokens in {len(p.train.paths) + len(p.val.paths)} shards "
               f"at {p.directory}")
     print(f"prepared in {time.perf_counter() - start:.1f} s")
 

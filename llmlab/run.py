@@ -13,6 +13,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from llmlab.config.argv import quote_arguments
@@ -40,14 +41,17 @@ def checkpoint_size(out_dir: str) -> str:
     return f"a checkpoint takes {size / 2**20:.1f} MB; "
 
 
-class JobFailed(RuntimeError):
-    """Raised instead of exiting in a multirun, so Hydra records the job as failed and runs the others."""
+class JobFailed(CompactHydraException, RuntimeError):
+    """Raised instead of exiting in a multirun, so Hydra records the job as failed and runs the others. Hydra raises
+    the first failed job's again once every job has ended: compact, it ends the sweep with its message, not a
+    traceback."""
 
 
 def fail(code: int, message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     if str(HydraConfig.get().mode).endswith("MULTIRUN"):
-        raise JobFailed(message)
+        raise JobFailed(f"error: a job of the multirun failed ({message}); the sweep report lists every job: "
+                        f"{Path(HydraConfig.get().sweep.dir) / 'sweep_summary.md'}")
     sys.exit(code)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,20 @@ from llmlab.train.summary import final_summary, log_hparams, write_run_record
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
+
+
+def last_logged(path: Path, key: str) -> float | None:
+    """The last value of key in a metrics.jsonl, None if it holds none."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get(key), int | float):
+                return float(row[key])
+    return None
 
 
 class Run:
@@ -204,7 +219,11 @@ class Run:
     def train(self, trainer: Trainer, stop: StopRequested) -> TrainResult:
         try:
             result = trainer.fit(stop)
-            self.split = self.score_split(trainer) if result.status == "completed" else {}
+            if result.train_loss is None:  # resumed at its last step (to score the split): nothing trained here
+                result = dataclasses.replace(result, train_loss=last_logged(self.out_dir / "metrics.jsonl",
+                                                                            "train/loss"))
+            if result.status == "completed":
+                result = self.score_split_or_stop(trainer, result, stop)
         except Exception as exc:  # leave a record a sweep report can show, then let it propagate
             state = trainer.state
             result = TrainResult("failed", state.step, state.tokens_seen, trainer.last_train_loss,
@@ -212,6 +231,20 @@ class Run:
             self.finish(trainer, result)
             raise
         self.finish(trainer, result)
+        return result
+
+    def score_split_or_stop(self, trainer: Trainer, result: TrainResult, stop: StopRequested) -> TrainResult:
+        """Score the whole split, unless a signal comes first: one process stops within the batch it is on (a long
+        split outlasts a scheduler's grace period), and the run is interrupted, its last checkpoint written, so
+        the same command scores it. Ranks of torchrun finish the scoring together (collectives), as evaluations."""
+        try:
+            with stop.at_once(not self.place.enabled):
+                self.split = self.score_split(trainer)
+        except Interrupted as signal_name:
+            self.split = {}
+            return dataclasses.replace(result, status="interrupted", message=(
+                f"{signal_name} while scoring the whole validation split after step {result.steps} (the last step; "
+                "its checkpoint is written); the same command scores it"))
         return result
 
     def score_split(self, trainer: Trainer) -> dict:

@@ -11,6 +11,8 @@ sigterm_rank1  under torchrun: SIGTERM to rank 1 alone during step STEP
 sigterm_setup  SIGTERM while the run is being set up, before step 1
 sigterm_eval   SIGTERM after the first validation batch of the evaluation at step STEP (of 200 batches); prints
                how many validation batches ran after it
+sigterm_split  SIGTERM after the first batch of the final scoring of the whole validation split (made 100 times
+               longer); prints how many of its batches ran after it (STEP is not used)
 enospc      the disk is full while the checkpoint of step STEP is written
 eacces      the run directory cannot be written (as a read-only directory would answer a user who is not root)
 
@@ -34,6 +36,7 @@ sys.argv = [sys.argv[0], *sys.argv[3:]]
 import llmlab.run as run_module  # noqa: E402  (after argv is rewritten for Hydra)
 import llmlab.runner as runner_module  # noqa: E402
 from llmlab.train import run_dir as run_dir_module  # noqa: E402
+from llmlab.train import split_eval as split_eval_module  # noqa: E402
 from llmlab.train import trainer as trainer_module  # noqa: E402
 
 SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigint2": signal.SIGINT, "kill": signal.SIGKILL,
@@ -97,11 +100,23 @@ def slow_evaluate(self):
     return original_evaluate(self)
 
 
+def slow_split_windows(*args, **kwargs):
+    """The whole split's windows 100 times over, SIGTERM after the first batch: how many more run is printed."""
+    atexit.register(lambda: print(f"split batches after the signal: {sum(after_signal)}", file=sys.stderr))
+    batches = list(original_split_windows(*args, **kwargs)) * 100
+    for n, batch in enumerate(batches):
+        if n == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next bytecode
+        after_signal.append(int(n >= 1))
+        yield batch
+
+
 def unwritable(self, out_dir):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out_dir / ".lock"))
 
 
 original_setup = runner_module.Run._setup
+original_split_windows = split_eval_module.split_windows
 original_evaluate = trainer_module.Trainer.evaluate
 trainer_module.Trainer.train_step = train_step
 torch.save = {"enospc": no_space}.get(FAULT, save)
@@ -109,6 +124,8 @@ if FAULT == "sigterm_setup":
     runner_module.Run._setup = signal_in_setup
 if FAULT == "sigterm_eval":
     trainer_module.Trainer.evaluate = slow_evaluate
+if FAULT == "sigterm_split":
+    split_eval_module.split_windows = slow_split_windows
 if FAULT == "eacces":
     run_dir_module.RunDirLock.__init__ = unwritable
 run_module.main()

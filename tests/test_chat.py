@@ -163,6 +163,18 @@ def test_replies_stream_and_equal_generate_for_each_compared_run(runs):
 
 
 @pytest.mark.slow
+def test_a_tiny_temperature_answers_greedily_and_a_huge_seed_is_one_line_on_the_page(runs):
+    t, k, p, rp, n, seed = SETTINGS
+    with chat_server([f"run={runs / 'sft'}"], runs) as url:
+        client = Client(url, verbose=False)
+        greedy = client.predict(PROMPT, "", 0.0, k, p, rp, n, seed, [], api_name="/reply")
+        tiny = client.predict(PROMPT, "", 1e-50, k, p, rp, n, seed, [], api_name="/reply")  # was torch's message
+        with pytest.raises(Exception, match=rf"seed must be an integer in \[0, 4294967295\], got {2**70}"):
+            client.predict(PROMPT, "", t, k, p, rp, n, 2**70, [], api_name="/reply")
+    assert last_reply(tiny) == last_reply(greedy)
+
+
+@pytest.mark.slow
 def test_sweep_lets_the_page_pick_any_job(tmp_path):
     args = ["-m", *FAST, "model.n_layers=1,2", "trainer.max_steps=4", "trainer.eval_every=4",
             "trainer.checkpoint_every=4", "trainer.threads=1", f"cache_dir={tmp_path / 'cache'}",

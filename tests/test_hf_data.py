@@ -62,7 +62,7 @@ def test_a_dataset_without_validation_split_gives_the_text_paths_tokens(tmp_path
     cache = tmp_path / "cache"
     assert tokenizer_sample(data, cache) == "\n".join(d for i, d in enumerate(DOCS) if (i + 1) % 10)
     source = prepare_sources(data, tokenizer, cache, progress=False)[0]
-    assert len(source.train.maps) == 5  # 300 rows in parts of 64: windows cross four shard boundaries
+    assert len(source.train.paths) == 5  # 300 rows in parts of 64: windows cross four shard boundaries
     assert np.array_equal(source.train[:], train) and np.array_equal(source.val[:], val)
     assert source.stats["train_documents"] == 270 and source.stats["val_documents"] == 30
     manifest = json.loads((source.directory / "manifest.json").read_text())
@@ -102,6 +102,10 @@ def test_sharded_tokens_read_across_boundaries(tmp_path):
     assert len(tokens) == 30
     for start, stop in [(0, 30), (3, 7), (4, 13), (12, 12), (29, 30)]:
         assert tokens[start:stop].tolist() == list(range(start, stop))
+    tokens = shards.ShardedTokens(paths, np.uint16)
+    tokens.MAX_OPEN = 2  # at most two shards mapped: the least recently read is unmapped first
+    for start, stop in [(0, 30), (29, 30), (3, 7), (4, 13), (0, 2)]:
+        assert tokens[start:stop].tolist() == list(range(start, stop)) and len(tokens._open) <= 2
 
 
 def interrupt_after(monkeypatch, calls: int):

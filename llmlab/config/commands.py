@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive
+from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive, check_seed
 from llmlab.config.schema import ModelConfig, TasksDataConfig
 
 
@@ -33,6 +33,7 @@ class SamplingSettings:
         check_positive("max_new_tokens", self.max_new_tokens)
         check_positive("repetition_penalty", self.repetition_penalty)
         check_finite("temperature", self.temperature)
+        check_seed("seed", self.seed)
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -24,6 +24,15 @@ def check_positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
+# numpy's generators take [0, 2**32); derived seeds (seed * 1_000_003 + epoch) stay within torch's 64 bits
+SEED_LIMIT = 2**32
+
+
+def check_seed(name: str, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, {SEED_LIMIT - 1}], got {value}")
+
+
 def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:

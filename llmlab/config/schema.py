@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive
+from llmlab.config.errors import ConfigError, check_choice, check_finite, check_positive, check_seed
 from llmlab.config.monitors import MonitorsConfig
 
 
@@ -475,6 +475,10 @@ class MixDataConfig:
             raise ConfigError("data.sources is empty: give e.g. "
                               "'[{path: a.txt, weight: 0.7}, {path: b.parquet, weight: 0.3}]'")
         check_sharding(self.shard_docs, self.num_proc, self.sample_chars)
+        total = sum(s.weight for s in self.sources)
+        if not math.isfinite(total):  # each finite, yet 1e308 + 1e308 is inf: every share would be 0 or NaN
+            raise ConfigError(f"data.sources[].weight: the weights sum to {total}; give relative weights whose sum "
+                              f"is a finite number (e.g. 0.7 and 0.3), got {[s.weight for s in self.sources]}")
 
 
 TASK_FAMILIES = ("copy", "reverse", "count", "recall", "pattern")  # llmlab/data/tasks.py generates each
@@ -694,6 +698,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.grad_clip < 0:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"trainer.threads must be >= 1 (null = one per usable core), got {self.threads}")
         check_choice("trainer.optimizer", self.optimizer, ("adamw", "muon"))
         check_choice("trainer.schedule", self.schedule, ("cosine", "wsd", "linear"))
         if self.optimizer == "muon" and self.strategy == "fsdp":
@@ -762,6 +768,7 @@ class RunConfig:
     """tokenizers, token streams and shards, shared across runs"""
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: expected one of auto|cpu|cuda|cuda:N|mps, got {self.device!r}")
         stage, kind = self.stage, self.data.kind

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -242,15 +243,32 @@ def write_shards(jobs: list[Job], directory: Path, num_proc: int, progress: bool
 
 class ShardedTokens:
     """The shards of one stream as one read-only token sequence: len() and [start:stop] slices, which cross
-    shard boundaries. Each shard is memory-mapped; nothing is read until a window asks for it."""
+    shard boundaries. Each shard is memory-mapped when a window first asks for it; nothing is read before.
+
+    A memory map holds a file descriptor, so at most MAX_OPEN shards stay mapped (the least recently read is
+    unmapped first): a corpus of thousands of shards trains under `ulimit -n 1024`."""
+
+    MAX_OPEN = 64
 
     def __init__(self, paths: list[Path], dtype: np.dtype):
         self.dtype = np.dtype(dtype)
-        self.maps = [np.memmap(p, dtype=self.dtype, mode="r") for p in paths if p.stat().st_size]
-        self.offsets = np.cumsum([0, *(len(m) for m in self.maps)])
+        sizes = [(Path(p), Path(p).stat().st_size) for p in paths]
+        self.paths = [p for p, size in sizes if size]
+        self.offsets = np.cumsum([0, *(size // self.dtype.itemsize for _, size in sizes if size)])
+        self._open: OrderedDict[int, np.memmap] = OrderedDict()
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def shard(self, i: int) -> np.memmap:
+        """Shard i's tokens, mapped now unless it is among the most recently read."""
+        if i in self._open:
+            self._open.move_to_end(i)
+        else:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.popitem(last=False)  # its descriptor closes once no returned view holds it
+            self._open[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r")
+        return self._open[i]
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):
@@ -258,15 +276,20 @@ class ShardedTokens:
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise ValueError("ShardedTokens slices have step 1")
-        pieces = []
+        if start >= stop:
+            return np.zeros(0, dtype=self.dtype)
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        if stop <= self.offsets[i + 1]:  # within one shard: a view of its map
+            return np.asarray(self.shard(i)[start - self.offsets[i]:stop - self.offsets[i]])
+        out, filled = np.empty(stop - start, dtype=self.dtype), 0  # across shards: copied, so no map stays held
         while start < stop:
             end = min(stop, int(self.offsets[i + 1]))
-            pieces.append(self.maps[i][start - self.offsets[i]:end - self.offsets[i]])
-            start, i = end, i + 1
-        if not pieces:
-            return np.zeros(0, dtype=self.dtype)
-        return np.asarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces)
+            out[filled:filled + end - start] = self.shard(i)[start - self.offsets[i]:end - self.offsets[i]]
+            filled, start, i = filled + end - start, end, i + 1
+        return out
+
+    def __getstate__(self) -> dict:  # a pickled copy (a worker process) maps its own shards
+        return {**self.__dict__, "_open": OrderedDict()}
 
 
 def default_processes() -> int:

@@ -43,6 +43,20 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+# Below this temperature, fp32 logits / temperature can overflow to inf (and 1e-50 is 0 in fp32), which softmax
+# turns into NaN probabilities.
+TINY_TEMPERATURE = 1e-4
+
+
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature (> 0). A tiny temperature divides in float64 after subtracting each row's largest logit:
+    the same distribution (softmax ignores a shift), finite, near greedy as the temperature nears 0."""
+    if temperature >= TINY_TEMPERATURE:
+        return logits / temperature
+    shifted = logits.double() - logits.amax(-1, keepdim=True).double()  # the likeliest token is 0, others < 0
+    return shifted / temperature  # -inf for tokens infinitely less likely: never drawn
+
+
 def pad_prompts(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompts to one batch: (ids, attention_mask), both (B, max length), mask 1 on real tokens."""
     if not all(prompts):
@@ -124,7 +138,7 @@ def _sample(model, prompt, cfg, generator, attention_mask) -> Iterator[torch.Ten
         if cfg.temperature <= 0:
             nxt = logits.argmax(-1)
         else:
-            probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+            probs = filter_logits(scale_logits(logits, cfg.temperature), cfg.top_k, cfg.top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         if cfg.stop_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, cfg.stop_id), nxt)
