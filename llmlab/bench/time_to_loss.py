@@ -47,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds")
     parser.add_argument("--ref-steps", type=int, default=2000, help="the reference's run length (nanoGPT's: 2000)")
     parser.add_argument("--ref-every", type=int, default=250, help="reference checkpoints scored for the curve")
-    parser.add_argument("--contender", action="append", default=None, metavar="NAME=OVERRIDE,OVERRIDE",
-                        help="a named contender: llmlab's default plus these overrides (repeatable; the first is "
-                             "the one the others are paired against); default: default= (the default recipe)")
+    parser.add_argument("--contender", action="append", default=None, metavar="NAME[@N,N]=OVERRIDE,OVERRIDE",
+                        help="a named contender: llmlab's default plus these overrides, at its own run lengths "
+                             "when @N,N is given, else at --steps (repeatable; the first is the one the others are "
+                             "paired against where both have an N); default: default= (the default recipe)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (each one thread)")
     parser.add_argument("--corpus", default=None, help="a text file instead of pydoc_data.topics")
     parser.add_argument("--work", default=None, help="keep the runs here (default: a temporary directory)")
@@ -66,13 +67,19 @@ def build_corpus(path: Path) -> dict:
     return {"source": "pydoc_data.topics", "python": sys.version.split()[0], "characters": len(text)}
 
 
-def parse_contenders(specs: list[str] | None) -> dict[str, list[str]]:
+def parse_contenders(specs: list[str] | None, steps: list[int]) -> dict[str, dict]:
+    """{name: {"overrides": [...], "steps": [...]}} from NAME[@N,N]=OVERRIDE,OVERRIDE specs."""
     contenders = {}
     for spec in specs or ["default="]:
-        name, _, overrides = spec.partition("=")
-        if not name:
-            raise SystemExit(f"--contender {spec!r}: expected NAME=OVERRIDE,OVERRIDE (overrides may be empty)")
-        contenders[name] = [o for o in overrides.split(",") if o]
+        head, _, overrides = spec.partition("=")
+        name, at, lengths = head.partition("@")
+        try:
+            own = [int(n) for n in lengths.split(",")] if at else list(steps)
+        except ValueError:
+            own = []
+        if not name or not own or min(own) < 1:
+            raise SystemExit(f"--contender {spec!r}: expected NAME[@N,N]=OVERRIDE,OVERRIDE (overrides may be empty)")
+        contenders[name] = {"overrides": [o for o in overrides.split(",") if o], "steps": sorted(own)}
     return contenders
 
 
@@ -121,15 +128,15 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def summarise(runs: list[dict], contenders: dict[str, list[str]], steps: list[int], seeds: list[int]) -> dict:
+def summarise(runs: list[dict], contenders: dict[str, dict], seeds: list[int]) -> dict:
     refs = [r for r in runs if r["kind"] == "reference"]
     l_ref = statistics.fmean(r["loss"] for r in refs)
     ref_wall = statistics.fmean(r["wall_s"] for r in refs)
     first = next(iter(contenders))
     table = {}
-    for name in contenders:
+    for name, contender in contenders.items():
         rows = []
-        for n in steps:
+        for n in contender["steps"]:
             mine = {r["seed"]: r for r in runs if r["kind"] == name and r["steps"] == n}
             mean, low, high = interval([mine[s]["loss"] for s in seeds])
             row = {"steps": n, "loss_mean": mean, "loss_ci95": [low, high],
@@ -137,14 +144,14 @@ def summarise(runs: list[dict], contenders: dict[str, list[str]], steps: list[in
                    "wall_s_mean": statistics.fmean(mine[s]["wall_s"] for s in seeds)}
             row["wall_ratio"] = row["wall_s_mean"] / ref_wall
             row["reaches_ref"] = mean <= l_ref
-            if name != first:
+            if name != first and n in contenders[first]["steps"]:
                 base = {r["seed"]: r for r in runs if r["kind"] == first and r["steps"] == n}
                 diff, dlow, dhigh = interval([mine[s]["loss"] - base[s]["loss"] for s in seeds])
                 row["paired_diff_vs_" + first] = {"mean": diff, "ci95": [dlow, dhigh]}
             rows.append(row)
         reached = [row for row in rows if row["reaches_ref"]]
         best = reached[0] if reached else None
-        table[name] = {"overrides": contenders[name], "by_steps": rows,
+        table[name] = {"overrides": contender["overrides"], "by_steps": rows,
                        "smallest_n": best["steps"] if best else None,
                        "loss_at_n": best["loss_mean"] if best else None,
                        "wall_ratio_at_n": best["wall_ratio"] if best else None}
@@ -154,7 +161,7 @@ def summarise(runs: list[dict], contenders: dict[str, list[str]], steps: list[in
 
 
 def main(args: argparse.Namespace) -> dict:
-    contenders = parse_contenders(args.contender)
+    contenders = parse_contenders(args.contender, args.steps)
     with tempfile.TemporaryDirectory(prefix="llmlab-bench-ttl-") as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -168,9 +175,10 @@ def main(args: argparse.Namespace) -> dict:
             jobs.append(({"kind": "reference", "steps": args.ref_steps, "seed": seed}, argv,
                          work / f"reference_s{seed}"))
         for seed in args.seeds:
-            for n in args.steps:
-                for name, overrides in contenders.items():
-                    argv = [*common, f"trainer.max_steps={n}", f"trainer.eval_every={n}", *overrides, f"seed={seed}"]
+            for name, contender in contenders.items():
+                for n in contender["steps"]:
+                    argv = [*common, f"trainer.max_steps={n}", f"trainer.eval_every={n}", *contender["overrides"],
+                            f"seed={seed}"]
                     jobs.append(({"kind": name, "steps": n, "seed": seed}, argv, work / f"{name}_n{n}_s{seed}"))
 
         def one(job):
@@ -186,7 +194,7 @@ def main(args: argparse.Namespace) -> dict:
     result = {"benchmark": "time-to-loss", "data": data, "shape": SHAPE, "reference": REFERENCE,
               "contender_base": "llmlab's defaults (conf/config.yaml) at the shape above", "common": QUIET,
               "torch": torch.__version__, "usable_cores": len(os.sched_getaffinity(0)), "jobs": args.jobs,
-              "summary": summarise(runs, contenders, args.steps, args.seeds), "reference_curves": curves,
+              "summary": summarise(runs, contenders, args.seeds), "reference_curves": curves,
               "runs": runs, "load_avg_range": [min(r["load_before"] for r in runs), max(r["load_after"] for r in runs)],
               "command": "python -m llmlab.bench time-to-loss " + " ".join(sys.argv[2:])}
     out = Path(args.out)
