@@ -15,16 +15,19 @@ from llmlab.bench import (
     gpu,
     moe,
     monitors,
+    muon_step,
     scaling,
     soak,
     threads,
+    time_to_loss,
     vs_transformers,
 )
 
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays, "fused": fused, "threads": threads}
+              "compile-pays": compile_pays, "fused": fused, "threads": threads,
+              "muon-step": muon_step, "time-to-loss": time_to_loss}
 
 
 def main(argv: list[str] | None = None) -> None:

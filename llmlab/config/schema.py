@@ -117,12 +117,21 @@ class ModelConfig:
     norm: str = "rmsnorm"
     """layernorm | rmsnorm"""
     mlp: str = "swiglu"
-    """gelu | swiglu | none (attention-only blocks: no MLP and no norm before it)"""
+    """gelu | swiglu | relu2 (relu(x)^2, the speedrun's) | none (attention-only blocks: no MLP and no norm before
+    it)"""
     gelu: str = "exact"
     """exact | tanh: the GELU of a `gelu` MLP; tanh is GPT-2's approximation (exported as `gelu_new`, exact as
     `gelu`). Checkpoints written before this field existed load as tanh; resuming one needs `model.gelu=tanh`"""
     tie_embeddings: bool = True
     """the output head shares the token embedding matrix"""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (no gain) before RoPE and the dot product"""
+    zero_init_proj: bool = False
+    """start the residual branches' output projections (o_proj, down_proj) at zero: each block starts as identity"""
+    logit_softcap: float = 0.0
+    """> 0: logits = cap x tanh(logits / cap), bounding them to (-cap, cap) (0 = off)"""
+    value_embeddings: bool = False
+    """each block adds a token embedding of its own to the attention values (the speedrun's value embeddings)"""
     bias: bool = False
     """biases in the attention and MLP projections and LayerNorm (never the head)"""
     dropout: float = 0.0
@@ -166,7 +175,10 @@ class ModelConfig:
         check_finite("model.init_std", self.init_std)
         check_choice("model.positions", self.positions, ("learned", "rope"))
         check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice("model.mlp", self.mlp, ("gelu", "swiglu", "none"))
+        check_choice("model.mlp", self.mlp, ("gelu", "swiglu", "relu2", "none"))
+        check_finite("model.logit_softcap", self.logit_softcap)
+        if self.logit_softcap < 0:
+            raise ConfigError(f"model.logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
         check_choice("model.gelu", self.gelu, ("exact", "tanh"))
         check_choice("model.rope_scaling", self.rope_scaling, ("none", "llama3"))
         if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
@@ -218,7 +230,7 @@ class ModelConfig:
 
 # What makes two models the same function of the same weights; name, dropout, init and the run's context do not.
 ARCHITECTURE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "positions", "norm", "mlp", "gelu",
-                "tie_embeddings",
+                "tie_embeddings", "qk_norm", "logit_softcap", "value_embeddings",
                 "bias", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
                 "rope_original_context", "norm_eps", "moe")
 MOE_ARCHITECTURE = ("experts", "top_k", "shared_experts", "every", "d_ff", "norm_topk", "balance")
@@ -579,6 +591,12 @@ class MuonConfig:
     """Newton-Schulz iterations that orthogonalise the update"""
     adjust_lr: str = "original"
     """original (lr x sqrt(max(1, rows/cols))) | match_rms_adamw (lr x 0.2 sqrt(max dim))"""
+    ns_dtype: str = "bf16"
+    """bf16 | fp32 | auto (bf16 on CUDA, fp32 elsewhere): the Newton-Schulz arithmetic; a CPU without bfloat16
+    matrix units runs fp32 several times faster (llmlab/train/muon.py)"""
+    ns_batched: bool = True
+    """orthogonalise matrices of the same shape in one batched matmul (on this project's CPU, bf16, the same
+    numbers as one at a time, 0.6x the time); false: torch.optim.Muon's own loop"""
 
     def __post_init__(self) -> None:
         check_positive("trainer.muon.lr", self.lr)
@@ -589,6 +607,7 @@ class MuonConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"trainer.muon.weight_decay must be >= 0, got {self.weight_decay}")
         check_choice("trainer.muon.adjust_lr", self.adjust_lr, ("original", "match_rms_adamw"))
+        check_choice("trainer.muon.ns_dtype", self.ns_dtype, ("bf16", "fp32", "auto"))
 
 
 MIN_LR_RATIO = 0.1  # trainer.min_lr_ratio's default (older runs recorded it, so it stays a number)

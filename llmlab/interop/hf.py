@@ -36,6 +36,12 @@ def hf_family(cfg: ModelConfig) -> str:
     if cfg.mlp == "none":
         raise ConfigError("model.mlp=none (attention-only blocks) has no Hugging Face equivalent: Llama and GPT-2 "
                           "blocks always have an MLP")
+    extras = [f"model.{k}" for k in ("qk_norm", "value_embeddings", "logit_softcap") if getattr(cfg, k)]
+    if cfg.mlp == "relu2":
+        extras.append("model.mlp=relu2")
+    if extras:
+        raise ConfigError(f"{', '.join(extras)}: Llama and GPT-2 in transformers have no such option; export a model "
+                          "trained without it")
     for family, style in (("llama", LLAMA_STYLE), ("gpt2", GPT2_STYLE)):
         if all(getattr(cfg, k) == v for k, v in style.items()):
             if cfg.moe.experts:

@@ -127,6 +127,7 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.use_rope = cfg.positions == "rope"
+        self.qk_norm = cfg.qk_norm
         # one (d, (H + 2 Hkv) hd) matmul instead of three where it pays (fuse_qkv_pays)
         self.fuse_qkv = fuse_qkv_pays(cfg)
         # Monitors set keep_probs for one probe forward: SDPA never returns its weights, so that
@@ -140,12 +141,23 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         padding_mask: torch.Tensor | None = None,
+        value_emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """padding_mask: None (no padding) or padded_attention_mask's (B, 1, T, S), which replaces causality."""
+        """padding_mask: None (no padding) or padded_attention_mask's (B, 1, T, S), which replaces causality;
+        value_emb: None or (B, T, Hkv * hd), added to the values (model.value_embeddings)."""
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         tables = rope_tables_for_heads(rope) if self.use_rope else None
-        if (x.is_cuda or self.fuse_qkv) and plain_linear(self.q_proj, self.k_proj, self.v_proj):
+        if self.qk_norm or value_emb is not None:
+            q, k, v = self.q_proj(x).view(B, T, H, hd), self.k_proj(x).view(B, T, Hkv, hd), self.v_proj(x)
+            if value_emb is not None:
+                v = v + value_emb
+            v = v.view(B, T, Hkv, hd)
+            if self.qk_norm:  # unit RMS per head: the scores' scale is set by the softmax's 1/sqrt(hd) alone
+                q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
+            if tables is not None:
+                q, k = rotate_heads(q, *tables), rotate_heads(k, *tables)
+        elif (x.is_cuda or self.fuse_qkv) and plain_linear(self.q_proj, self.k_proj, self.v_proj):
             qkv = fused_linear(x, self.q_proj, self.k_proj, self.v_proj).view(B, T, H + 2 * Hkv, hd)
             qk, v = qkv[:, :, :H + Hkv], qkv[:, :, H + Hkv:]
             if tables is not None:  # q's and k's heads rotated together, one op
@@ -195,7 +207,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         """hidden: the width of its hidden units (None = cfg.ffn_dim; an expert's is cfg.expert_dim)."""
         super().__init__()
-        self.swiglu = cfg.mlp == "swiglu"
+        self.swiglu, self.relu2 = cfg.mlp == "swiglu", cfg.mlp == "relu2"
         self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
         hidden = cfg.ffn_dim if hidden is None else hidden
         self.up_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
@@ -209,6 +221,8 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         elif self.swiglu:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.relu2:
+            h = F.relu(self.up_proj(x)).square()
         else:
             h = F.gelu(self.up_proj(x), approximate=self.gelu_approximate)
         return self.down_proj(h)
@@ -227,9 +241,9 @@ class Block(nn.Module):
         self.mlp = None if attention_only else MoE(cfg, MLP) if moe else MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, past=None, padding_mask=None, keep_kv=True):
+    def forward(self, x, rope, past=None, padding_mask=None, keep_kv=True, value_emb=None):
         """keep_kv=False (training): no keys and values returned, so nothing of the attention outlives it."""
-        a, present = self.attn(self.attn_norm(x), rope, past, padding_mask)
+        a, present = self.attn(self.attn_norm(x), rope, past, padding_mask, value_emb)
         x = x + self.dropout(a)
         if self.mlp is not None:
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
@@ -250,6 +264,9 @@ class Transformer(nn.Module):
         self.activation_checkpointing = False  # trainer.activation_checkpointing: memory for ~1/3 more compute
         self.compiled_blocks: list[nn.Module] | None = None  # compile_blocks(): what training forwards run
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # outside the blocks, so Muon leaves them to AdamW as it does the token embedding
+        self.value_embs = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.kv_heads * cfg.head_dim)
+                                        for _ in range(cfg.n_layers)) if cfg.value_embeddings else None
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.positions == "rope":
@@ -261,6 +278,8 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(p)
 
     @classmethod
     def uninitialized(cls, cfg: ModelConfig) -> Transformer:
@@ -325,14 +344,19 @@ class Transformer(nn.Module):
         recompute = self.activation_checkpointing and training
         blocks = self.compiled_blocks if training and self.compiled_blocks is not None else self.blocks
         for i, block in enumerate(blocks):
+            value_emb = self.value_embs[i](idx) if self.value_embs is not None else None  # (B, T, Hkv * hd)
             if recompute:  # keep only each block's input; backward runs the block again (same dropout masks)
-                x, _ = checkpoint(block, x, rope, None, padding_mask, False, use_reentrant=False)
+                x, _ = checkpoint(block, x, rope, None, padding_mask, False, value_emb, use_reentrant=False)
                 continue
             past = cache.layers[i] if cache is not None else None
-            x, present = block(x, rope, past, padding_mask, keep_kv=cache is not None)
+            x, present = block(x, rope, past, padding_mask, keep_kv=cache is not None, value_emb=value_emb)
             if cache is not None:
                 cache.layers[i] = present
-        return self.lm_head(self.final_norm(x))
+        logits = self.lm_head(self.final_norm(x))
+        if self.cfg.logit_softcap:  # smooth bound: no logit can run away while the rest still learn
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def _padded_positions(
         self, idx: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None
@@ -366,6 +390,8 @@ class Transformer(nn.Module):
         old = self.tok_emb.weight
         if old.shape[0] >= vocab_size:
             return False
+        if self.value_embs is not None:
+            raise ValueError("model.value_embeddings: growing the vocabulary of value embeddings is not supported")
         tied = self.lm_head.weight is old
         with torch.no_grad():
             grown = torch.cat([old, old.mean(0, keepdim=True).expand(vocab_size - old.shape[0], -1)])

@@ -1,9 +1,11 @@
 """The optimizer: AdamW (weight decay only where it belongs), or Muon for the blocks' matrices with AdamW beside it.
 
 trainer.optimizer=muon splits the trainable parameters in two groups, each parameter in exactly one:
-- Muon (torch.optim.Muon): the 2-D weight matrices inside the transformer blocks (attention q/k/v/o, MLP
-  up/gate/down, and in a mixture of experts each expert's matrices, which are 2-D per expert);
-- AdamW: everything else: the token embedding (and the output head, tied to it or not), learned positions,
+- Muon (torch.optim.Muon, with same-shape matrices batched: llmlab/train/muon.py): the 2-D weight matrices
+  inside the transformer blocks (attention q/k/v/o, MLP up/gate/down, and in a mixture of experts each expert's
+  matrices, which are 2-D per expert);
+- AdamW: everything else: the token embedding (and the output head, tied to it or not), the value embeddings,
+  learned positions,
   norm gains, biases, a mixture's router and shared-expert gate (their rows are per-expert logit directions,
   not a hidden layer's map), and LoRA adapters (rank-r matrices whose update Muon would set to r equal singular
   values, overriding the alpha / rank scale LoRA is tuned by; with LoRA, Muon has nothing to train).
@@ -20,6 +22,7 @@ import torch.nn as nn
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TrainerConfig
+from llmlab.train.muon import Muon, ns_dtype_for
 
 NOT_HIDDEN = (".router.", ".shared_gate.", "lora_A", "lora_B")  # 2-D in the blocks, yet trained by AdamW
 
@@ -97,8 +100,9 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device) 
         raise ConfigError("trainer.optimizer=muon: no trainable matrix in the blocks for Muon (LoRA adapters, "
                           "routers and embeddings train with AdamW); use trainer.optimizer=adamw")
     m = cfg.muon
-    muon = torch.optim.Muon([p for _, p in muon_params], lr=m.lr, weight_decay=m.weight_decay,
-                            momentum=m.momentum, nesterov=m.nesterov, ns_steps=m.ns_steps, adjust_lr_fn=m.adjust_lr)
+    muon = Muon([p for _, p in muon_params], lr=m.lr, weight_decay=m.weight_decay, momentum=m.momentum,
+                nesterov=m.nesterov, ns_steps=m.ns_steps, adjust_lr_fn=m.adjust_lr,
+                ns_dtype=ns_dtype_for(m.ns_dtype, device), batched=m.ns_batched)
     return MuonWithAdamW(muon, adamw([p for _, p in adamw_params], cfg, device))
 
 
