@@ -53,14 +53,19 @@ def fail(code: int, message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    cfg.out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run_cfg = to_dataclass(cfg)
+    except ConfigError as err:
+        return fail(2, str(err))
+
     from llmlab.runner import Run  # imported late: torch loads only once the config is valid
     from llmlab.train.run_dir import AlreadyCompleted
     from llmlab.train.signals import SECOND_SIGNAL
     from llmlab.train.summary import run_report
 
-    cfg.out_dir = HydraConfig.get().runtime.output_dir
     try:
-        run = Run(to_dataclass(cfg))  # under torchrun every rank takes rank 0's directory here
+        run = Run(run_cfg)  # under torchrun every rank takes rank 0's directory here
         cfg.out_dir = str(run.out_dir)
         run.overrides = list(HydraConfig.get().overrides.task)
         run.sweep_job = str(HydraConfig.get().mode).endswith("MULTIRUN")

@@ -13,6 +13,7 @@ from conftest import compose_config
 
 from llmlab.config.monitors import HealthMonitorConfig
 from llmlab.config.schema import ModelConfig
+from llmlab.config.stages import GRPOConfig
 from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.tasks import Task
 from llmlab.data.tokenizers import ByteTokenizer
@@ -23,7 +24,6 @@ from llmlab.monitors.worker import BackgroundWorker
 from llmlab.runner import Run
 from llmlab.stages import all_stages
 from llmlab.stages.grpo import (
-    GRPOConfig,
     GRPOObjective,
     PromptBatch,
     PromptRecord,

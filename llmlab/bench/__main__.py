@@ -9,6 +9,7 @@ from llmlab.bench import (
     analyze_memory,
     circuits,
     compile_pays,
+    config_error,
     data_pipeline,
     fused,
     generation,
@@ -24,7 +25,7 @@ from llmlab.bench import (
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays, "fused": fused, "threads": threads}
+              "compile-pays": compile_pays, "config-error": config_error, "fused": fused, "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from llmlab.config.errors import ConfigError, check_positive
-from llmlab.config.schema import LoRAConfig, RunConfig, StageConfig, TasksDataConfig, architecture_differences
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import LoRAConfig, RunConfig, TasksDataConfig, architecture_differences
+from llmlab.config.stages import DPOConfig, SFTConfig
 from llmlab.data.batch import Batch
 from llmlab.data.chat_batches import ChatBatches, fixed_batches
 from llmlab.data.chat_template import ChatTemplate
@@ -62,39 +61,12 @@ class ChatStage(Stage):
             text_bytes=utf8_bytes(lambda ids: tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])))
 
 
-@dataclass
-class SFTConfig(StageConfig):
-    """stage=sft: supervised fine-tuning on conversations (data=tasks|chat, or hf with data.kind=hf_chat)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat", "hf_chat")
-    STARTS_FROM_MODEL: ClassVar[bool] = True
-
-    name: str = "sft"
-    """next-token loss on the assistant's tokens only"""
-
-
 class SFT(ChatStage):
     name = "sft"
     config = SFTConfig
 
     def objective(self, model: Transformer) -> Objective:
         return NextTokenObjective()
-
-
-@dataclass
-class DPOConfig(StageConfig):
-    """stage=dpo: direct preference optimisation on pairs (data=task_prefs|prefs, or hf with data.kind=hf_prefs)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs", "hf_prefs")
-    STARTS_FROM_MODEL: ClassVar[bool] = True
-
-    name: str = "dpo"
-    """preference loss against the frozen starting model (the reference)"""
-    beta: float = 0.1
-    """how far the policy may move from the reference (larger: less far)"""
-
-    def __post_init__(self) -> None:
-        check_positive("stage.beta", self.beta)
 
 
 class DPO(ChatStage):

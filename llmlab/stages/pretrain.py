@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
@@ -18,10 +16,10 @@ from llmlab.config.schema import (
     MixDataConfig,
     ModularDataConfig,
     RunConfig,
-    StageConfig,
     SyntheticDataConfig,
     architecture_differences,
 )
+from llmlab.config.stages import PretrainConfig
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
@@ -40,16 +38,6 @@ from llmlab.train.evaluators import InContextScore
 from llmlab.train.objectives import NextTokenObjective
 
 SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context score is measured on
-
-
-@dataclass
-class PretrainConfig(StageConfig):
-    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix|modular)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix", "modular")
-
-    name: str = "pretrain"
-    """next-token loss on every token, from a new (or imported) model"""
 
 
 class Pretrain(Stage):
