@@ -20,6 +20,8 @@ from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
+from llmlab.sinks import MetricSinks
+from llmlab.sinks.build import run_sinks
 from llmlab.stages import StageContext, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -29,7 +31,6 @@ from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
 from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
 from llmlab.train.signals import Interrupted, StopRequested
-from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
@@ -119,10 +120,9 @@ class Run:
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
         if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
-            self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
-                                      TensorBoardSink(out / "tb", resume_step)])
+            self.sinks = run_sinks(cfg, out, resume_step)
             self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
-                                        self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
+                                        self.sinks.monitors, parts.decode, self.device, parts.steps_per_epoch,
                                         resume_step, parts.copy_probe, parts.modular_task)
         self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
         if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
@@ -196,10 +196,8 @@ class Run:
             record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
             record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
-            if self.sinks.tensorboard is not None:
-                self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
-                if record.get("val_bpb_full") is not None:
-                    self.sinks.tensorboard.add_scalar("val/bpb_full", record["val_bpb_full"], trainer.state.step)
+            self.sinks.log_summary(trainer.state.step, {"val/loss_full": result.loss, **(
+                {"val/bpb_full": record["val_bpb_full"]} if record.get("val_bpb_full") is not None else {})})
         return record
 
     def close(self) -> dict:

@@ -189,7 +189,7 @@ def test_a_reward_that_raises_or_cannot_be_imported_is_one_line_naming_the_recor
 
 def test_the_health_monitor_alerts_on_policy_entropy_collapse(tmp_path):
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, policy_entropy_collapse=0.05))
-    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"))
     monitor.on_train_start(ctx, 0)
     monitor.on_log(5, {"grpo/entropy": 0.4, "train/loss": 0.0})

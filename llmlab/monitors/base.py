@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llmlab.config.monitors import ProbeConfig
 from llmlab.monitors.models import ModelView, view_of
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
+from llmlab.sinks import Sink
 
 
 @dataclass
@@ -63,10 +63,10 @@ class StepInfo:
 
 
 class AlertLog:
-    """alerts.jsonl, the console (once per kind and subject) and TensorBoard text `alerts`."""
+    """alerts.jsonl, the console (once per kind and subject) and the sinks' text `alerts`."""
 
-    def __init__(self, path: Path, writer: SummaryWriter | None = None):
-        self.path, self.writer = path, writer
+    def __init__(self, path: Path, sinks: Sink | None = None):
+        self.path, self.sinks = path, sinks
         self._said: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -82,8 +82,8 @@ class AlertLog:
                 self._said.add((kind, subject))
                 tag = "[llmlab alert]" if level == "warning" else f"[llmlab {level}]"
                 print(f"{tag} step {step}: {message}", file=sys.stderr, flush=True)
-            if self.writer is not None:
-                self.writer.add_text("alerts", f"**{kind}** ({subject}): {message}", step)
+            if self.sinks is not None:
+                self.sinks.log_text(step, "alerts", f"{kind} ({subject}): {message}")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class MonitorContext:
 
     model: nn.Module
     out_dir: Path  # <run>/monitors
-    writer: SummaryWriter | None
+    sinks: Sink | None  # the run's sinks for monitors: scalars, text, images, histograms (None: none kept)
     worker: BackgroundWorker
     alerts: AlertLog
     figures: FigurePool = field(default_factory=lambda: FigurePool(0))
@@ -208,10 +208,14 @@ class Monitor:
             if self.door is None:
                 raise ValueError(f"{type(self).__name__}: give save_dir=... to use it outside llmlab's trainer")
             door = self.door
-            writer = SummaryWriter(str(door.save_dir / "tb")) if door.tensorboard else None
-            ctx = MonitorContext(model, out_dir=door.save_dir, writer=writer,
+            sinks = None
+            if door.tensorboard:
+                from llmlab.sinks.tensorboard import TensorBoardSink
+
+                sinks = TensorBoardSink(door.save_dir / "tb")
+            ctx = MonitorContext(model, out_dir=door.save_dir, sinks=sinks,
                                  worker=BackgroundWorker(door.max_workers, door.max_pending),
-                                 alerts=AlertLog(door.save_dir / "alerts.jsonl", writer),
+                                 alerts=AlertLog(door.save_dir / "alerts.jsonl", sinks),
                                  figures=FigurePool(door.max_workers), probe=self.probe_of(batch),
                                  decode_token=door.decode_token)
             self._own = MonitorSet([self], ctx)
@@ -243,8 +247,8 @@ class Monitor:
         own, self._own = self._own, None
         own.train_end(self._last_step)
         summary = own.close()
-        if own.ctx.writer is not None:
-            own.ctx.writer.close()
+        if own.ctx.sinks is not None:
+            own.ctx.sinks.close()
         return summary
 
 

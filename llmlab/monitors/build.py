@@ -1,4 +1,4 @@
-"""From the monitors config node to the monitors a run uses, wired to the run's model, writer and probe."""
+"""From the monitors config node to the monitors a run uses, wired to the run's model, sinks and probe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.tensorboard import SummaryWriter
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.monitors import MonitorsConfig
@@ -22,6 +21,7 @@ from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.progress import ProgressMonitor
 from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
+from llmlab.sinks import Sink
 
 # (rows, tokens) -> the copy probe of the run's data, or None where its data has none
 CopyProbeSource = Callable[[int, int], CopyProbe | None]
@@ -51,7 +51,7 @@ def build_monitors(cfg: MonitorsConfig, copy_probe: CopyProbeSource | None = Non
 
 
 def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batches: Sequence, run_dir: Path,
-                writer: SummaryWriter | None, decode: Callable[[list[int]], str], device: torch.device,
+                sinks: Sink | None, decode: Callable[[list[int]], str], device: torch.device,
                 steps_per_epoch: float, resume_step: int | None, copy_probe: CopyProbeSource | None = None,
                 modular_task: ModularTask | None = None) -> MonitorSet:
     """The run's monitors, their worker and figure pool, and the fixed probe cut from one validation batch."""
@@ -67,9 +67,9 @@ def monitor_set(cfg: MonitorsConfig, model: nn.Module, n_layers: int, val_batche
                           "batches (trainer.eval_batches)")
     ids = input_ids(val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
     ctx = MonitorContext(
-        model=model, out_dir=run_dir / "monitors", writer=writer,
+        model=model, out_dir=run_dir / "monitors", sinks=sinks,
         worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
-        alerts=AlertLog(run_dir / "alerts.jsonl", writer),
+        alerts=AlertLog(run_dir / "alerts.jsonl", sinks),
         figures=FigurePool(cfg.max_workers),
         probe=ids.to(device),
         decode_token=lambda t: decode([t]),

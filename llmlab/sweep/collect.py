@@ -19,7 +19,7 @@ import yaml
 # overrides that say where or how a job ran, not what it studies
 SEED = "seed"  # the swept key whose values are grouped over, not compared
 NOT_SWEPT = {"cache_dir", "device", "trainer.progress", "trainer.threads", "hydra.run.dir", "hydra.sweep.dir",
-             "sweep.reference"}
+             "sweep.reference", "logger"}
 
 
 STATUSES = {

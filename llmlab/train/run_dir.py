@@ -24,7 +24,7 @@ CONFIG_FILE = "config_resolved.yaml"
 # keys that change where or how visibly a run executes, never which steps it takes
 FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
              "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
-             "trainer.activation_checkpointing", "monitors", "sweep")
+             "trainer.activation_checkpointing", "monitors", "sweep", "logger")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

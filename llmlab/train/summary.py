@@ -100,7 +100,7 @@ def log_hparams(writer, cfg: RunConfig, summary: dict, overrides: Sequence[str] 
     metrics = {f"final/{k}": float(summary[k]) for k in HPARAM_METRICS if summary.get(k) is not None}
     exp, session_start, session_end = hparams(hparams_of(cfg, overrides), metrics)
     for record in ([exp] if experiment else []) + [session_start, session_end]:
-        writer._get_file_writer().add_summary(record)
+        writer.file_writer.add_summary(record)  # the writer's own event file (what add_hparams does in its sub-run)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, summary["steps"])
 

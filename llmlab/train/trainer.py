@@ -24,6 +24,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TrainerConfig
 from llmlab.data.batch import IGNORE, Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
+from llmlab.sinks import MetricSinks
 from llmlab.train import distributed
 from llmlab.train.bits_per_byte import TextBytes, bits_per_byte, scored_bytes
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
@@ -33,7 +34,6 @@ from llmlab.train.objectives import Objective
 from llmlab.train.optim import build_optimizer, peak_lrs
 from llmlab.train.schedule import scheduled_lr
 from llmlab.train.signals import Interrupted, StopRequested
-from llmlab.train.sinks import MetricSinks
 from llmlab.train.timing import Timings
 
 
