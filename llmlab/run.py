@@ -7,6 +7,7 @@ plain Python on dataclasses (llmlab.runner.Run), which tests build without Hydra
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 import sys
@@ -21,6 +22,7 @@ from llmlab.config.errors import ConfigError
 from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
 register_configs()
+log = logging.getLogger("llmlab.run")  # not __name__: run as a script, this module is __main__
 
 
 def resume_command(out_dir: str) -> str:
@@ -45,7 +47,7 @@ class JobFailed(RuntimeError):
 
 
 def fail(code: int, message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    log.error(f"error: {message}")
     if str(HydraConfig.get().mode).endswith("MULTIRUN"):
         raise JobFailed(message)
     sys.exit(code)
@@ -73,7 +75,7 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         return fail(2, str(err))
     except AlreadyCompleted as done:  # the same command again: the finished run stays as it was
-        print(f"{cfg.out_dir}: {done}; nothing to do (val/loss {done.summary.get('val_loss')})")
+        log.info(f"{cfg.out_dir}: {done}; nothing to do (val/loss {done.summary.get('val_loss')})")
         return done.summary.get("val_loss")
     except OSError as err:  # the disk, not the code: a read-only or full run directory
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
@@ -84,16 +86,16 @@ def main(cfg: DictConfig) -> float | None:
             "same command again" if full else ""))
     except KeyboardInterrupt as exc:  # stop now; checkpoints are atomic, so the last one is whole
         how = "a second signal" if str(exc) == SECOND_SIGNAL else "a signal"
-        print(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "
-              f"{resume_command(cfg.out_dir)}", file=sys.stderr)
+        log.error(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "
+                  f"{resume_command(cfg.out_dir)}")
         sys.exit(130)
     if not run.place.is_main:
         return result.val_loss
-    print(f"outputs: {run.out_dir}")
+    log.info(f"outputs: {run.out_dir}")
     if result.status == "completed" and run.summary:
-        print(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
+        log.info(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
-        print(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
+        log.info(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
         sys.exit(130)
     if result.status == "failed":
         return fail(1, f"run failed: {result.message}")
@@ -101,10 +103,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def quiet_other_ranks() -> None:
-    """torchrun ranks other than 0 write nothing of their own: no .hydra/ record, no log file, no sweep report.
+    """torchrun ranks other than 0 write nothing of their own: no .hydra/ record, no log file, no sweep report; they
+    log errors alone (llmlab/console.py), so their loggers stay enabled.
     (Their clocks may resolve another timestamped directory; llmlab.runner.Run moves them into rank 0's.)"""
     if int(os.environ.get("RANK", "0")) > 0:
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none",
                      "~hydra.callbacks.sweep_report"]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
 
 
 class Run:
@@ -85,14 +87,14 @@ class Run:
         elif self.device.type == "cpu" and (chosen := default_threads()):
             torch.set_num_threads(chosen[0])
             if place.is_main:
-                print(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
+                log.info(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
         torch.manual_seed(cfg.seed)
         self.start = time.perf_counter()
 
         if place.is_main:  # held until this process ends: one writer per run directory
             self.lock = RunDirLock(out)
             for surprise in cfg.surprises():
-                print(f"warning: {surprise}", file=sys.stderr)
+                log.warning(f"warning: {surprise}")
         resume_from = resume_point(out / "checkpoints", cfg.trainer.resume)
         context = StageContext(cfg, self.device, place, out, resume_from)
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
@@ -145,7 +147,7 @@ class Run:
         if resume_from is not None:
             trainer.resume(resume_from)
             if place.is_main:
-                print(f"resumed from {resume_from} (step {trainer.state.step})")
+                log.info(f"resumed from {resume_from} (step {trainer.state.step})")
         else:
             self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return trainer
@@ -240,5 +242,5 @@ class Run:
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)
             except Exception as exc:  # noqa: BLE001
-                print(f"warning: plots/{name}.png not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+                log.warning(f"warning: plots/{name}.png not written: {type(exc).__name__}: {exc}")
         return summary

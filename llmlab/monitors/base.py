@@ -9,8 +9,8 @@ that raises is reported once and switched off; training goes on.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import threading
 import time
 import traceback
@@ -23,10 +23,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from llmlab.config.monitors import ProbeConfig
+from llmlab.console import STDERR
 from llmlab.monitors.models import ModelView, view_of
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
 from llmlab.sinks import Sink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +84,8 @@ class AlertLog:
             if (kind, subject) not in self._said:
                 self._said.add((kind, subject))
                 tag = "[llmlab alert]" if level == "warning" else f"[llmlab {level}]"
-                print(f"{tag} step {step}: {message}", file=sys.stderr, flush=True)
+                log.log(logging.WARNING if level == "warning" else logging.INFO, f"{tag} step {step}: {message}",
+                        extra=STDERR)
             if self.sinks is not None:
                 self.sinks.log_text(step, "alerts", f"{kind} ({subject}): {message}")
 
@@ -299,7 +303,7 @@ class MonitorSet:
         if self.ctx is not None:
             self.ctx.alerts.alert(step, "monitor_error", name, message, traceback=detail)
         else:
-            print(f"[llmlab] {message}", file=sys.stderr)
+            log.warning(f"[llmlab] {message}")
 
     def train_start(self, step: int) -> None:
         for monitor in self.monitors:
@@ -334,8 +338,8 @@ class MonitorSet:
         queued = worker.pending()
         if not queued:
             return
-        print(f"monitors: writing {queued} queued jobs (figures, statistics, TensorBoard images) into "
-              f"{self.ctx.out_dir}", flush=True)
+        log.info(f"monitors: writing {queued} queued jobs (figures, statistics, TensorBoard images) into "
+                 f"{self.ctx.out_dir}")
         with tqdm(total=queued, desc="monitors", unit="job", disable=not progress, dynamic_ncols=True) as bar:
             while not worker.flush(timeout=0.5):
                 bar.update(max(queued - worker.pending() - bar.n, 0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch
@@ -27,6 +28,8 @@ from llmlab.train.dpo import DPOObjective
 from llmlab.train.evaluators import TaskAccuracy
 from llmlab.train.objectives import NextTokenObjective, Objective
 from llmlab.train.task_eval import task_replies
+
+log = logging.getLogger(__name__)
 
 
 class ChatStage(Stage):
@@ -100,7 +103,7 @@ def add_adapters(lora: LoRAConfig, model: Transformer) -> None:
     if lora.rank:
         adapted = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
         trainable, total = count_parameters(model)
-        print(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
+        log.info(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
 
 
 def starting_model(cfg: RunConfig) -> tuple[Transformer, Tokenizer, str]:

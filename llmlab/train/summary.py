@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shlex
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from llmlab.files import write_atomic
 from llmlab.train.tb_layout import pinned_url
 from llmlab.train.trainer import TrainResult
 
+log = logging.getLogger(__name__)
+
 HPARAM_METRICS = ("val_loss", "val_loss_full", "val_bpb", "val_bpb_full", "best_val_loss", "val_ppl", "gap_closed",
                   "tokens_per_s", "wall_s")
 
@@ -27,8 +30,8 @@ def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, plac
     ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
     active = model.active_params() if getattr(model, "inactive_params", lambda: 0)() else None
     per_token = f", {active:,} active per token" if active else ""  # a mixture of experts
-    print(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
-          f"embeddings{per_token}) on {device}{ranks}")
+    log.info(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
+             f"embeddings{per_token}) on {device}{ranks}")
 
 
 def write_summary(out: Path, result: TrainResult, params: int, stats: dict, peak_mb: float,
