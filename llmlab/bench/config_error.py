@@ -1,9 +1,11 @@
 """How long a config mistake takes to report: `python -m llmlab.run model.n_layers=-1` beside `import hydra`.
 
-Both are fresh processes, taking turns in every repeat, so a change in the machine's load falls on both alike.
-The figures are each command's wall times (median, min, max), the run's exit code (2: a config error) and the
-load average around the measurement. The config layer imports no torch, so the first should cost little more
-than Python starting Hydra.
+Each is a fresh process, and the commands take turns in every repeat, so a change in the machine's load falls on
+all alike. `--baseline <checkout>` times the same command in another checkout too (`git worktree add` or
+`git archive <commit>` of the code before a change), for a before/after figure under the same load. The figures
+are each command's wall times (median, min, max), the run's exit codes (2: a config error) and the load average
+around the measurement. The config layer imports no torch, so a mistake should cost little more than Python
+starting Hydra.
 """
 
 from __future__ import annotations
@@ -18,35 +20,41 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = {"config_error": [sys.executable, "-m", "llmlab.run", "model.n_layers=-1"],
-            "import_hydra": [sys.executable, "-c", "import hydra"]}
+CONFIG_ERROR = [sys.executable, "-m", "llmlab.run", "model.n_layers=-1"]
+IMPORT_HYDRA = [sys.executable, "-c", "import hydra"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="runs of each command, interleaved")
+    parser.add_argument("--baseline", help="another checkout whose config error is timed too (`before`)")
     parser.add_argument("--out", default="bench/config_error.json")
 
 
-def timed(cmd: list[str]) -> tuple[float, int, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def timed(cmd: list[str], repo: Path) -> tuple[float, int, str]:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     return time.perf_counter() - start, done.returncode, done.stderr.strip().splitlines()[-1:]
 
 
 def main(args: argparse.Namespace) -> None:
+    commands = {"config_error": (CONFIG_ERROR, REPO), "import_hydra": (IMPORT_HYDRA, REPO)}
+    if args.baseline:
+        commands["config_error_baseline"] = (CONFIG_ERROR, Path(args.baseline).resolve())
     load_before = os.getloadavg()
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    codes, messages = set(), set()
-    timed(COMMANDS["config_error"])  # untimed: fills the file system's caches
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    codes, messages = {name: set() for name in commands}, set()
+    for cmd, repo in commands.values():
+        timed(cmd, repo)  # untimed: fills the file system's caches
     for _ in range(args.repeats):
-        for name, cmd in COMMANDS.items():
-            seconds, code, last = timed(cmd)
+        for name, (cmd, repo) in commands.items():
+            seconds, code, last = timed(cmd, repo)
             times[name].append(round(seconds, 3))
+            codes[name].add(code)
             if name == "config_error":
-                codes.add(code)
                 messages.update(last)
-    result = {"command": "python -m llmlab.run model.n_layers=-1", "exit_codes": sorted(codes),
+    result = {"command": "python -m llmlab.run model.n_layers=-1", "baseline": args.baseline,
+              "exit_codes": {name: sorted(c) for name, c in codes.items()},
               "message": sorted(messages), "repeats": args.repeats, "cpus": os.cpu_count(),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
