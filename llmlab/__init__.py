@@ -12,3 +12,5 @@ if "torch" not in sys.modules:
     OMP_PASSIVE = os.environ["OMP_WAIT_POLICY"].strip().upper() == "PASSIVE"
 else:  # torch was imported first: its OpenMP took whatever the environment said then, unknown here
     OMP_PASSIVE = False
+
+from llmlab import console  # noqa: E402, F401  its handler: where library code's log lines go

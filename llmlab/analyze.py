@@ -138,7 +138,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
 
     few_figures = not plots or (layers is not None and len(layers) == 1)  # a process pool costs ~1 s to start
     probe = torch.tensor([ids], device=device)
-    ctx = MonitorContext(model, out_dir=out, writer=None, worker=BackgroundWorker(0, on_error=job_failed),
+    ctx = MonitorContext(model, out_dir=out, sinks=None, worker=BackgroundWorker(0, on_error=job_failed),
                          alerts=AlertLog(out / "alerts.jsonl"), figures=FigurePool(0 if few_figures else 2),
                          probe=probe, decode_token=lambda t: tokenizer.decode([t]), steps_per_epoch=None)
     train_without_dropout(model)

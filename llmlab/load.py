@@ -7,7 +7,7 @@ one line, never a 200 GB allocation.
 
 from __future__ import annotations
 
-import sys
+import logging
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -24,6 +24,8 @@ from llmlab.rundir import RunDir
 from llmlab.train import checkpoint as ckpt
 from llmlab.weights import check_memory, check_model_file, read_header
 
+log = logging.getLogger(__name__)
+
 WEIGHTS = "model.safetensors"
 
 
@@ -36,7 +38,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", checkpoin
         raise ConfigError(f"run={path}: no such directory")
     chosen, manifest, skipped = ckpt.select_checkpoint(path, checkpoint)
     for reason in skipped:
-        print(f"warning: {reason}; using an earlier checkpoint", file=sys.stderr)
+        log.warning(f"warning: {reason}; using an earlier checkpoint")
     if chosen is None:
         raise ConfigError(f"run={path}: no complete checkpoint in it (has the run saved one yet?)")
     model_cfg = manifest_model_config(manifest, chosen)

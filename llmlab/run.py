@@ -7,9 +7,11 @@ plain Python on dataclasses (llmlab.runner.Run), which tests build without Hydra
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +24,7 @@ from llmlab.rundir import RunDir
 from llmlab.store import CONF_DIR, register_configs, to_dataclass
 
 register_configs()
+log = logging.getLogger("llmlab.run")  # not __name__: run as a script, this module is __main__
 
 
 def resume_command(out_dir: str) -> str:
@@ -48,7 +51,7 @@ class JobFailed(CompactHydraException, RuntimeError):
 
 
 def fail(code: int, message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    log.error(f"error: {message}")
     if str(HydraConfig.get().mode).endswith("MULTIRUN"):
         raise JobFailed(f"error: a job of the multirun failed ({message}); the sweep report lists every job: "
                         f"{Path(HydraConfig.get().sweep.dir) / 'sweep_summary.md'}")
@@ -57,14 +60,19 @@ def fail(code: int, message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    cfg.out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run_cfg = to_dataclass(cfg)
+    except ConfigError as err:
+        return fail(2, str(err))
+
     from llmlab.runner import Run  # imported late: torch loads only once the config is valid
     from llmlab.train.run_dir import AlreadyCompleted
     from llmlab.train.signals import SECOND_SIGNAL
     from llmlab.train.summary import run_report
 
-    cfg.out_dir = HydraConfig.get().runtime.output_dir
     try:
-        run = Run(to_dataclass(cfg))  # under torchrun every rank takes rank 0's directory here
+        run = Run(run_cfg)  # under torchrun every rank takes rank 0's directory here
         cfg.out_dir = str(run.out_dir)
         run.overrides = list(HydraConfig.get().overrides.task)
         run.sweep_job = str(HydraConfig.get().mode).endswith("MULTIRUN")
@@ -72,7 +80,7 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         return fail(2, str(err))
     except AlreadyCompleted as done:  # the same command again: the finished run stays as it was
-        print(f"{cfg.out_dir}: {done}; nothing to do (val/loss {done.summary.get('val_loss')})")
+        log.info(f"{cfg.out_dir}: {done}; nothing to do (val/loss {done.summary.get('val_loss')})")
         return done.summary.get("val_loss")
     except OSError as err:  # the disk, not the code: a read-only or full run directory
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
@@ -83,16 +91,16 @@ def main(cfg: DictConfig) -> float | None:
             "same command again" if full else ""))
     except KeyboardInterrupt as exc:  # stop now; checkpoints are atomic, so the last one is whole
         how = "a second signal" if str(exc) == SECOND_SIGNAL else "a signal"
-        print(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "
-              f"{resume_command(cfg.out_dir)}", file=sys.stderr)
+        log.error(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "
+                  f"{resume_command(cfg.out_dir)}")
         sys.exit(130)
     if not run.place.is_main:
         return result.val_loss
-    print(f"outputs: {run.out_dir}")
+    log.info(f"outputs: {run.out_dir}")
     if result.status == "completed" and run.summary:
-        print(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
+        log.info(run_report(run.summary, run.out_dir, run.stage.chat, run.pinned))
     if result.status == "interrupted":  # the user asked to stop: that ends a multirun too
-        print(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
+        log.info(f"{result.message}. Resume with:\n  {resume_command(cfg.out_dir)}")
         sys.exit(130)
     if result.status == "failed":
         return fail(1, f"run failed: {result.message}")
@@ -100,10 +108,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def quiet_other_ranks() -> None:
-    """torchrun ranks other than 0 write nothing of their own: no .hydra/ record, no log file, no sweep report.
+    """torchrun ranks other than 0 write nothing of their own: no .hydra/ record, no log file, no sweep report; they
+    log errors alone (llmlab/console.py), so their loggers stay enabled.
     (Their clocks may resolve another timestamped directory; llmlab.runner.Run moves them into rank 0's.)"""
     if int(os.environ.get("RANK", "0")) > 0:
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none",
                      "~hydra.callbacks.sweep_report"]
 
 

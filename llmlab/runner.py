@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from llmlab.data.batch import ShowFirstBatch
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import MonitorSource, monitor_set
 from llmlab.rundir import RunDir
+from llmlab.sinks import MetricSinks
+from llmlab.sinks.build import run_sinks
 from llmlab.stages import StageContext, StageParts, get_stage
 from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
@@ -32,12 +34,13 @@ from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
 from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
 from llmlab.train.signals import Interrupted, StopRequested
-from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_loss, write_windows
 from llmlab.train.summary import final_summary, log_hparams, write_run_record
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
 
 
 def last_logged(path: Path, key: str) -> float | None:
@@ -108,7 +111,7 @@ class Run:
         if resume_from is not None:
             trainer.resume(resume_from)
             if self.place.is_main:
-                print(f"resumed from {resume_from} (step {trainer.state.step})")
+                log.info(f"resumed from {resume_from} (step {trainer.state.step})")
         else:
             self.sinks.log_text(0, "config", OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
         return trainer
@@ -121,7 +124,7 @@ class Run:
         elif self.device.type == "cpu" and (chosen := default_threads()):
             torch.set_num_threads(chosen[0])
             if self.place.is_main:
-                print(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
+                log.info(f"cpu threads: {chosen[0]} ({chosen[1]}; trainer.threads=<n> to choose)")
         torch.manual_seed(self.cfg.seed)
         self.start = time.perf_counter()
 
@@ -132,7 +135,7 @@ class Run:
         if place.is_main:  # held until this process ends: one writer per run directory
             self.lock = RunDirLock(self.out_dir)
             for surprise in cfg.surprises():
-                print(f"warning: {surprise}", file=sys.stderr)
+                log.warning(f"warning: {surprise}")
         resume_from = resume_point(self.run_dir.checkpoints, cfg.trainer.resume)
         manifest = ckpt.read_manifest(resume_from) if resume_from else None
         if manifest is not None:
@@ -160,10 +163,9 @@ class Run:
     def open_sinks(self, resume_step: int | None) -> None:
         """metrics.jsonl, TensorBoard (with the layout its Custom Scalars tab opens on) and the monitors."""
         parts, run_dir = self.parts, self.run_dir
-        self.sinks = MetricSinks([JsonlSink(run_dir.metrics_log, resume_step),
-                                  TensorBoardSink(run_dir.tensorboard, resume_step)])
+        self.sinks = run_sinks(self.cfg, run_dir, resume_step)
         self.monitors = monitor_set(self.cfg.monitors, MonitorSource(
-            parts.model, parts.val_batches, self.out_dir, self.sinks.tensorboard, parts.decode, self.device,
+            parts.model, parts.val_batches, self.out_dir, self.sinks.monitors, parts.decode, self.device,
             parts.steps_per_epoch, resume_step, parts.copy_probe, parts.modular_task))
         if self.sinks.tensorboard is not None:
             self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
@@ -262,10 +264,8 @@ class Run:
             record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
             record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
-            if self.sinks.tensorboard is not None:
-                self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
-                if record.get("val_bpb_full") is not None:
-                    self.sinks.tensorboard.add_scalar("val/bpb_full", record["val_bpb_full"], trainer.state.step)
+            self.sinks.log_summary(trainer.state.step, {"val/loss_full": result.loss, **(
+                {"val/bpb_full": record["val_bpb_full"]} if record.get("val_bpb_full") is not None else {})})
         return record
 
     def close(self) -> dict:
@@ -306,5 +306,5 @@ class Run:
             try:  # after the sinks flushed metrics.jsonl; a figure that fails must not fail the run
                 draw(self.out_dir)
             except Exception as exc:  # noqa: BLE001
-                print(f"warning: plots/{name}.png not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+                log.warning(f"warning: plots/{name}.png not written: {type(exc).__name__}: {exc}")
         return summary

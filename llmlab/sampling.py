@@ -5,7 +5,7 @@ the same prompt, seed and settings."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from llmlab.model.transformer import Transformer
 from llmlab.stages import is_chat_checkpoint
 from llmlab.train.checkpoint import read_manifest
 from llmlab.train.device import pick_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,8 +101,8 @@ def completions(cfg: GenerateConfig) -> list[Completion]:
     encoded = [speaker.encode(p) for p in prompts]
     unknown = sum(speaker.unknown(ids) for ids in encoded)
     if unknown:
-        print(f"warning: {unknown} prompt character(s) are not in the tokenizer's vocabulary and became its "
-              "unknown token", file=sys.stderr)
+        log.warning(f"warning: {unknown} prompt character(s) are not in the tokenizer's vocabulary and became its "
+                    "unknown token")
     stop = speaker.stop_id
     sampling = sampling_config(cfg, stop if cfg.stop_at_eos else None, cfg.use_cache)
     generator = torch.Generator(speaker.device).manual_seed(cfg.seed)

@@ -1,6 +1,7 @@
 """Every schema registered in Hydra's ConfigStore in one place, where the YAML options in conf/ find them: the run's,
 each data kind's, each registered stage's and each command's; and the composed config turned into validated
-dataclasses. Importing this module registers them."""
+dataclasses. Importing this module registers them, and imports no torch: a config is composed and validated before
+anything heavy loads."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from llmlab.config.schema import (
     TasksDataConfig,
     TextDataConfig,
 )
-from llmlab.stages import all_stages
+from llmlab.config.stages import STAGE_SCHEMAS
 from llmlab.sweep.collect import declared_sweep
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -87,8 +88,8 @@ def register_configs() -> None:
     cs.store(group="data", name="base_mix", node=MixDataConfig)
     cs.store(group="data", name="base_modular", node=ModularDataConfig)
     # likewise each stage's YAML: conf/stage/<name>.yaml lists base_<name>
-    for name, stage in all_stages().items():
-        cs.store(group="stage", name=f"base_{name}", node=stage.config)
+    for name, schema in STAGE_SCHEMAS.items():
+        cs.store(group="stage", name=f"base_{name}", node=schema)
     for name, node in (("generate", commands.GenerateConfig), ("chat", commands.ChatConfig),
                        ("evaluate", commands.EvaluateConfig),
                        ("analyze", commands.AnalyzeConfig), ("export", commands.ExportConfig),

@@ -13,6 +13,7 @@ from conftest import compose_config
 
 from llmlab.config.monitors import HealthMonitorConfig
 from llmlab.config.schema import ModelConfig
+from llmlab.config.stages import GRPOConfig
 from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.tasks import Task
 from llmlab.data.tokenizers import ByteTokenizer
@@ -23,7 +24,6 @@ from llmlab.monitors.worker import BackgroundWorker
 from llmlab.runner import Run
 from llmlab.stages import all_stages
 from llmlab.stages.grpo import (
-    GRPOConfig,
     GRPOObjective,
     PromptBatch,
     PromptRecord,
@@ -189,7 +189,7 @@ def test_a_reward_that_raises_or_cannot_be_imported_is_one_line_naming_the_recor
 
 def test_the_health_monitor_alerts_on_policy_entropy_collapse(tmp_path):
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, policy_entropy_collapse=0.05))
-    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"))
     monitor.on_train_start(ctx, 0)
     monitor.on_log(5, {"grpo/entropy": 0.4, "train/loss": 0.0})

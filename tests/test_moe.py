@@ -298,7 +298,7 @@ def test_health_alerts_a_dead_expert_and_router_collapse(tmp_path):
         for _, moe in model.moe_layers():
             moe.router_bias[:2] = 1.0  # experts 0 and 1 are chosen for every token; 2..7 get nothing
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, every=1, dead_expert_captures=3))
-    ctx = MonitorContext(model=model, out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=model, out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"), probe=torch.randint(0, VOCAB, (2, 16)))
     monitor.on_train_start(ctx, 0)
     model.train()

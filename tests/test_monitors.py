@@ -136,7 +136,7 @@ def test_worker_reports_a_failing_job_and_keeps_going():
 
 def test_health_monitor_flags_a_loss_spike_once(tmp_path):
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, window=20, z_threshold=5.0, every=0))
-    ctx = MonitorContext(model=torch.nn.Linear(2, 2), out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=torch.nn.Linear(2, 2), out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"))
     monitor.on_train_start(ctx, 0)
     rng = np.random.default_rng(0)
@@ -193,6 +193,19 @@ def test_full_monitors_write_files_and_tensorboard_and_leave_training_unchanged(
     assert {"attention/layer0_avg", "attention/layer_comparison"} <= set(tags["images"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["monitors"]["dropped_jobs"] == 0 and metrics["monitors"]["disabled"] == {}
+
+    # every scalar a monitor logs reaches every sink: monitors.jsonl holds each TensorBoard value of theirs, and
+    # metrics.jsonl stays the trainer's, the same keys whichever monitors watch
+    logged = {(key, row["step"]): value for row in map(json.loads, (out / "monitors.jsonl").read_text().splitlines())
+              for key, value in row.items() if key != "step"}
+    trainer_keys = {k for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) for k in r}
+    monitor_tags = {t for t in tags["scalars"] if t.split("/")[0] not in ("train", "val", "perf", "final")}
+    assert len(monitor_tags) > 100 and monitor_tags == {key for key, _ in logged}
+    for tag in monitor_tags:
+        for event in events.Scalars(tag):
+            assert logged[tag, event.step] == pytest.approx(event.value, rel=1e-6, abs=1e-6), tag  # float32 in TB
+    assert trainer_keys == {k for r in map(json.loads, (tmp_path / "none/run/metrics.jsonl").read_text().splitlines())
+                            for k in r}
 
 
 @pytest.mark.slow
@@ -348,7 +361,7 @@ def test_health_probe_flags_entropy_collapse_and_dead_mlp_units(tmp_path):
         model.blocks[0].attn.q_proj.weight.mul_(1e4)  # scores so large that softmax is one-hot: entropy ~ 0
         model.blocks[1].mlp.up_proj.weight[: model.cfg.ffn_dim // 2] = 0  # half of layer 1's units never fire
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, every=5))
-    ctx = MonitorContext(model=model, out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=model, out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"), probe=torch.randint(0, 40, (2, 16)))
     monitor.on_train_start(ctx, 0)
     for step in range(1, 6):

@@ -13,8 +13,8 @@ from conftest import run_config
 from llmlab.monitors.base import AlertLog, MonitorContext, MonitorSet
 from llmlab.monitors.worker import BackgroundWorker
 from llmlab.runner import Run
+from llmlab.sinks import JsonlSink
 from llmlab.train import trainer as trainer_module
-from llmlab.train.sinks import JsonlSink
 from llmlab.train.summary import run_report
 
 
@@ -82,7 +82,7 @@ def test_jobs_queued_when_training_ends_are_announced_and_drained(tmp_path, caps
     done = []
     for i in range(5):
         worker.submit("test", lambda i=i: (release.wait(5), time.sleep(0.01), done.append(i)))
-    ctx = MonitorContext(model=torch.nn.Linear(1, 1), out_dir=tmp_path / "monitors", writer=None, worker=worker,
+    ctx = MonitorContext(model=torch.nn.Linear(1, 1), out_dir=tmp_path / "monitors", sinks=None, worker=worker,
                          alerts=AlertLog(tmp_path / "alerts.jsonl"))
     threading.Timer(0.2, release.set).start()
     MonitorSet([], ctx).close(progress=True)

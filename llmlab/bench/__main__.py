@@ -9,6 +9,7 @@ from llmlab.bench import (
     analyze_memory,
     circuits,
     compile_pays,
+    config_error,
     data_pipeline,
     fused,
     generation,
@@ -26,7 +27,7 @@ from llmlab.bench import (
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays, "fused": fused, "threads": threads,
+              "compile-pays": compile_pays, "config-error": config_error, "fused": fused, "threads": threads,
               "muon-step": muon_step, "time-to-loss": time_to_loss}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
              "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
-             "trainer.activation_checkpointing", "monitors", "sweep")
+             "trainer.activation_checkpointing", "monitors", "sweep", "logger")
 
 
 def is_free(key: str) -> bool:

@@ -758,6 +758,35 @@ class SweepConfig:
 
 
 @dataclass
+class WandbConfig:
+    """logger=wandb: every scalar the run logs also goes to a Weights & Biases run (`pip install 'llmlab[wandb]'`)."""
+
+    enabled: bool = False
+    """log to W&B as well (TensorBoard, metrics.jsonl and monitors.jsonl are always written)"""
+    project: str = "llmlab"
+    """the W&B project the run goes to"""
+    entity: str | None = None
+    """the W&B team or user (null: the logged-in user's default)"""
+    mode: str | None = None
+    """online | offline | disabled (null: the WANDB_MODE environment variable, else online)"""
+    dir: str | None = None
+    """where W&B keeps its files (null: the run directory)"""
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            check_choice("logger.wandb.mode", self.mode, ("online", "offline", "disabled"))
+
+
+@dataclass
+class LoggerConfig:
+    """logger group: where a run's metrics go besides the files every run writes (changing it never changes what a
+    run studies)."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases (logger=wandb)"""
+
+
+@dataclass
 class RunConfig:
     """The whole run: one node per group plus run-level fields."""
 
@@ -777,6 +806,8 @@ class RunConfig:
     """monitors group (llmlab/config/monitors.py)"""
     sweep: SweepConfig = field(default_factory=SweepConfig)
     """the sweep report's comparison (multirun only)"""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """logger group: conf/logger/ (tensorboard, wandb)"""
     seed: int = 0
     """weight init, dropout, batch order, samples (data generators have their own data.seed)"""
     device: str = "auto"

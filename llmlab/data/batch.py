@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
-from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100  # a target that gives no loss (cross_entropy's ignore_index): padding, prompts, markers
 
@@ -41,7 +43,7 @@ class ShowFirstBatch:
     def next(self) -> Batch:
         batch = self.source.next()
         if self.describe is not None:
-            tqdm.write(self.describe(batch))
+            log.info(self.describe(batch))
             self.describe = None
         return batch
 

@@ -7,13 +7,15 @@ Validation batches are fixed windows spread evenly over the validation stream: t
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import numpy as np
 import torch
 
 from llmlab.config.errors import ConfigError
 from llmlab.data.batch import Batch
+
+log = logging.getLogger(__name__)
 
 
 class TrainBatches:
@@ -72,10 +74,10 @@ def validation_batches(
     most = max(1, fit // batch_size)
     if n_batches > most:
         if warn:
-            print(f"warning: trainer.eval_batches={n_batches} is more than the validation data can fill: its "
-                  f"{len(tokens)} tokens hold {fit} windows of model.context_length={seq_len} (+1) without overlap; "
-                  f"evaluating {most} batch{'' if most == 1 else 'es'} of {batch_size} (set "
-                  f"trainer.eval_batches<={most}, or give more validation data)", file=sys.stderr)
+            log.warning(f"warning: trainer.eval_batches={n_batches} is more than the validation data can fill: "
+                        f"its {len(tokens)} tokens hold {fit} windows of model.context_length={seq_len} (+1) without "
+                        f"overlap; evaluating {most} batch{'' if most == 1 else 'es'} of {batch_size} (set "
+                        f"trainer.eval_batches<={most}, or give more validation data)")
         n_batches = most
     starts = np.linspace(0, len(tokens) - seq_len - 1, n_batches * batch_size).astype(np.int64).tolist()
     return [

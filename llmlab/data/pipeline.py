@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,8 @@ from llmlab.data.sources import Corpus
 from llmlab.data.stats import bigram_loss, entropy_floor, unigram_loss
 from llmlab.data.tokenizers import Tokenizer
 from llmlab.files import atomic_file, sha256_file, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +52,7 @@ def cached_token_stream(tokenizer: Tokenizer, tokenizer_key: str, docs: list[str
         problem = cache_problem(path, record)
         if problem is None:
             return np.memmap(path, dtype=dtype, mode="r")
-        print(f"warning: token cache {path} {problem}; encoding the text again", file=sys.stderr)
+        log.warning(f"warning: token cache {path} {problem}; encoding the text again")
     tokens = encode_documents(tokenizer, docs)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:  # a crash mid-write never leaves a truncated stream under the real name

@@ -8,7 +8,7 @@ Face dataset's rows.
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from llmlab.data.chat_batches import Item, truncate
 from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.hf import open_source, records
 from llmlab.data.tasks import Task, make_tasks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,8 +104,8 @@ def prepare_chat_items(data, template: ChatTemplate, max_len: int, cache_dir: Pa
     train, cut_train = encode_items(template, train_records, max_len)
     val, cut_val = encode_items(template, val_records, max_len)
     if cut_train + cut_val:
-        print(f"warning: {cut_train + cut_val} samples are longer than model.context_length={max_len} and were "
-              "cut (samples whose reply was cut away entirely are dropped)", file=sys.stderr)
+        log.warning(f"warning: {cut_train + cut_val} samples are longer than model.context_length={max_len} and were "
+                    "cut (samples whose reply was cut away entirely are dropped)")
     if not train or not val:
         raise ConfigError(f"data={kind}: no training or validation sample has a reply within "
                           f"model.context_length={max_len}")

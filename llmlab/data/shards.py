@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.config.errors import ConfigError
+from llmlab.console import STDERR
 from llmlab.data.tokenizers import Tokenizer, load_tokenizer
 from llmlab.files import atomic_file, sha256_file, write_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT = "llmlab-shards-1"  # part of the shard directory's key: bump it when the layout or encoding changes
 MANIFEST = "manifest.json"
@@ -203,8 +206,7 @@ def part_record(directory: Path, part: Part, warn: bool) -> dict | None:
         problem = file_problem(directory, entry)
         if problem is not None:
             if warn:
-                print(f"warning: token shard {directory / entry['file']} {problem}; encoding its rows again",
-                      file=sys.stderr)
+                log.warning(f"warning: token shard {directory / entry['file']} {problem}; encoding its rows again")
             return None
     return record
 
@@ -226,12 +228,12 @@ def write_shards(jobs: list[Job], directory: Path, num_proc: int, progress: bool
     if todo:
         done = len(jobs) - len(todo)
         if progress:
-            print(f"tokenizing {jobs[0].where}: {len(todo)} of {len(jobs)} parts to write"
-                  f"{f' ({done} already written)' if done else ''}, {min(num_proc, len(todo))} process(es), "
-                  f"into {directory}", file=sys.stderr)
+            log.info(f"tokenizing {jobs[0].where}: {len(todo)} of {len(jobs)} parts to write"
+                     f"{f' ({done} already written)' if done else ''}, {min(num_proc, len(todo))} process(es), "
+                     f"into {directory}", extra=STDERR)
         for n, name in enumerate(run_jobs(todo, num_proc), 1):
             if progress and (n == len(todo) or n % max(1, len(todo) // 10) == 0):
-                print(f"  {n}/{len(todo)} parts written ({name})", file=sys.stderr)
+                log.info(f"  {n}/{len(todo)} parts written ({name})", extra=STDERR)
     records = []
     for job in jobs:
         record = part_record(directory, job.part, warn=True)

@@ -17,9 +17,9 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import math
 import re
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +31,8 @@ import sentencepiece as spm
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TokenizerConfig
 from llmlab.files import publishing, sha256_file
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -408,7 +410,7 @@ def build_tokenizer(cfg: TokenizerConfig, train_text: str) -> tuple[Tokenizer, b
         try:
             return load_tokenizer(entry), True
         except ConfigError as err:  # incomplete or damaged: train again and replace it
-            print(f"warning: {err}; training the tokenizer again", file=sys.stderr)
+            log.warning(f"warning: {err}; training the tokenizer again")
     tokenizer = train_tokenizer(cfg, train_text)
     _publish(tokenizer, entry)
     return tokenizer, False

@@ -100,11 +100,10 @@ class AttentionMonitor(Monitor):
         if self.cfg.images or self.cfg.maps or self.cfg.save_raw:
             first = torch.stack([p[0] for p in chosen]).float().cpu().numpy()  # (L, H, T, T), sequence 0
         record = self._record(info, stats)
-        writer = self.ctx.writer
-        if writer is not None:
-            for layer, layer_stats in zip(self.layers, stats, strict=True):
-                for k, name in enumerate(HEAD_STATS):
-                    writer.add_scalar(f"attention/layer{layer}/{name}", float(layer_stats[:, k].mean()), info.step)
+        if self.ctx.sinks is not None:
+            self.ctx.sinks.log_scalars(info.step, {
+                f"attention/layer{layer}/{name}": float(layer_stats[:, k].mean())
+                for layer, layer_stats in zip(self.layers, stats, strict=True) for k, name in enumerate(HEAD_STATS)})
         self.submit(lambda: self._write(info.step, record, first))
 
     def _record(self, info: StepInfo, stats: np.ndarray) -> dict:
@@ -142,9 +141,9 @@ class AttentionMonitor(Monitor):
 
     def _draw(self, step: int, jobs: list) -> None:
         images = self.ctx.figures.draw_all(jobs)
-        if self.ctx.writer is not None:
+        if self.ctx.sinks is not None:
             for (_, path, _, _), image in zip(jobs, images, strict=True):
-                self.ctx.writer.add_image(f"attention/{path.stem}", image, step, dataformats="HWC")
+                self.ctx.sinks.log_image(step, f"attention/{path.stem}", image)
 
     def _figures(self, step: int, step_dir, first: np.ndarray) -> None:
         heads, labels = self.cfg.heads, self.labels

@@ -9,8 +9,8 @@ that raises is reported once and switched off; training goes on.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import threading
 import time
 import traceback
@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llmlab.config.monitors import ProbeConfig
+from llmlab.console import STDERR
 from llmlab.monitors.models import ModelView, view_of
 from llmlab.monitors.pool import FigurePool
 from llmlab.monitors.worker import BackgroundWorker
+from llmlab.sinks import Sink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,10 +66,10 @@ class StepInfo:
 
 
 class AlertLog:
-    """alerts.jsonl, the console (once per kind and subject) and TensorBoard text `alerts`."""
+    """alerts.jsonl, the console (once per kind and subject) and the sinks' text `alerts`."""
 
-    def __init__(self, path: Path, writer: SummaryWriter | None = None):
-        self.path, self.writer = path, writer
+    def __init__(self, path: Path, sinks: Sink | None = None):
+        self.path, self.sinks = path, sinks
         self._said: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -81,9 +84,10 @@ class AlertLog:
             if (kind, subject) not in self._said:
                 self._said.add((kind, subject))
                 tag = "[llmlab alert]" if level == "warning" else f"[llmlab {level}]"
-                print(f"{tag} step {step}: {message}", file=sys.stderr, flush=True)
-            if self.writer is not None:
-                self.writer.add_text("alerts", f"**{kind}** ({subject}): {message}", step)
+                log.log(logging.WARNING if level == "warning" else logging.INFO, f"{tag} step {step}: {message}",
+                        extra=STDERR)
+            if self.sinks is not None:
+                self.sinks.log_text(step, "alerts", f"{kind} ({subject}): {message}")
 
 
 @dataclass
@@ -123,7 +127,7 @@ class MonitorContext:
 
     model: nn.Module
     out_dir: Path  # <run>/monitors
-    writer: SummaryWriter | None
+    sinks: Sink | None  # the run's sinks for monitors: scalars, text, images, histograms (None: none kept)
     worker: BackgroundWorker
     alerts: AlertLog
     figures: FigurePool = field(default_factory=lambda: FigurePool(0))
@@ -208,10 +212,14 @@ class Monitor:
             if self.door is None:
                 raise ValueError(f"{type(self).__name__}: give save_dir=... to use it outside llmlab's trainer")
             door = self.door
-            writer = SummaryWriter(str(door.save_dir / "tb")) if door.tensorboard else None
-            ctx = MonitorContext(model, out_dir=door.save_dir, writer=writer,
+            sinks = None
+            if door.tensorboard:
+                from llmlab.sinks.tensorboard import TensorBoardSink
+
+                sinks = TensorBoardSink(door.save_dir / "tb")
+            ctx = MonitorContext(model, out_dir=door.save_dir, sinks=sinks,
                                  worker=BackgroundWorker(door.max_workers, door.max_pending),
-                                 alerts=AlertLog(door.save_dir / "alerts.jsonl", writer),
+                                 alerts=AlertLog(door.save_dir / "alerts.jsonl", sinks),
                                  figures=FigurePool(door.max_workers), probe=self.probe_of(batch),
                                  decode_token=door.decode_token)
             self._own = MonitorSet([self], ctx)
@@ -243,8 +251,8 @@ class Monitor:
         own, self._own = self._own, None
         own.train_end(self._last_step)
         summary = own.close()
-        if own.ctx.writer is not None:
-            own.ctx.writer.close()
+        if own.ctx.sinks is not None:
+            own.ctx.sinks.close()
         return summary
 
 
@@ -295,7 +303,7 @@ class MonitorSet:
         if self.ctx is not None:
             self.ctx.alerts.alert(step, "monitor_error", name, message, traceback=detail)
         else:
-            print(f"[llmlab] {message}", file=sys.stderr)
+            log.warning(f"[llmlab] {message}")
 
     def train_start(self, step: int) -> None:
         for monitor in self.monitors:
@@ -330,8 +338,8 @@ class MonitorSet:
         queued = worker.pending()
         if not queued:
             return
-        print(f"monitors: writing {queued} queued jobs (figures, statistics, TensorBoard images) into "
-              f"{self.ctx.out_dir}", flush=True)
+        log.info(f"monitors: writing {queued} queued jobs (figures, statistics, TensorBoard images) into "
+                 f"{self.ctx.out_dir}")
         with tqdm(total=queued, desc="monitors", unit="job", disable=not progress, dynamic_ncols=True) as bar:
             while not worker.flush(timeout=0.5):
                 bar.update(max(queued - worker.pending() - bar.n, 0))

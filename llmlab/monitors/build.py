@@ -1,4 +1,4 @@
-"""From the monitors config node to the monitors a run uses, wired to the run's model, writer and probe."""
+"""From the monitors config node to the monitors a run uses, wired to the run's model, sinks and probe."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.tensorboard import SummaryWriter
 
 from llmlab.config.monitors import MonitorsConfig
 from llmlab.data.copy_probe import CopyProbe
@@ -23,6 +22,7 @@ from llmlab.monitors.progress import ProgressMonitor
 from llmlab.monitors.router import RouterMonitor, moe_layers
 from llmlab.monitors.worker import BackgroundWorker
 from llmlab.rundir import RunDir
+from llmlab.sinks import Sink
 
 # (rows, tokens) -> the copy probe of the run's data, or None where its data has none
 CopyProbeSource = Callable[[int, int], CopyProbe | None]
@@ -58,7 +58,7 @@ class MonitorSource:
     model: nn.Module
     val_batches: Sequence  # the fixed probe is cut from one of them (monitors.probe)
     run_dir: Path
-    writer: SummaryWriter | None
+    sinks: Sink | None
     decode: Callable[[list[int]], str]  # ids to text, for token labels
     device: torch.device
     steps_per_epoch: float
@@ -76,11 +76,11 @@ def monitor_set(cfg: MonitorsConfig, source: MonitorSource) -> MonitorSet:
         return MonitorSet([])
     probe = cfg.probe
     ids = input_ids(source.val_batches[probe.batch_idx])[: probe.sequences, : probe.tokens]
-    run_dir, writer, decode = RunDir(source.run_dir), source.writer, source.decode
+    run_dir, sinks, decode = RunDir(source.run_dir), source.sinks, source.decode
     ctx = MonitorContext(
-        model=model, out_dir=run_dir.monitors, writer=writer,
+        model=model, out_dir=run_dir.monitors, sinks=sinks,
         worker=BackgroundWorker(cfg.max_workers, cfg.max_pending),
-        alerts=AlertLog(run_dir.alerts, writer),
+        alerts=AlertLog(run_dir.alerts, sinks),
         figures=FigurePool(cfg.max_workers),
         probe=ids.to(source.device),
         decode_token=lambda t: decode([t]),

@@ -208,17 +208,15 @@ class CircuitsMonitor(Monitor):
                   "induction_shape": list(self.random.shape),
                   "induction_length": self.length, "copy_events": len(self.copy[1]) if self.copy else 0,
                   **measured, "formed": formed}
-        writer = self.ctx.writer
-        if writer is not None:
-            for name, layers in measured["scores"].items():
-                for layer, heads in enumerate(layers):
-                    for head, value in enumerate(heads):
-                        writer.add_scalar(f"circuits/layer{layer}/head{head}/{name}", value, info.step)
-            for layer, value in enumerate(measured["logit_lens"]):
-                writer.add_scalar(f"circuits/logit_lens/layer{layer}", value, info.step)
-            for key in ("copy_accuracy", "icl_loss_drop"):
-                if key in measured:
-                    writer.add_scalar(f"circuits/{key}", measured[key], info.step)
+        if self.ctx.sinks is not None:
+            scalars = {f"circuits/layer{layer}/head{head}/{name}": float(value)
+                       for name, layers in measured["scores"].items()
+                       for layer, heads in enumerate(layers) for head, value in enumerate(heads)}
+            scalars.update({f"circuits/logit_lens/layer{layer}": float(value)
+                            for layer, value in enumerate(measured["logit_lens"])})
+            scalars.update({f"circuits/{key}": float(measured[key]) for key in ("copy_accuracy", "icl_loss_drop")
+                            if key in measured})
+            self.ctx.sinks.log_scalars(info.step, scalars)
         self.submit(lambda: self._write(info.step, record))
 
     def formation_events(self, step: int, scores: dict[str, list[list[float]]]) -> list[dict]:
@@ -246,8 +244,8 @@ class CircuitsMonitor(Monitor):
             scores = {name: np.asarray(v) for name, v in record["scores"].items()}
             (image,) = self.ctx.figures.draw_all([("circuit_scores", path, True,
                                                    {"scores": scores, "title": f"circuit scores (step {step})"})])
-            if self.ctx.writer is not None:
-                self.ctx.writer.add_image("circuits/scores", image, step, dataformats="HWC")
+            if self.ctx.sinks is not None:
+                self.ctx.sinks.log_image(step, "circuits/scores", image)
 
 
 def max_context(model: nn.Module) -> int | None:

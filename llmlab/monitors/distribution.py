@@ -169,13 +169,10 @@ class DistributionMonitor(Monitor):
                     captures["weights"].stats[n]["update_ratio"] = r
             self._before_step = {}
         record = self._record(info, captures)
-        writer = self.ctx.writer
-        if writer is not None:
-            for kind, capture in captures.items():
-                for name, stats in capture.stats.items():
-                    for stat in SCALARS[kind]:
-                        if stat in stats:
-                            writer.add_scalar(f"{kind}/{name}/{stat}", stats[stat], info.step)
+        if self.ctx.sinks is not None:
+            self.ctx.sinks.log_scalars(info.step, {
+                f"{kind}/{name}/{stat}": float(stats[stat]) for kind, capture in captures.items()
+                for name, stats in capture.stats.items() for stat in SCALARS[kind] if stat in stats})
         self.submit(lambda: self._write(info.step, record, captures))
 
     def _record(self, info: StepInfo, captures: dict[str, TensorCapture]) -> dict:
@@ -189,11 +186,11 @@ class DistributionMonitor(Monitor):
         step_dir.mkdir(parents=True, exist_ok=True)
         (step_dir / "layer_statistics.json").write_text(json.dumps(record, indent=1))
         append_history(self.dir / "history.jsonl", record)
-        writer, jobs = self.ctx.writer, []
+        sinks, jobs = self.ctx.sinks, []
         for kind, capture in captures.items():
             for name, (counts, edges) in capture.histograms.items():
-                if writer is not None and self.cfg.histograms:
-                    write_histogram(writer, f"{kind}/{name}", counts, edges, capture.stats[name], step)
+                if sinks is not None and self.cfg.histograms:
+                    sinks.log_histogram(step, f"{kind}/{name}", counts, edges, capture.stats[name])
                 if self.cfg.plots:
                     jobs.append(("histogram", step_dir / kind / f"{name}.png", False,
                                  {"counts": counts, "edges": edges, "title": f"{kind} {name} (step {step})",
@@ -207,15 +204,3 @@ class DistributionMonitor(Monitor):
 def update_ratio(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     """||after - before|| / ||before||: how far one optimizer step moved a weight, relative to its size."""
     return (after - before).float().norm() / before.float().norm().clamp_min(1e-12)
-
-
-def write_histogram(writer, tag: str, counts: np.ndarray, edges: np.ndarray, stats: dict, step: int) -> None:
-    """A TensorBoard histogram from counts made on the device: no tensor ever reaches numpy."""
-    num = float(counts.sum())
-    if num == 0:
-        return
-    # sum and sum of squares from the exact moments: sum = n*mean, sumsq = n*(std^2 + mean^2)
-    mean, std = stats["mean"], stats["std"]
-    writer.add_histogram_raw(tag, min=stats["min"], max=stats["max"], num=num, sum=num * mean,
-                             sum_squares=num * (std**2 + mean**2), bucket_limits=edges[1:].tolist(),
-                             bucket_counts=counts.tolist(), global_step=step)

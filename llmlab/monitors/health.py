@@ -112,10 +112,10 @@ class HealthMonitor(Monitor):
         dead = [None if peak is None else next(found) for peak in probe.mlp_peaks]
         record = {"step": step, "attention_entropy": entropy, "dead_mlp_fraction": dead}
         self.submit(lambda: append_history(self.dir / "history.jsonl", record))  # per layer, for the sweep report
-        writer = self.ctx.writer
+        if self.ctx.sinks is not None:  # a layer without a fraction: a mixture of experts, whose routing is watched
+            self.ctx.sinks.log_scalars(step, {f"health/layer{layer}/dead_mlp_fraction": float(d)
+                                              for layer, d in enumerate(dead) if d is not None})
         for layer, (e, d) in enumerate(zip(entropy, dead, strict=True)):
-            if writer is not None and d is not None:  # None: a mixture of experts, whose routing is watched instead
-                writer.add_scalar(f"health/layer{layer}/dead_mlp_fraction", d, step)
             if e < self.cfg.entropy_collapse:
                 self.ctx.alerts.alert(step, "entropy_collapse", f"layer{layer}",
                                       f"attention entropy collapse in layer {layer} at step {step}: "

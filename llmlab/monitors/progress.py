@@ -157,12 +157,10 @@ class ProgressMonitor(Monitor):
             return
         measured = self.measure()
         record = {**info.as_dict, "timestamp": time.time(), **measured}
-        writer = self.ctx.writer
-        if writer is not None:
-            for key in ("weight_norm", "fourier_share", "restricted_loss", "excluded_loss"):
-                if key in measured:
-                    writer.add_scalar(f"progress/{key}", measured[key], info.step)
+        sinks = self.ctx.sinks
+        if sinks is not None:
+            sinks.log_scalars(info.step, {f"progress/{key}": float(measured[key]) for key in (
+                "weight_norm", "fourier_share", "restricted_loss", "excluded_loss") if key in measured})
             if "top_frequencies" in measured:
-                writer.add_text("progress/top_frequencies", ", ".join(map(str, measured["top_frequencies"])),
-                                info.step)
+                sinks.log_text(info.step, "progress/top_frequencies", ", ".join(map(str, measured["top_frequencies"])))
         self.submit(lambda: append_history(self.dir / "history.jsonl", record))

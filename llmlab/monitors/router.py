@@ -93,16 +93,15 @@ class RouterMonitor(Monitor):
             return
         values = torch.stack([s for _, s in reduced]).cpu().numpy()  # the one copy: (layers, E + stats)
         record = {**info.as_dict, "timestamp": time.time(), "layers": {}}
-        writer = self.ctx.writer
+        scalars = {}
         for (layer, _), row in zip(reduced, values, strict=True):
             n_experts = len(row) - len(LAYER_STATS)
             stats = dict(zip(LAYER_STATS, map(float, row[n_experts:]), strict=True))
             record["layers"][f"layer{layer}"] = {"load": [float(v) for v in row[:n_experts]], **stats}
-            if writer is not None:
-                for key, value in stats.items():
-                    writer.add_scalar(f"router/layer{layer}/{key}", value, info.step)
-                writer.add_scalar(f"router/layer{layer}/max_load", float(row[:n_experts].max()) * n_experts,
-                                  info.step)
+            scalars.update({f"router/layer{layer}/{key}": value for key, value in stats.items()})
+            scalars[f"router/layer{layer}/max_load"] = float(row[:n_experts].max()) * n_experts
+        if self.ctx.sinks is not None:
+            self.ctx.sinks.log_scalars(info.step, scalars)
         self.records.append(record)
         self.submit(lambda: append_history(self.dir / "history.jsonl", record))
 

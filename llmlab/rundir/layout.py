@@ -7,6 +7,7 @@
   config_resolved.yaml                       the fully resolved config (checksummed in every checkpoint manifest)
   dataset_stats.json                         per source: documents, tokens, split, baselines
   metrics.jsonl, metrics.json                one line per logged step; the final summary (llmlab.rundir.summary)
+  monitors.jsonl                             the monitors' scalars, one line per capture (llmlab.sinks)
   val_windows.json                           per-window losses of the whole validation split
   samples.txt, alerts.jsonl                  the periodic samples; what the monitors warned of
   tokenizer/, checkpoints/                   the run's tokenizer; step_N/, best/, latest (llmlab.train.checkpoint)
@@ -86,6 +87,10 @@ class RunDir:
     @property
     def metrics_log(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def monitors_log(self) -> Path:
+        return self.root / "monitors.jsonl"
 
     @property
     def checkpoints(self) -> Path:

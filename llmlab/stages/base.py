@@ -1,7 +1,8 @@
 """What a stage is: a component that turns the run's config into the parts the one training loop trains.
 
-A stage module subclasses `Stage` (which registers it by name) and `StageConfig` (its schema, with the data kinds
-it takes), and ships `conf/stage/<name>.yaml`. Nothing outside the module names it: the run asks the registry.
+A stage module subclasses `Stage` (which registers it by name); its schema, a `StageConfig` subclass with the data
+kinds it takes, lives in llmlab/config/stages.py, so a config is validated before torch loads; and it ships
+`conf/stage/<name>.yaml`. Nothing else names it: the run asks the registry.
 """
 
 from __future__ import annotations

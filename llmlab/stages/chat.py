@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+import logging
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from llmlab.config.errors import ConfigError, check_positive
-from llmlab.config.schema import LoRAConfig, RunConfig, StageConfig, TasksDataConfig, architecture_differences
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import LoRAConfig, RunConfig, TasksDataConfig, architecture_differences
+from llmlab.config.stages import DPOConfig, SFTConfig
 from llmlab.data.batch import Batch
 from llmlab.data.chat_batches import ChatBatches, fixed_batches
 from llmlab.data.chat_template import ChatTemplate
@@ -29,6 +29,8 @@ from llmlab.train.dpo import DPOObjective
 from llmlab.train.evaluators import TaskAccuracy
 from llmlab.train.objectives import NextTokenObjective, Objective
 from llmlab.train.task_eval import task_replies
+
+log = logging.getLogger(__name__)
 
 
 class ChatStage(Stage):
@@ -63,39 +65,12 @@ class ChatStage(Stage):
             text_bytes=utf8_bytes(lambda ids: tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])))
 
 
-@dataclass
-class SFTConfig(StageConfig):
-    """stage=sft: supervised fine-tuning on conversations (data=tasks|chat, or hf with data.kind=hf_chat)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat", "hf_chat")
-    STARTS_FROM_MODEL: ClassVar[bool] = True
-
-    name: str = "sft"
-    """next-token loss on the assistant's tokens only"""
-
-
 class SFT(ChatStage):
     name = "sft"
     config = SFTConfig
 
     def objective(self, model: Transformer) -> Objective:
         return NextTokenObjective()
-
-
-@dataclass
-class DPOConfig(StageConfig):
-    """stage=dpo: direct preference optimisation on pairs (data=task_prefs|prefs, or hf with data.kind=hf_prefs)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs", "hf_prefs")
-    STARTS_FROM_MODEL: ClassVar[bool] = True
-
-    name: str = "dpo"
-    """preference loss against the frozen starting model (the reference)"""
-    beta: float = 0.1
-    """how far the policy may move from the reference (larger: less far)"""
-
-    def __post_init__(self) -> None:
-        check_positive("stage.beta", self.beta)
 
 
 class DPO(ChatStage):
@@ -130,7 +105,7 @@ def add_adapters(lora: LoRAConfig, model: Transformer) -> None:
     if lora.rank:
         adapted = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
         trainable, total = count_parameters(model)
-        print(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
+        log.info(f"LoRA rank {lora.rank} on {len(adapted)} layers: {trainable:,} trainable of {total:,} parameters")
 
 
 def starting_model(cfg: RunConfig) -> tuple[Transformer, Tokenizer, str]:

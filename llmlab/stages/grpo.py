@@ -27,16 +27,17 @@ import copy
 import dataclasses
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmlab.config.errors import ConfigError, check_positive
-from llmlab.config.schema import StageConfig, TasksDataConfig
+from llmlab.config.errors import ConfigError
+from llmlab.config.schema import TasksDataConfig
+from llmlab.config.stages import GRPOConfig
 from llmlab.data.batch import IGNORE, Batch
 from llmlab.data.chat import Message, expand, parse_conversation, read_records
 from llmlab.data.chat_batches import fixed_batches
@@ -51,49 +52,6 @@ from llmlab.train.evaluators import TaskAccuracy
 from llmlab.train.objectives import Objective
 
 ADVANTAGE_EPS = 1e-4  # keeps a group of nearly equal rewards from dividing by ~0
-
-
-@dataclass
-class RewardConfig:
-    """The user's reward function, added to the built-in rewards."""
-
-    _target_: str | None = None
-    """the user's module.function(prompt, completion, record) -> float, added in"""
-
-
-@dataclass
-class GRPOConfig(StageConfig):
-    """stage=grpo: group-relative policy optimisation from verifiable rewards (data=tasks|chat)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat")
-    STARTS_FROM_MODEL: ClassVar[bool] = True
-
-    name: str = "grpo"
-    """group-relative policy optimisation on sampled completions and their rewards"""
-    group_size: int = 8
-    """completions sampled per prompt; advantages are relative to the group"""
-    temperature: float = 1.0
-    """sampling temperature of the completions"""
-    max_new_tokens: int = 48
-    """a completion stops at <|end|> or after this many tokens"""
-    clip_eps: float = 0.2
-    """the policy ratio is clipped to [1 - clip_eps, 1 + clip_eps]"""
-    updates_per_batch: int = 1
-    """optimizer steps on each batch of samples (1: plain policy gradient)"""
-    beta: float = 0.04
-    """weight of the KL penalty (k3 estimator) to the frozen starting model"""
-    format_reward: float = 0.1
-    """reward for a completion that ends with <|end|>"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """stage.reward._target_: the user's reward"""
-
-    def __post_init__(self) -> None:
-        if self.group_size < 2:
-            raise ConfigError(f"stage.group_size must be >= 2 (advantages compare a group), got {self.group_size}")
-        for name in ("temperature", "max_new_tokens", "clip_eps", "updates_per_batch"):
-            check_positive(f"stage.{name}", getattr(self, name))
-        if self.beta < 0:
-            raise ConfigError(f"stage.beta must be >= 0, got {self.beta}")
 
 
 # ---- prompts ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ IGNORE everywhere but the answer, so it is the answer's cross-entropy."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 from llmlab.config.errors import ConfigError
@@ -16,6 +17,8 @@ from llmlab.model.transformer import Transformer
 from llmlab.stages.base import StageContext, StageParts
 from llmlab.train.modular_eval import ModularAccuracy
 from llmlab.train.objectives import NextTokenObjective
+
+log = logging.getLogger(__name__)
 
 SEQUENCE = 4  # `a op b =`
 
@@ -37,9 +40,9 @@ def modular_parts(ctx: StageContext, data: ModularDataConfig) -> StageParts:
              "train_pairs": len(task.train_pairs), "heldout_pairs": len(task.heldout_pairs),
              "pairs_per_step": per_step, "chance_loss": math.log(task.p)}
     if ctx.place.is_main:
-        print(f"modular: {task.decode([0, task.op_id, 0, task.equals_id])} ... mod {task.p}, "
-              f"{len(task.train_pairs)} training pairs, {len(task.heldout_pairs)} held out, "
-              f"{per_step} per step")
+        log.info(f"modular: {task.decode([0, task.op_id, 0, task.equals_id])} ... mod {task.p}, "
+                 f"{len(task.train_pairs)} training pairs, {len(task.heldout_pairs)} held out, "
+                 f"{per_step} per step")
     return StageParts(
         model, NextTokenObjective(), ModularBatches(task, batch, seed=cfg.seed),
         [task.batch(task.heldout_pairs)],

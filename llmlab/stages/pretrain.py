@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
@@ -18,10 +16,10 @@ from llmlab.config.schema import (
     MixDataConfig,
     ModularDataConfig,
     RunConfig,
-    StageConfig,
     SyntheticDataConfig,
     architecture_differences,
 )
+from llmlab.config.stages import PretrainConfig
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
@@ -40,17 +38,9 @@ from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.evaluators import InContextScore
 from llmlab.train.objectives import NextTokenObjective
 
+log = logging.getLogger(__name__)
+
 SPAN_PROBE_ROWS = 256  # data=induction: validation documents the in-context score is measured on
-
-
-@dataclass
-class PretrainConfig(StageConfig):
-    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix|modular)."""
-
-    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix", "modular")
-
-    name: str = "pretrain"
-    """next-token loss on every token, from a new (or imported) model"""
 
 
 class Pretrain(Stage):
@@ -107,8 +97,8 @@ class Pretrain(Stage):
             weights, names = [p.weight for p in prepared], [p.name for p in prepared]
             if ctx.place.is_main:
                 total = sum(weights)
-                print("mixture: " + ", ".join(f"{p.name} {p.weight / total:.3f} ({len(p.train):,} tokens)"
-                                              for p in prepared))
+                log.info("mixture: " + ", ".join(f"{p.name} {p.weight / total:.3f} ({len(p.train):,} tokens)"
+                                                 for p in prepared))
             train_batches = MixtureBatches([p.train for p in prepared], weights, batch, seq_len, seed=cfg.seed,
                                            rank=ctx.place.rank, world_size=ranks, names=names)
             val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
@@ -160,8 +150,8 @@ def new_model(cfg: RunConfig, vocab_size: int, device: torch.device, pretrained:
     """A new model for the tokenizer's vocabulary; model=hf: the imported one (its weights unless resuming)."""
     if not cfg.model.path:
         if cfg.model.vocab_size not in (None, vocab_size):
-            print(f"warning: model.vocab_size={cfg.model.vocab_size} is ignored: the tokenizer decides the "
-                  f"vocabulary ({vocab_size} ids); set tokenizer.vocab_size instead", file=sys.stderr)
+            log.warning(f"warning: model.vocab_size={cfg.model.vocab_size} is ignored: the tokenizer decides the "
+                        f"vocabulary ({vocab_size} ids); set tokenizer.vocab_size instead")
         return Transformer(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
     if vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.path={cfg.model.path}: its tokenizer has {vocab_size} ids but the model "

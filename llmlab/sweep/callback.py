@@ -42,4 +42,4 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = self._rebuild(config)
         if sweep_dir is not None:
-            print(f"sweep report: {sweep_dir / 'sweep_summary.md'}")
+            log.info(f"sweep report: {sweep_dir / 'sweep_summary.md'}")

@@ -58,6 +58,6 @@ def write_hparams_experiment(sweep_dir: Path, jobs: list[JobRecord], keys: list[
     for old in sweep_dir.glob("events.out.tfevents.*"):  # the last report's
         old.unlink()
     writer = SummaryWriter(str(sweep_dir))
-    writer._get_file_writer().add_summary(experiment)
+    writer.file_writer.add_summary(experiment)
     writer.close()
     return next(sweep_dir.glob("events.out.tfevents.*"), None)

@@ -8,7 +8,7 @@ trainer exists. Saving is collective (FSDP gathers the shards); rank 0 alone wri
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import torch
@@ -19,6 +19,8 @@ from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed
 from llmlab.train.distributed import Distributed
 
+log = logging.getLogger(__name__)
+
 
 def resume_point(root: Path, resume: str) -> Path | None:
     """The verified checkpoint trainer.resume asks for: auto walks back past corrupt ones and says so."""
@@ -27,7 +29,7 @@ def resume_point(root: Path, resume: str) -> Path | None:
     if resume == "auto":
         found, skipped = ckpt.newest_intact(root)
         for reason in skipped:
-            print(f"warning: {reason}; falling back to an earlier checkpoint", file=sys.stderr)
+            log.warning(f"warning: {reason}; falling back to an earlier checkpoint")
         return found
     found = ckpt.find_checkpoint(Path(resume))
     if found is None:

@@ -18,8 +18,8 @@ from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.induction import SpanProbe
 from llmlab.data.tasks import Task
 from llmlab.files import write_atomic
+from llmlab.sinks import MetricSinks
 from llmlab.train.distributed import Distributed
-from llmlab.train.sinks import MetricSinks
 from llmlab.train.task_eval import task_accuracy
 
 

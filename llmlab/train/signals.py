@@ -8,10 +8,11 @@ the section where it is: what is cut short is redone or left out, never half-sav
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from collections.abc import Iterator
 
-from tqdm import tqdm
+log = logging.getLogger(__name__)
 
 SECOND_SIGNAL = "a second signal"
 
@@ -32,8 +33,8 @@ class StopRequested:
         self.signal_name = signal.Signals(signum).name
         if self._at_once:
             raise Interrupted(self.signal_name)
-        tqdm.write(f"\n{self.signal_name} received: finishing this step and writing a checkpoint "
-                   "(signal again to exit at once)")
+        log.info(f"\n{self.signal_name} received: finishing this step and writing a checkpoint "
+                 "(signal again to exit at once)")
 
     @contextlib.contextmanager
     def at_once(self, enabled: bool = True) -> Iterator[None]:

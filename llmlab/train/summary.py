@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shlex
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from llmlab.rundir.summary import HPARAM_METRICS, RunSummary
 from llmlab.train.tb_layout import pinned_url
 from llmlab.train.trainer import TrainResult
 
+log = logging.getLogger(__name__)
+
 
 def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, place) -> None:
     """dataset_stats.json, config_resolved.yaml and the model's size, before the first step."""
@@ -26,8 +29,8 @@ def write_run_record(out: Path, cfg: RunConfig, stats: dict, model, device, plac
     ranks = f" x {place.world_size} processes ({cfg.trainer.strategy})" if place.enabled else ""
     active = model.active_params() if getattr(model, "inactive_params", lambda: 0)() else None
     per_token = f", {active:,} active per token" if active else ""  # a mixture of experts
-    print(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
-          f"embeddings{per_token}) on {device}{ranks}")
+    log.info(f"model: {model.num_params():,} parameters ({model.num_params(include_embeddings=False):,} without "
+             f"embeddings{per_token}) on {device}{ranks}")
 
 
 def final_summary(result: TrainResult, stats: dict, best_val: float, **measured) -> RunSummary:
@@ -76,7 +79,7 @@ def log_hparams(writer, cfg: RunConfig, summary: dict, overrides: Sequence[str] 
     metrics = {f"final/{k}": float(summary[k]) for k in HPARAM_METRICS if summary.get(k) is not None}
     exp, session_start, session_end = hparams(hparams_of(cfg, overrides), metrics)
     for record in ([exp] if experiment else []) + [session_start, session_end]:
-        writer._get_file_writer().add_summary(record)
+        writer.file_writer.add_summary(record)  # the writer's own event file (what add_hparams does in its sub-run)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, summary["steps"])
 

@@ -10,6 +10,7 @@ equal to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from llmlab.config.schema import TrainerConfig
 from llmlab.data.batch import IGNORE, Batch, BatchSource
 from llmlab.monitors.base import MonitorSet, StepInfo
 from llmlab.rundir.summary import perplexity
+from llmlab.sinks import MetricSinks
 from llmlab.train import distributed
 from llmlab.train.bits_per_byte import TextBytes, bits_per_byte, scored_bytes
 from llmlab.train.checkpointer import Checkpointer, NonFiniteWeights
@@ -34,8 +36,9 @@ from llmlab.train.objectives import Objective
 from llmlab.train.optim import build_optimizer, peak_lrs
 from llmlab.train.schedule import scheduled_lr
 from llmlab.train.signals import Interrupted, StopRequested
-from llmlab.train.sinks import MetricSinks
 from llmlab.train.timing import Timings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -268,7 +271,7 @@ class Trainer:
         cfg, step, state = self.cfg, info.step, self.state
         failure = self.nonfinite_policy(info)
         if failure:
-            tqdm.write(f"stopping: {failure}")
+            log.info(f"stopping: {failure}")
             return "failed", failure
         if info.finite:
             state.interval_loss_sum += info.loss
@@ -287,7 +290,7 @@ class Trainer:
                 early_stop = self.early_stop_reason()
             except Interrupted:
                 self.model.train()  # generation may have been cut short in eval mode
-                tqdm.write(f"the evaluation at step {step} was cut short and is not logged")
+                log.info(f"the evaluation at step {step} was cut short and is not logged")
         if row:
             self.sinks.log_scalars(step, row)
             self.monitors.logged(step, row)
@@ -297,12 +300,12 @@ class Trainer:
             try:
                 self.save()
             except NonFiniteWeights as bad:  # a finite loss can still leave NaN weights (an lr too large)
-                tqdm.write(f"stopping: {bad}")
+                log.info(f"stopping: {bad}")
                 return "failed", str(bad)
         if row:
             self._interval_start = time.perf_counter()  # time spent logging/saving is not training
         if early_stop:
-            tqdm.write(early_stop)
+            log.info(early_stop)
             return "completed", early_stop
         if stopping:
             return "interrupted", f"{stopping} at step {step}; checkpoint written"
@@ -329,7 +332,7 @@ class Trainer:
         if state.consecutive_skips > cfg.max_nonfinite_skips:
             return (f"{what}: {state.consecutive_skips} consecutive non-finite steps exceed "
                     f"trainer.max_nonfinite_skips={cfg.max_nonfinite_skips}")
-        tqdm.write(f"step {info.step}: {what}; update skipped ({state.consecutive_skips} in a row)")
+        log.info(f"step {info.step}: {what}; update skipped ({state.consecutive_skips} in a row)")
         return None
 
     def log_row(self, info: StepInfo, interval_start: float) -> dict[str, float]:

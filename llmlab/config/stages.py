@@ -1,0 +1,97 @@
+"""Each stage's schema (stage group), beside the other schemas so that composing and validating a config imports no
+torch: a wrong key or value is reported before the stage's module (and torch) loads. The stage itself
+(llmlab/stages/<name>.py) names its schema as its `config`; conf/stage/<name>.yaml lists base_<name>."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.schema import StageConfig
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    """stage=pretrain: next-token training of a new or imported model (data=synthetic|induction|text|hf|mix|modular)."""
+
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "induction", "text", "hf", "mix", "modular")
+
+    name: str = "pretrain"
+    """next-token loss on every token, from a new (or imported) model"""
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    """stage=sft: supervised fine-tuning on conversations (data=tasks|chat, or hf with data.kind=hf_chat)."""
+
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat", "hf_chat")
+    STARTS_FROM_MODEL: ClassVar[bool] = True
+
+    name: str = "sft"
+    """next-token loss on the assistant's tokens only"""
+
+
+@dataclass
+class DPOConfig(StageConfig):
+    """stage=dpo: direct preference optimisation on pairs (data=task_prefs|prefs, or hf with data.kind=hf_prefs)."""
+
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("task_prefs", "prefs", "hf_prefs")
+    STARTS_FROM_MODEL: ClassVar[bool] = True
+
+    name: str = "dpo"
+    """preference loss against the frozen starting model (the reference)"""
+    beta: float = 0.1
+    """how far the policy may move from the reference (larger: less far)"""
+
+    def __post_init__(self) -> None:
+        check_positive("stage.beta", self.beta)
+
+
+@dataclass
+class RewardConfig:
+    """The user's reward function, added to the built-in rewards."""
+
+    _target_: str | None = None
+    """the user's module.function(prompt, completion, record) -> float, added in"""
+
+
+@dataclass
+class GRPOConfig(StageConfig):
+    """stage=grpo: group-relative policy optimisation from verifiable rewards (data=tasks|chat)."""
+
+    DATA_KINDS: ClassVar[tuple[str, ...]] = ("tasks", "chat")
+    STARTS_FROM_MODEL: ClassVar[bool] = True
+
+    name: str = "grpo"
+    """group-relative policy optimisation on sampled completions and their rewards"""
+    group_size: int = 8
+    """completions sampled per prompt; advantages are relative to the group"""
+    temperature: float = 1.0
+    """sampling temperature of the completions"""
+    max_new_tokens: int = 48
+    """a completion stops at <|end|> or after this many tokens"""
+    clip_eps: float = 0.2
+    """the policy ratio is clipped to [1 - clip_eps, 1 + clip_eps]"""
+    updates_per_batch: int = 1
+    """optimizer steps on each batch of samples (1: plain policy gradient)"""
+    beta: float = 0.04
+    """weight of the KL penalty (k3 estimator) to the frozen starting model"""
+    format_reward: float = 0.1
+    """reward for a completion that ends with <|end|>"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """stage.reward._target_: the user's reward"""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"stage.group_size must be >= 2 (advantages compare a group), got {self.group_size}")
+        for name in ("temperature", "max_new_tokens", "clip_eps", "updates_per_batch"):
+            check_positive(f"stage.{name}", getattr(self, name))
+        if self.beta < 0:
+            raise ConfigError(f"stage.beta must be >= 0, got {self.beta}")
+
+
+# stage=<name> -> its schema, registered in Hydra's ConfigStore as stage/base_<name> (llmlab/store.py); each
+# stage in llmlab/stages/ is registered under the same name with the same schema (tests/test_stages.py checks it)
+STAGE_SCHEMAS: dict[str, type[StageConfig]] = {
+    schema.name: schema for schema in (PretrainConfig, SFTConfig, DPOConfig, GRPOConfig)}
