@@ -28,10 +28,11 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run except Hydra's own record of the latest command (.hydra/) and the lock, which names
-    the last process that held the directory."""
+    """Every file of a run except Hydra's own record of the latest command (.hydra/), the lock, which names
+    the last process that held the directory, and run.log, the log every command run there appends to (a refused
+    one says why: the test checks that it only appends)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and p.name != ".lock"}
+            if p.is_file() and ".hydra" not in p.parts and p.name not in (".lock", "run.log")}
 
 
 # (overrides, what the one line must say); {root} is the workspace
@@ -68,11 +69,13 @@ def check_one_line(result, expected: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides,expected", INTO_THE_EXISTING_RUN)
 def test_bad_input_into_an_existing_run_is_one_line_and_changes_nothing(workspace, overrides, expected):
-    before = snapshot(workspace / "run")
+    before, log_before = snapshot(workspace / "run"), (workspace / "run" / "run.log").read_text()
     args = [*FAST, "trainer.max_steps=4", "trainer.checkpoint_every=2", f"cache_dir={workspace / 'cache'}",
             f"hydra.run.dir={workspace / 'run'}", *(o.format(root=workspace) for o in overrides)]
     check_one_line(run_cli("llmlab.run", args, cwd=workspace), expected.format(root=workspace))
     assert snapshot(workspace / "run") == before
+    log = (workspace / "run" / "run.log").read_text()
+    assert log.startswith(log_before) and log.count("\n") - log_before.count("\n") <= 1  # the error line at most
 
 
 @pytest.mark.slow

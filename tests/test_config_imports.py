@@ -38,7 +38,7 @@ print(json.dumps({"built": built, "heavy": heavy}))
 BAD_VALUE = """
 import runpy, sys
 sys.argv = ["llmlab.run", "model.n_layers=-1", "hydra.run.dir=" + sys.argv[1], "hydra.output_subdir=null",
-            "hydra/job_logging=none"]
+            "hydra/job_logging=none", "hydra/hydra_logging=none"]
 try:
     runpy.run_module("llmlab.run", run_name="__main__")
 except SystemExit as exc:

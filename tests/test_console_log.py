@@ -13,6 +13,7 @@ import pytest
 from conftest import FAST, REPO, run_cli
 
 from llmlab.console import STDERR
+from llmlab.sinks.console import ConsoleSink
 
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ")
 
@@ -31,6 +32,8 @@ def test_a_runs_console_lines_are_its_run_log(tmp_path):
     assert done.returncode == 0, done.stderr
     out, err = done.stdout.splitlines(), done.stderr.splitlines()
     assert any(line.startswith("model: ") for line in out) and f"outputs: {run}" in out
+    evals = [line for line in out if line.startswith("step ")]  # the console sink: a line per evaluation
+    assert [line.split(":")[0] for line in evals] == ["step 6", "step 12"] and all("val/loss " in e for e in evals)
     assert any(line.startswith("warning: trainer.warmup_steps=20 > trainer.max_steps=12") for line in err)
     assert sorted(logged_lines(run / "run.log")) == sorted(out + err)
 
@@ -53,6 +56,13 @@ def test_each_sweep_job_logs_its_own_console_lines(tmp_path):
         assert lines[lines.index(f"outputs: {job}"):][:4] == console[start:start + 4]
     models = [line for line in console if line.startswith("model: ")]
     assert len(models) == 2 and all(sum(m in logged_lines(j / "run.log") for j in jobs) == 1 for m in models)
+
+
+def test_the_console_sink_says_each_evaluation_in_one_line(capsys):
+    sink = ConsoleSink()
+    sink.log_scalars(2, {"train/loss": 3.5, "train/lr": 0.003})  # a log step without evaluation: the bar shows it
+    sink.log_scalars(4, {"train/loss": 3.25, "train/lr": 0.003, "val/loss": 3.125, "val/bpb": 4.5, "eval/acc": 0.5})
+    assert capsys.readouterr().out == "step 4: train/loss 3.25, val/loss 3.125, val/bpb 4.5, eval/acc 0.5\n"
 
 
 def test_library_lines_reach_the_console_streams(capsys):

@@ -1,5 +1,5 @@
-"""The sinks of one run: the trainer's (metrics.jsonl) and the monitors' (monitors.jsonl), sharing TensorBoard and,
-with logger=wandb, W&B.
+"""The sinks of one run: the trainer's (metrics.jsonl, and a line per evaluation on the console) and the monitors'
+(monitors.jsonl), sharing TensorBoard and, with logger=wandb, W&B.
 
 The monitors keep a log of their own so that metrics.jsonl holds the same keys whichever monitors watch a run (the
 sweep, the plots and the golden records compare it across runs), and stays small to read (a capture of the
@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from llmlab.config.schema import RunConfig
 from llmlab.rundir import RunDir
 from llmlab.sinks.base import JsonlSink, MetricSinks, Sink
+from llmlab.sinks.console import ConsoleSink
 
 
 class RunSinks(MetricSinks):
@@ -20,7 +21,7 @@ class RunSinks(MetricSinks):
     metrics.jsonl. Flushing or closing the run's sinks does both logs."""
 
     def __init__(self, metrics: JsonlSink, monitor_log: JsonlSink, shared: list[Sink]):
-        super().__init__([metrics, *shared])
+        super().__init__([metrics, ConsoleSink(), *shared])
         self.monitor_log = monitor_log
         self.monitors = MetricSinks([monitor_log, *shared])
 
