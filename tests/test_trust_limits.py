@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,73 @@ def test_a_signal_during_the_final_scoring_stops_within_a_batch_and_the_next_sta
     assert json.loads((run_dir / "val_windows.json").read_text())["checkpoint"] == "step_8"
     assert (run_dir / "metrics.jsonl").read_text() == rows  # no step trained or logged twice
     assert summary["train_loss"] == [json.loads(r) for r in rows.splitlines()][-1]["train/loss"]
+
+
+def prepare_args(docs: Path, cache: Path, shard_docs: int, num_proc: int) -> list[str]:
+    return ["+debug=fast", "data=hf", f"data.path={docs}", f"data.shard_docs={shard_docs}", f"data.num_proc={num_proc}",
+            f"cache_dir={cache}"]
+
+
+def temporaries(cache: Path) -> list[Path]:
+    return [p for p in (cache / "shards").rglob(".*") if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,to_group", [("SIGINT", True), ("SIGTERM", False)])
+def test_prepare_stopped_by_a_signal_says_one_line_removes_its_temporaries_and_resumes(tmp_path, name, to_group):
+    # Ctrl-C reaches the whole process group (the tokenizing processes too); a scheduler's SIGTERM the command
+    docs = write_docs(tmp_path / "docs.jsonl", 6000)
+    args = prepare_args(docs, tmp_path / "cache", 150, 2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "llmlab.prepare", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen = ""
+    while "parts written" not in seen and proc.poll() is None:  # some parts written, others being written
+        seen += proc.stderr.readline()
+    sig = getattr(signal, name)
+    os.killpg(proc.pid, sig) if to_group else proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "leaked" not in err and "BrokenPipeError" not in err, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: stopped by {name}; every part written so far is kept, none half-written: run the same command "
+        "again to continue"]
+    assert temporaries(tmp_path / "cache") == []
+    [shards] = [d for d in (tmp_path / "cache/shards").iterdir() if not d.name.startswith("tokenizer")]
+    kept = len(list(shards.glob("train-*.json")))
+    assert 0 < kept < 40 and not (shards / "manifest.json").exists()
+
+    again = run_cli("llmlab.prepare", args, tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{40 - kept} of 40 parts to write ({kept} already written)" in again.stderr
+    assert (shards / "manifest.json").exists() and temporaries(tmp_path / "cache") == []
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_while_preparing_is_one_line_naming_the_shards_and_resumes(tmp_path):
+    docs = write_docs(tmp_path / "docs.jsonl", 400)
+    args = prepare_args(docs, tmp_path / "cache", 50, 1)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    full = subprocess.run([sys.executable, str(REPO / "tests/full_disk_driver.py"), "shards", "llmlab.prepare", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    line = one_line_error(full, "No space left on device; free some space and run the same command again to "
+                                "continue (every part written so far is kept, none half-written)", code=1)
+    [shards] = [d for d in (tmp_path / "cache/shards").iterdir() if not d.name.startswith("tokenizer")]
+    assert line.startswith(f"error: {shards}: ")  # the directory being written, not the input file
+    assert temporaries(tmp_path / "cache") == [] and len(list(shards.glob("train-*.json"))) == 2
+    again = run_cli("llmlab.prepare", args, tmp_path)
+    assert again.returncode == 0 and "(2 already written)" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["llmlab.prepare", "llmlab.run"])
+def test_a_full_cache_dir_while_datasets_converts_the_file_blames_the_disk(tmp_path, module):
+    docs = write_docs(tmp_path / "docs.jsonl", 50)
+    args = [*prepare_args(docs, tmp_path / "cache", 50, 1), *(["trainer.threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
+                                                               if module == "llmlab.run" else [])]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run([sys.executable, str(REPO / "tests/full_disk_driver.py"), "datasets", module, *args],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    line = one_line_error(result, f"{tmp_path / 'cache' / 'datasets'}: No space left on device; free some space", 1)
+    assert "docs.jsonl" not in line and "checkpoint" not in line
