@@ -7,6 +7,7 @@ import sys
 
 from llmlab.bench import (
     analyze_memory,
+    chat_memory,
     circuits,
     compile_pays,
     data_pipeline,
@@ -24,7 +25,7 @@ from llmlab.bench import (
 BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memory, "gpu": gpu,
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
-              "compile-pays": compile_pays, "fused": fused, "threads": threads}
+              "compile-pays": compile_pays, "fused": fused, "threads": threads, "chat-memory": chat_memory}
 
 
 def main(argv: list[str] | None = None) -> None:
