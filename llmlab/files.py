@@ -8,6 +8,7 @@ write through here.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,39 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The OSError of a full disk or quota in err or what it wraps (libraries wrap it in their own errors)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def remove_orphan_temporaries(directory: Path) -> int:
+    """Remove the temporary files (atomic_file's `.<name>.tmp<pid>`) that processes no longer alive left in
+    directory, as a killed worker does; a live process's are its own to finish. Returns how many were removed."""
+    removed = 0
+    for tmp in directory.glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 @contextmanager

@@ -7,6 +7,7 @@ run that follows finds its shards prepared and only verifies them. It writes no 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.config.schema import HFDataConfig, MixDataConfig
 from llmlab.data.prepared import PreparedSource, prepare_sources, tokenizer_sample
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer
+from llmlab.files import disk_full
 
 
 def run_tokenizer(cfg) -> Tokenizer:
@@ -37,10 +39,27 @@ def prepare(overrides: list[str]) -> list[PreparedSource]:
     return prepare_sources(cfg.data, run_tokenizer(cfg), Path(cfg.cache_dir))
 
 
+def stop_on_sigterm(signum, frame) -> None:
+    """A scheduler's SIGTERM ends preparation as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
-    with exit_on_config_error():
-        prepared = prepare(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        with exit_on_config_error():
+            prepared = prepare(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt as why:  # the parts written are whole and kept; the one being written is removed
+        print(f"error: stopped by {str(why) or 'SIGINT'}; every part written so far is kept, none half-written: "
+              "run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
+    except OSError as err:
+        if (full := disk_full(err)) is None:
+            raise
+        print(f"error: {full.filename}: {full.strerror}; free some space and run the same command again to "
+              "continue (every part written so far is kept, none half-written)", file=sys.stderr)
+        sys.exit(1)
     for p in prepared:
         s = p.stats
         print(f"{p.name}: {s['train_documents']:,} train / {s['val_documents']:,} validation documents, "

@@ -86,9 +86,10 @@ def main(cfg: DictConfig) -> float | None:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
             raise
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        in_run = Path(err.filename or cfg.out_dir).resolve().is_relative_to(Path(cfg.out_dir).resolve())
+        kept = f" ({checkpoint_size(cfg.out_dir)}the last complete checkpoint is kept)" if in_run else ""
         return fail(1, f"{err.filename or cfg.out_dir}: {err.strerror}" + (
-            f"; free some space ({checkpoint_size(cfg.out_dir)}the last complete checkpoint is kept) and run the "
-            "same command again" if full else ""))
+            f"; free some space{kept} and run the same command again" if full else ""))
     except KeyboardInterrupt as exc:  # stop now; checkpoints are atomic, so the last one is whole
         how = "a second signal" if str(exc) == SECOND_SIGNAL else "a signal"
         log.error(f"error: stopped at once by {how}, without a new checkpoint. Resume from the last one with:\n  "

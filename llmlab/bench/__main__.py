@@ -7,6 +7,7 @@ import sys
 
 from llmlab.bench import (
     analyze_memory,
+    chat_memory,
     circuits,
     compile_pays,
     config_error,
@@ -28,7 +29,7 @@ BENCHMARKS = {"monitors": monitors, "soak": soak, "analyze-memory": analyze_memo
               "vs-transformers": vs_transformers, "generation": generation,
               "data": data_pipeline, "scaling": scaling, "moe": moe, "circuits": circuits,
               "compile-pays": compile_pays, "config-error": config_error, "fused": fused, "threads": threads,
-              "muon-step": muon_step, "time-to-loss": time_to_loss}
+              "muon-step": muon_step, "time-to-loss": time_to_loss, "chat-memory": chat_memory}
 
 
 def main(argv: list[str] | None = None) -> None:

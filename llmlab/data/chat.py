@@ -82,8 +82,7 @@ def read_records(path: Path) -> Iterator[tuple[dict, str]]:
         raise ConfigError(f"data.paths: file not found: {path}")
     if path.suffix not in SUFFIXES:
         raise ConfigError(f"{path}: expected a .json or .jsonl file, got suffix {path.suffix!r}")
-    text = read_text(path)
-    records = json_lines(path, text) if path.suffix == ".jsonl" else json_document(path, text)
+    records = stream_json_lines(path) if path.suffix == ".jsonl" else json_document(path, read_text(path))
     count = 0
     for record, where in records:
         if not isinstance(record, dict):
@@ -94,11 +93,23 @@ def read_records(path: Path) -> Iterator[tuple[dict, str]]:
         raise ConfigError(f"{path}: no records")
 
 
-def json_lines(path: Path, text: str) -> Iterator[tuple[object, str]]:
-    # Split on "\n" only: str.splitlines would also cut at U+2028, which JSON allows inside a string.
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            yield decode(line, path, lineno), f"{path}:{lineno}"
+def stream_json_lines(path: Path) -> Iterator[tuple[object, str]]:
+    """Each line's record, reading the file a line at a time: memory holds one record, whatever the file's size."""
+    offset, blank = 0, True
+    with path.open("rb") as file:
+        for lineno, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"data.paths: {path}:{lineno}: not valid UTF-8 (byte {offset + err.start}); save "
+                                  "the file as UTF-8") from None
+            offset += len(raw)
+            # Records end at "\n" only: a line iterator cuts there too (U+2028 may stand inside a JSON string).
+            if line.strip():
+                blank = False
+                yield decode(line, path, lineno), f"{path}:{lineno}"
+    if blank:
+        raise ConfigError(f"data.paths: file is empty: {path}")
 
 
 def json_document(path: Path, text: str) -> Iterator[tuple[object, str]]:

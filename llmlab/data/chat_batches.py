@@ -46,7 +46,7 @@ class ChatBatches:
     own slice of each, so ranks see distinct samples of similar length.
     """
 
-    def __init__(self, items: list[Item], batch_size: int, pad_id: int, seed: int, rank: int = 0,
+    def __init__(self, items: Sequence[Item], batch_size: int, pad_id: int, seed: int, rank: int = 0,
                  world_size: int = 1):
         if len(items) < batch_size * world_size:
             ranks = f" x {world_size} processes" if world_size > 1 else ""
@@ -54,6 +54,10 @@ class ChatBatches:
         self.rank, self.per_rank = rank, batch_size
         batch_size *= world_size
         self.items, self.batch_size, self.pad_id, self.seed = items, batch_size, pad_id, seed
+        # each item's longest sequence: a store of encoded samples (llmlab/data/chat_store.py) knows it unread
+        self.lengths = getattr(items, "lengths", None)
+        if self.lengths is None:
+            self.lengths = [max(len(e.ids) for e in item) for item in items]
         self.epoch, self.index = 0, 0
         self._order = self._epoch_order(0)
 
@@ -62,7 +66,7 @@ class ChatBatches:
         order = torch.randperm(len(self.items), generator=gen).tolist()
         pool, batches = self.batch_size * POOL, []
         for start in range(0, len(order) - self.batch_size + 1, pool):
-            chunk = sorted(order[start:start + pool], key=lambda i: max(len(e.ids) for e in self.items[i]))
+            chunk = sorted(order[start:start + pool], key=lambda i: self.lengths[i])
             batches += [chunk[b:b + self.batch_size] for b in range(0, len(chunk) - self.batch_size + 1,
                                                                    self.batch_size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
@@ -87,7 +91,7 @@ class ChatBatches:
         self._order = self._epoch_order(self.epoch)
 
 
-def fixed_batches(items: list[Item], batch_size: int, pad_id: int, n_batches: int) -> list[Batch]:
+def fixed_batches(items: Sequence[Item], batch_size: int, pad_id: int, n_batches: int) -> list[Batch]:
     """The first n_batches * batch_size items (sorted by length, so little padding), the same every eval."""
     chosen = sorted(items[: n_batches * batch_size], key=lambda item: max(len(e.ids) for e in item))
     return [collate(chosen[i:i + batch_size], pad_id) for i in range(0, len(chosen), batch_size)]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import HF_BUILDERS, HFSourceConfig
 from llmlab.data.sources import data_path, resolve_paths, searched, validation_period
+from llmlab.files import disk_full
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -95,6 +96,8 @@ def from_files(builder: str, files: list[Path], cache_dir: Path, where: str):
         return load_dataset(builder, data_files={"train": [str(f) for f in files]},
                             cache_dir=str(cache_dir / "datasets"))
     except Exception as err:  # datasets wraps the reader's error in its own types; say which file and why
+        if (full := disk_full(err)) is not None:  # the cache's disk, not the file: say so
+            raise OSError(full.errno, full.strerror, str(cache_dir / "datasets")) from None
         raise ConfigError(f"{where}: cannot read {', '.join(f.name for f in files[:3])} as {builder} "
                           f"({first_line(err)})") from None
 
@@ -121,6 +124,8 @@ def from_hub(src: HFSourceConfig, cache_dir: Path, where: str):
     try:
         return load_dataset(src.path, src.name, cache_dir=str(cache_dir / "datasets"))
     except Exception as err:
+        if (full := disk_full(err)) is not None:
+            raise OSError(full.errno, full.strerror, str(cache_dir / "datasets")) from None
         raise ConfigError(f"{where}: cannot load it from the hub ({first_line(err)})") from None
 
 

@@ -9,20 +9,17 @@ Face dataset's rows.
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ChatDataConfig, HFDataConfig, TasksDataConfig
-from llmlab.data.chat import (
-    Message,
-    PreferencePair,
-    load_conversations,
-    load_preferences,
-    parse_conversation,
-    parse_preference,
-)
+from llmlab.data.chat import Message, PreferencePair, expand, parse_conversation, parse_preference, read_records
 from llmlab.data.chat_batches import Item, truncate
+from llmlab.data.chat_store import EncodedStore, StoreView
 from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.hf import open_source, records
 from llmlab.data.tasks import Task, make_tasks
@@ -56,28 +53,52 @@ def task_preference(task: Task) -> PreferencePair:
     return PreferencePair((Message("user", task.prompt),), task.answer, task.wrong)
 
 
+def encode_record(template: ChatTemplate, record, max_len: int) -> tuple[Item | None, bool]:
+    """The record's encoded sequences (a conversation's, or a pair's chosen and rejected), cut to max_len + 1
+    tokens (inputs and targets are one shorter), None when a reply was cut away entirely; whether it was cut."""
+    if isinstance(record, PreferencePair):
+        item = (template.reply(record.prompt, record.chosen), template.reply(record.prompt, record.rejected))
+    else:
+        item = (template.encode(record),)
+    cut = any(len(e.ids) > max_len + 1 for e in item)
+    if cut:
+        item = tuple(truncate(e, max_len + 1) for e in item)
+    return (item if all(any(e.loss_mask[1:]) for e in item) else None), cut  # a reply cut away teaches nothing
+
+
 def encode_items(template: ChatTemplate, records: list, max_len: int) -> tuple[list[Item], int]:
-    """Items of encoded sequences (one per conversation, chosen and rejected per pair); how many were cut to
-    max_len + 1 tokens (inputs and targets are one shorter)."""
+    """Items of encoded sequences; how many were cut."""
     items, cut = [], 0
     for record in records:
-        if isinstance(record, PreferencePair):
-            item = (template.reply(record.prompt, record.chosen), template.reply(record.prompt, record.rejected))
-        else:
-            item = (template.encode(record),)
-        if any(len(e.ids) > max_len + 1 for e in item):
-            cut += 1
-            item = tuple(truncate(e, max_len + 1) for e in item)
-        if all(any(e.loss_mask[1:]) for e in item):  # a reply cut away entirely teaches nothing
+        item, was_cut = encode_record(template, record, max_len)
+        cut += was_cut
+        if item is not None:
             items.append(item)
     return items, cut
 
 
-def split(records: list, val_fraction: float, what: str) -> tuple[list, list]:
-    n_val = max(1, round(len(records) * val_fraction))
-    if len(records) - n_val < 1:
-        raise ConfigError(f"data.paths: {len(records)} {what} cannot be split into train and validation")
-    return records[:-n_val], records[-n_val:]
+def encode_files(data: ChatDataConfig, template: ChatTemplate, max_len: int, cache_dir: Path
+                 ) -> tuple[StoreView, StoreView, int]:
+    """The user's files, a record at a time, into an on-disk store (llmlab/data/chat_store.py): (train, val, cut),
+    the last val_fraction of the records (at least one) validating."""
+    prefs = data.kind == "prefs"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    store, record_of, cut, n = EncodedStore(2 if prefs else 1, cache_dir), array("q"), 0, 0
+    for path in expand(data.paths):
+        for record, where in read_records(path):
+            item, was_cut = encode_record(template, (parse_preference if prefs else parse_conversation)(record, where),
+                                          max_len)
+            cut += was_cut
+            if item is not None:
+                store.append(item)
+                record_of.append(n)
+            n += 1
+    n_val = max(1, round(n * data.val_fraction))
+    if n - n_val < 1:
+        raise ConfigError(f"data.paths: {n} records cannot be split into train and validation")
+    boundary = int(np.searchsorted(np.frombuffer(record_of, dtype=np.int64), n - n_val))  # first validating item
+    store.finish()
+    return store.view(0, boundary), store.view(boundary, len(store)), cut
 
 
 def prepare_chat_items(data, template: ChatTemplate, max_len: int, cache_dir: Path) -> ChatItems:
@@ -97,20 +118,25 @@ def prepare_chat_items(data, template: ChatTemplate, max_len: int, cache_dir: Pa
         if not train_records or not val_records:
             raise ConfigError(f"{where}: {len(train_records)} training and {len(val_records)} validation records; "
                               "both must be at least one (lower data.val_fraction's period or add rows)")
-    else:
+    else:  # the user's files: streamed into a store on disk, never held whole
         assert isinstance(data, ChatDataConfig)
-        records_ = load_preferences(data.paths) if kind == "prefs" else load_conversations(data.paths)
-        train_records, val_records = split(records_, data.val_fraction, "records")
-    train, cut_train = encode_items(template, train_records, max_len)
-    val, cut_val = encode_items(template, val_records, max_len)
+        train, val, cut_train = encode_files(data, template, max_len, cache_dir)
+        cut_val, train_records = 0, None
+    if train_records is not None:
+        train, cut_train = encode_items(template, train_records, max_len)
+        val, cut_val = encode_items(template, val_records, max_len)
     if cut_train + cut_val:
         log.warning(f"warning: {cut_train + cut_val} samples are longer than model.context_length={max_len} and were "
                     "cut (samples whose reply was cut away entirely are dropped)")
     if not train or not val:
         raise ConfigError(f"data={kind}: no training or validation sample has a reply within "
                           f"model.context_length={max_len}")
-    lengths = [len(e.ids) for item in train for e in item]
+    if isinstance(train, StoreView):
+        lengths, targets = train.sequence_lengths().tolist(), train.target_tokens()
+    else:
+        lengths = [len(e.ids) for item in train for e in item]
+        targets = sum(sum(e.loss_mask) for item in train for e in item)
     stats = {"kind": kind, "train_samples": len(train), "val_samples": len(val), "cut_samples": cut_train + cut_val,
              "eval_tasks": len(eval_tasks), "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths),
-             "target_tokens": sum(sum(e.loss_mask) for item in train for e in item)}
+             "target_tokens": targets}
     return ChatItems(train, val, eval_tasks, stats)

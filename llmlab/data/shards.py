@@ -17,9 +17,11 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 from llmlab.config.errors import ConfigError
 from llmlab.console import STDERR
 from llmlab.data.tokenizers import Tokenizer, load_tokenizer
-from llmlab.files import atomic_file, sha256_file, write_atomic
+from llmlab.files import atomic_file, disk_full, remove_orphan_temporaries, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,14 @@ def worker_tokenizer(directory: str) -> Tokenizer:
 
 def encode_part(job: Job) -> str:
     """Write one part's shards and then its record; returns the part's name."""
+    _WRITING.append(job.part.name)  # a SIGTERM now unwinds, removing the part's temporary files
+    try:
+        return write_part(job)
+    finally:
+        _WRITING.remove(job.part.name)
+
+
+def write_part(job: Job) -> str:
     tokenizer = worker_tokenizer(job.tokenizer_dir)
     dtype, eos = shard_dtype(tokenizer.vocab_size), np.array([tokenizer.eos_id])
     directory, part = Path(job.directory), job.part
@@ -211,14 +221,49 @@ def part_record(directory: Path, part: Part, warn: bool) -> dict | None:
     return record
 
 
+def worker_signals() -> None:
+    """A tokenizing process leaves signals to its parent: Ctrl-C (sent to the whole process group) is the parent's
+    to handle, and the SIGTERM with which the parent's pool ends its workers unwinds the part being written, so
+    its temporary files are removed, instead of killing the process where it stands."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop_worker)
+
+
+_WRITING: list[str] = []  # the part this process is writing, if any
+
+
+def stop_worker(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM (group and pool both send one) ends it quietly
+    if _WRITING:
+        sys.exit(1)  # unwinds encode_part: its temporary files are removed
+    os._exit(1)  # between parts there is nothing to clean up: end as SIGTERM's default would, without a word
+
+
 def run_jobs(jobs: list[Job], num_proc: int) -> Iterator[str]:
     """Each job's part name as it finishes: in this process for one process or one job, else in a pool."""
     if num_proc <= 1 or len(jobs) <= 1:
         yield from map(encode_part, jobs)
         return
     # spawn, not fork: the parent may hold torch's threads, which a forked child would inherit half-locked
-    with multiprocessing.get_context("spawn").Pool(min(num_proc, len(jobs))) as pool:
+    with sigint_ignored():  # inherited through exec, so a Ctrl-C while a process still imports leaves it be
+        pool = multiprocessing.get_context("spawn").Pool(min(num_proc, len(jobs)), initializer=worker_signals)
+    with pool:
         yield from pool.imap_unordered(encode_part, jobs)
+        pool.close()  # the workers end on their own; only an interrupted pool is terminated (SIGTERM)
+        pool.join()
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_shards(jobs: list[Job], directory: Path, num_proc: int, progress: bool = True) -> list[dict]:
@@ -231,9 +276,18 @@ def write_shards(jobs: list[Job], directory: Path, num_proc: int, progress: bool
             log.info(f"tokenizing {jobs[0].where}: {len(todo)} of {len(jobs)} parts to write"
                      f"{f' ({done} already written)' if done else ''}, {min(num_proc, len(todo))} process(es), "
                      f"into {directory}", extra=STDERR)
-        for n, name in enumerate(run_jobs(todo, num_proc), 1):
-            if progress and (n == len(todo) or n % max(1, len(todo) // 10) == 0):
-                log.info(f"  {n}/{len(todo)} parts written ({name})", extra=STDERR)
+        written = run_jobs(todo, num_proc)
+        try:
+            for n, name in enumerate(written, 1):
+                if progress and (n == len(todo) or n % max(1, len(todo) // 10) == 0):
+                    log.info(f"  {n}/{len(todo)} parts written ({name})", extra=STDERR)
+        except BaseException as err:  # a signal, a full disk: the pool ends its workers, then what they left is removed
+            written.close()
+            remove_orphan_temporaries(directory)
+            full = disk_full(err)
+            if full is not None and not full.filename:  # a write's error names no file: name the directory
+                raise OSError(full.errno, full.strerror, str(directory)) from err
+            raise
     records = []
     for job in jobs:
         record = part_record(directory, job.part, warn=True)
