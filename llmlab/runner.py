@@ -114,21 +114,6 @@ class Run:
         model = parts.model
         self.params = model.num_params()
         self.active_params = model.active_params() if model.inactive_params() else None  # MoE: what a token uses
-        if place.is_main:
-            write_run_record(out, cfg, parts.stats, model, self.device, place)
-        # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
-        resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
-        if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
-            self.sinks = MetricSinks([JsonlSink(out / "metrics.jsonl", resume_step),
-                                      TensorBoardSink(out / "tb", resume_step)])
-            self.monitors = monitor_set(cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out,
-                                        self.sinks.tensorboard, parts.decode, self.device, parts.steps_per_epoch,
-                                        resume_step, parts.copy_probe, parts.modular_task)
-        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
-        if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
-            self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
-                parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
-                bool(parts.evaluators)))
         checkpointer = Checkpointer(out / "checkpoints", place, cfg.trainer.strategy, cfg.trainer.keep_checkpoints,
                                     {"model": dataclasses.asdict(model.cfg), "stage": cfg.stage.name,
                                      "chat": self.stage.chat, **parts.manifest})
@@ -137,13 +122,32 @@ class Run:
         batches = parts.train_batches
         if cfg.trainer.debug_first_batch and place.is_main:
             batches = ShowFirstBatch(batches, parts.describe_batch)
-        evaluators = [Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step)] if parts.sample \
-            else []
         trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
+        # the sinks, monitors and samples join once the resume is certain: a refused resume (an optimizer of another
+        # shape, a state of another run) must leave the run directory as it was, its logs uncut
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
-                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes)
+                          self.sinks, checkpointer, parts.evaluators, None, parts.text_bytes)
         if resume_from is not None:
             trainer.resume(resume_from)
+        # from here on the run directory is written: the resume will proceed
+        if place.is_main:
+            write_run_record(out, cfg, parts.stats, model, self.device, place)
+        # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
+        resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)
+        if place.is_main:  # rank 0 alone writes logs, TensorBoard and monitors
+            self.sinks.add(JsonlSink(out / "metrics.jsonl", resume_step))
+            self.sinks.add(TensorBoardSink(out / "tb", resume_step))
+            self.monitors = trainer.monitors = monitor_set(
+                cfg.monitors, model, model.cfg.n_layers, parts.val_batches, out, self.sinks.tensorboard, parts.decode,
+                self.device, parts.steps_per_epoch, resume_step, parts.copy_probe, parts.modular_task)
+        self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
+        if self.sinks.tensorboard is not None:  # what TensorBoard's Custom Scalars tab opens on
+            self.sinks.tensorboard.add_custom_scalars(custom_scalars_layout(
+                parts.text_bytes is not None, self.stage.charts, [m.name for m in self.monitors.monitors],
+                bool(parts.evaluators)))
+        if parts.sample:  # the samples come first at each evaluation, as they always have
+            trainer.evaluators.insert(0, Samples(parts.sample, self.sinks, out / "samples.txt", place, resume_step))
+        if resume_from is not None:
             if place.is_main:
                 print(f"resumed from {resume_from} (step {trainer.state.step})")
         else:

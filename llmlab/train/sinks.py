@@ -73,6 +73,10 @@ class MetricSinks(Sink):
     def __init__(self, sinks: list[Sink]):
         self.sinks = sinks
 
+    def add(self, sink: Sink) -> None:
+        """One more sink (the run adds its files once nothing can refuse it any more)."""
+        self.sinks.append(sink)
+
     @property
     def tensorboard(self) -> SummaryWriter | None:
         return next((s.writer for s in self.sinks if isinstance(s, TensorBoardSink)), None)
