@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import RunConfig
 from llmlab.data.batch import ShowFirstBatch
+from llmlab.data.fingerprint import check_same_data
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import build_monitors, monitor_set
 from llmlab.stages import StageContext, get_stage
@@ -30,7 +31,7 @@ from llmlab.train.evaluators import Samples
 from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
-from llmlab.train.split_eval import split_loss, write_windows
+from llmlab.train.split_eval import split_fingerprint, split_loss, write_windows
 from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
@@ -111,6 +112,14 @@ class Run:
         parts = self.parts = self.stage.build(context)
         if place.is_main:
             distributed.barrier(place)  # the caches are full: the other ranks may read them
+        if parts.data_fingerprint is not None:  # dataset_stats.json and every checkpoint's manifest record it
+            if parts.val_split:  # the whole validation split's tokens, as val_windows.json and evaluate know them
+                parts.data_fingerprint["val_split"] = split_fingerprint(parts.val_split, cfg.model.context_length)
+            parts.stats = {**parts.stats, "data_fingerprint": parts.data_fingerprint}
+            parts.manifest = {**parts.manifest, "data": parts.data_fingerprint}
+        if manifest is not None and not cfg.trainer.allow_data_change:
+            check_same_data(manifest.get("data"), parts.data_fingerprint, f"checkpoint {resume_from}",
+                            "resume with trainer.allow_data_change=true")
         model = parts.model
         self.params = model.num_params()
         self.active_params = model.active_params() if model.inactive_params() else None  # MoE: what a token uses
@@ -199,7 +208,8 @@ class Run:
             record["val_bytes_scored"] = split_bytes(streams, self.parts.text_bytes)
             record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
-            record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
+            record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}",
+                                                         self.parts.data_fingerprint)
             if self.sinks.tensorboard is not None:
                 self.sinks.tensorboard.add_scalar("val/loss_full", result.loss, trainer.state.step)
                 if record.get("val_bpb_full") is not None:

@@ -647,6 +647,8 @@ class TrainerConfig:
     """auto | never | <checkpoint or run dir>"""
     allow_config_change: bool = False
     """resume a run directory whose config differs (changed keys are listed)"""
+    allow_data_change: bool = False
+    """resume a checkpoint whose data has changed since (the sources that differ are listed)"""
     peak_flops: float = 1e12
     """per device, for MFU; set it to your hardware's figure"""
     progress: bool = True

@@ -25,6 +25,7 @@ from llmlab.config.schema import (
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
+from llmlab.data.fingerprint import fingerprint, shard_record, source_record
 from llmlab.data.induction import span_probe
 from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
@@ -75,6 +76,7 @@ class Pretrain(Stage):
                                          warn=ctx.place.is_main)
         parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
                            [streams.val])
+        parts.data_fingerprint = fingerprint(source_record(s.name, s.train_docs, s.val_docs) for s in corpus.sources)
         if isinstance(cfg.data, InductionDataConfig):
             self.add_in_context_score(ctx, parts, tokenizer)
         return parts
@@ -113,8 +115,10 @@ class Pretrain(Stage):
             val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
                                                    trainer.eval_batches)
         stats = combined_stats(prepared, tokenizer, from_cache)
-        return self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
-                          [p.val for p in prepared])
+        parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
+                           [p.val for p in prepared])
+        parts.data_fingerprint = fingerprint(shard_record(p.name, p.directory) for p in prepared)
+        return parts
 
     def parts(self, ctx: StageContext, model: Transformer, tokenizer: Tokenizer, train_batches, val_batches,
               train_tokens: int, stats: dict, val_split: list) -> StageParts:

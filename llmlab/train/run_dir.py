@@ -23,7 +23,8 @@ from llmlab.files import sha256_file
 CONFIG_FILE = "config_resolved.yaml"
 # keys that change where or how visibly a run executes, never which steps it takes
 FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
-             "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
+             "trainer.resume", "trainer.allow_config_change",
+             "trainer.allow_data_change", "trainer.peak_flops", "trainer.compile",
              "trainer.activation_checkpointing", "monitors", "sweep")
 
 
