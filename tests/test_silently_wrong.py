@@ -12,8 +12,8 @@ from conftest import FAST, run_cli
 from test_own_text import prose
 from test_trust import files_of, one_line_error
 
-TEXT = [*(a for a in FAST if not a.startswith("data.")), "data=text", "trainer.max_steps=6",
-        "trainer.checkpoint_every=3", "trainer.eval_every=3", "monitors=none"]
+BASE = [*(a for a in FAST if not a.startswith("data.")), "monitors=none"]  # the fast run, any data
+TEXT = [*BASE, "data=text", "trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.eval_every=3"]
 
 
 # ---- 5. resume and evaluate on changed data -------------------------------------------------------------------
@@ -68,3 +68,51 @@ def test_evaluate_on_changed_data_is_one_line_and_keeps_one_result_per_checkpoin
     assert done.returncode == 0, done.stderr[-2000:]
     changed = json.loads((run_dir / "evaluation" / "step_6.json").read_text())
     assert "data_changed" in changed and changed["val_loss_full"] != summary["val_loss_full"]
+
+
+# ---- 9. a validation split that is the training split -------------------------------------------------------------
+@pytest.mark.slow
+def test_a_validation_split_that_is_the_training_split_is_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": prose(300, seed=i)}) + "\n" for i in range(50)))
+    args = [*BASE, "data=hf", f"data.path={rows}", "data.val_split=train", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    one_line_error(run_cli("llmlab.run", args, tmp_path), "data.val_split=train is data.split: the run would "
+                                                          "validate on the rows it trains on")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ---- 10. options an import would drop ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_lora_on_an_imported_model_trains_adapters_and_merges(tmp_path):
+    import yaml
+    from test_hf_import import tiny_model
+
+    from llmlab.data.tokenizers import ByteTokenizer
+    from llmlab.interop.hf_tokenizer import save_hf_tokenizer
+
+    qwen = tmp_path / "qwen2"
+    tiny_model("qwen2").save_pretrained(qwen)
+    save_hf_tokenizer(ByteTokenizer(), qwen)
+    args = [*BASE, "stage=sft", "data=tasks", "data.train_tasks=40", "data.val_tasks=8", "data.eval_tasks=2",
+            "model=hf", f"model.path={qwen}", "model.context_length=64", "model.lora.rank=4", "trainer.max_steps=2",
+            "trainer.eval_every=2", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = run_cli("llmlab.run", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LoRA rank 4 on" in done.stdout
+    assert yaml.safe_load((tmp_path / "run" / "config_resolved.yaml").read_text())["model"]["lora"]["rank"] == 4
+    merged = run_cli("llmlab.merge_lora", [f"run={tmp_path / 'run'}", f"out={tmp_path / 'merged'}"], tmp_path)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    refused = run_cli("llmlab.run", [*args, "model.lora.rank=0", "model.moe.experts=4",
+                                     f"hydra.run.dir={tmp_path / 'moe'}"], tmp_path)
+    one_line_error(refused, f"model.moe.experts=4 cannot apply to model.path={qwen}: its config.json decides the "
+                            "architecture (dense, moe.experts=0)")
+
+
+# ---- 12. a model that is not what its config says; a finished schedule warmed again ------------------------------
+@pytest.mark.slow
+def test_moe_every_beyond_the_last_block_is_one_line(tmp_path):
+    args = [*FAST, "monitors=none", "model.n_layers=2", "model.moe.experts=4", "model.moe.every=3",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    one_line_error(run_cli("llmlab.run", args, tmp_path), "model.moe.every=3 > model.n_layers=2: no block would be "
+                                                          "a mixture of experts")
