@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import RunConfig
+from llmlab.config.schema import RunConfig, TrainerConfig
 from llmlab.data.batch import ShowFirstBatch
 from llmlab.data.fingerprint import check_same_data
 from llmlab.monitors.base import MonitorSet
@@ -28,7 +28,8 @@ from llmlab.train.bits_per_byte import bits_per_byte, split_bytes
 from llmlab.train.checkpointer import Checkpointer, check_same_processes, resume_point
 from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
-from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
+from llmlab.train.run_dir import CONFIG_FILE, AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
+from llmlab.train.schedule import rewarmed
 from llmlab.train.signals import Interrupted, StopRequested
 from llmlab.train.sinks import JsonlSink, MetricSinks, TensorBoardSink
 from llmlab.train.split_eval import split_fingerprint, split_loss, write_windows
@@ -36,6 +37,18 @@ from llmlab.train.summary import log_hparams, write_run_record, write_summary
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
 from llmlab.train.trainer import Trainer, TrainResult
+
+
+def warn_if_rewarmed(out: Path, step: int, trainer: TrainerConfig) -> None:
+    """A warning line when a changed schedule lifts the learning rate of a resumed run (an extended wsd run whose
+    decay had begun goes back to its peak); nothing when the saved config cannot be read (it was allowed to go)."""
+    try:
+        saved = OmegaConf.load(out / CONFIG_FILE).get("trainer")
+        before = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), saved))
+    except Exception:  # noqa: BLE001  an unreadable or older config: nothing to compare with
+        return
+    if message := rewarmed(step, before, trainer):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class Run:
@@ -140,6 +153,8 @@ class Run:
             trainer.resume(resume_from)
         # from here on the run directory is written: the resume will proceed
         if place.is_main:
+            if manifest is not None and cfg.trainer.allow_config_change:
+                warn_if_rewarmed(out, manifest["step"], cfg.trainer)
             write_run_record(out, cfg, parts.stats, model, self.device, place)
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if (out / "metrics.jsonl").exists() else None)

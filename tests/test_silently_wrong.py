@@ -116,3 +116,15 @@ def test_moe_every_beyond_the_last_block_is_one_line(tmp_path):
             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     one_line_error(run_cli("llmlab.run", args, tmp_path), "model.moe.every=3 > model.n_layers=2: no block would be "
                                                           "a mixture of experts")
+
+
+@pytest.mark.slow
+def test_extending_a_finished_wsd_run_warns_that_its_learning_rate_climbs_again(tmp_path):
+    args = [*FAST, "monitors=none", "trainer.schedule=wsd", "trainer.max_steps=8", "trainer.checkpoint_every=4",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert run_cli("llmlab.run", args, tmp_path).returncode == 0
+    done = run_cli("llmlab.run", [*args, "trainer.max_steps=16", "trainer.allow_config_change=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: trainer.max_steps=16")]
+    assert len(warned) == 1 and "schedule of the run resumed at step 8" in warned[0], done.stderr[-2000:]
+    assert "back towards the peak" in warned[0]
