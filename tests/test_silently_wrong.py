@@ -128,3 +128,20 @@ def test_extending_a_finished_wsd_run_warns_that_its_learning_rate_climbs_again(
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning: trainer.max_steps=16")]
     assert len(warned) == 1 and "schedule of the run resumed at step 8" in warned[0], done.stderr[-2000:]
     assert "back towards the peak" in warned[0]
+
+
+@pytest.mark.slow
+def test_a_mixture_source_the_tokenizer_never_saw_is_one_warning_with_its_share(tmp_path):
+    greek = "αβγδεζηθικλμνξοπρστυφχψω"
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": prose(300, seed=i)}) + "\n" for i in range(200)))
+    rows = [prose(300, seed=1000)] + [" ".join(greek[i % 7:] + greek[:i % 7] for _ in range(12)) for i in range(199)]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    args = [*BASE, "data=mix", "data.sources=[{path: a.jsonl, weight: 1.0}, {path: b.jsonl, weight: 0.01}]",
+            "data.sample_chars=20000", "data.num_proc=1", "tokenizer=char", "trainer.max_steps=2",
+            "trainer.eval_every=2", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = run_cli("llmlab.run", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line for line in done.stderr.splitlines() if "unknown token" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: b.jsonl: ") and "a.jsonl" not in warned[0]
+    share = int(warned[0].split(": ")[2].split("%")[0])
+    assert 80 <= share <= 100, warned[0]

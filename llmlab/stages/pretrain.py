@@ -29,7 +29,7 @@ from llmlab.data.fingerprint import fingerprint, shard_record, source_record
 from llmlab.data.induction import span_probe
 from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
-from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample
+from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample, unknown_warnings
 from llmlab.data.sources import annotated_validation, induction_validation, load_corpus, span_generator
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
@@ -115,6 +115,9 @@ class Pretrain(Stage):
             val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
                                                    trainer.eval_batches)
         stats = combined_stats(prepared, tokenizer, from_cache)
+        if ctx.place.is_main:
+            for line in unknown_warnings(prepared, getattr(tokenizer, "unk_id", None)):
+                print(f"warning: {line}", file=sys.stderr)
         parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
                            [p.val for p in prepared])
         parts.data_fingerprint = fingerprint(shard_record(p.name, p.directory) for p in prepared)
