@@ -145,3 +145,16 @@ def test_a_mixture_source_the_tokenizer_never_saw_is_one_warning_with_its_share(
     assert len(warned) == 1 and warned[0].startswith("warning: b.jsonl: ") and "a.jsonl" not in warned[0]
     share = int(warned[0].split(": ")[2].split("%")[0])
     assert 80 <= share <= 100, warned[0]
+
+
+@pytest.mark.slow
+def test_a_model_card_from_a_torn_metrics_json_says_so_and_warns(text_run, tmp_path):
+    _, run_dir, _ = text_run
+    text = (run_dir / "metrics.json").read_text()
+    (run_dir / "metrics.json").write_text(text[: len(text) // 2])  # torn mid-write by something else
+    done = run_cli("llmlab.export", [f"run={run_dir}", f"out={tmp_path / 'exported'}", "card=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [line for line in warned if "metrics.json is not valid JSON" in line] and len(warned) == 1
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "Not available: the run's metrics.json is not valid JSON" in card and "None recorded" not in card
