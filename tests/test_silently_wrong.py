@@ -158,3 +158,58 @@ def test_a_model_card_from_a_torn_metrics_json_says_so_and_warns(text_run, tmp_p
     assert warned == [line for line in warned if "metrics.json is not valid JSON" in line] and len(warned) == 1
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "Not available: the run's metrics.json is not valid JSON" in card and "None recorded" not in card
+
+
+# ---- 11. monitors in a plain training loop ------------------------------------------------------------------------
+UNGUARDED = """
+import torch
+from llmlab.config.schema import ModelConfig
+from llmlab.model.transformer import Transformer
+from llmlab.monitors import AttentionMonitor, DistributionMonitor
+
+torch.manual_seed(0)
+model = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, context_length=16, vocab_size=50))
+{mode}
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+print("training", flush=True)
+attention = AttentionMonitor(save_dir="{out}/attn", every=2, images=True)
+with attention as attn, DistributionMonitor(save_dir="{out}/dist", every=2, plots=False) as dist:
+    for step in range(5):
+        ids = torch.randint(0, 50, (2, 16))
+        loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(-1, 1).flatten())
+        loss.backward()
+        dist.after_backward(model, step)
+        optimizer.step()
+        optimizer.zero_grad()
+        attn.log(model, ids, step, loss=loss.item())
+        dist.log(model, ids, step, loss=loss.item())
+        print("step", step, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["model.train()", "model.eval()"])
+def test_monitors_in_a_script_without_a_main_guard_draw_their_figures_or_say_why(tmp_path, mode):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = tmp_path / "train.py"
+    script.write_text(UNGUARDED.format(out=tmp_path, mode=mode))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("step ") == 5  # the loop ran once: no figure process trained the script again
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "attn").glob("step_*")) == ["step_0", "step_2", "step_4"]
+    assert list((tmp_path / "attn" / "step_4").glob("*.png")), "the attention maps were drawn"
+    assert not (tmp_path / "attn" / "alerts.jsonl").exists() or "monitor_error" not in \
+        (tmp_path / "attn" / "alerts.jsonl").read_text()
+    record = json.loads((tmp_path / "dist" / "step_2" / "layer_statistics.json").read_text())
+    if mode == "model.eval()":  # said in one line, at the first capture
+        said = [line for line in done.stderr.splitlines() if "no training-mode forward ran" in line]
+        assert len(said) == 1 and "model.train()" in said[0] and not record["activations"]
+    else:
+        assert record["activations"] and "no training-mode forward" not in done.stderr
