@@ -6,7 +6,8 @@ DistributionMonitor and AttentionMonitor: the same statistics, JSON and figures 
 <out>/distribution/step_<N>/ and <out>/attention/step_<N>/, with circuits=true also <out>/circuits/step_<N>/ (the
 circuit scores on the run's copy probe, or else on the text, and on the induction probe). out defaults to
 <run>/analysis and N is the checkpoint's step; for an imported model out defaults to
-outputs/analysis/<directory name> and N is 0.
+outputs/analysis/<directory name>-<hash of its path> (models in directories of the same name never collide) and N
+is 0.
 With layers chosen, only those blocks' weights get gradients: a 1B model's other layers cost no gradient memory.
 
 `python -m llmlab.analyze run=<run dir> ablate=[L1H2,L1H3]` (or ablate=[each], ablation=mean) instead switches
@@ -53,7 +54,7 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
         tokenizer = pretrained_tokenizer(model_cfg)
         model = Transformer.uninitialized(model_cfg)
         load_pretrained_weights(model, model_cfg)
-        return model.to(device), tokenizer, 0, Path("outputs/analysis") / Path(model_cfg.path).name, None
+        return model.to(device), tokenizer, 0, imported_analysis_dir(model_cfg.path), None
 
     from llmlab.load import load_trained
 
@@ -62,6 +63,15 @@ def load_for_analysis(cfg: AnalyzeConfig, device):
     if match is None or int(match[1]) < 1:
         raise ConfigError(f"run={cfg.run}: checkpoint {checkpoint.name} is not named step_<N> with N >= 1")
     return model, tokenizer, int(match[1]), RunDir.of_checkpoint(checkpoint).analysis, checkpoint
+
+
+def imported_analysis_dir(model_path: str) -> Path:
+    """outputs/analysis/<directory name>-<hash of its full path>: two models in directories of the same name (two
+    checkpoints both called `moe`) never write into each other's analysis."""
+    import hashlib
+
+    where = Path(model_path).expanduser().resolve()
+    return Path("outputs/analysis") / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:8]}"
 
 
 def run_data_config(checkpoint: Path) -> dict:

@@ -89,6 +89,8 @@ def model_card(info: RunInfo, cfg: ExportConfig, family: str, chat: bool) -> str
                   "|---|---|", *[f"| {label} | {value:.6g} |" for _, label, value in metrics]]
         status, steps = info.summary.get("status"), info.summary.get("steps")
         lines += ["", f"The run ended `{status}` after {steps} steps."]
+    elif summary_problem := next((p for p in info.problems if p.startswith("metrics.json")), None):
+        lines.append(f"Not available: the run's {summary_problem}, so what it reached is unknown.")
     else:
         lines.append("None recorded: the run wrote no final `metrics.json`.")
     lines += ["", "## Config", ""]

@@ -14,7 +14,12 @@ Accuracy: greedy replies to the held-out embedded tasks (the ones a chat run sco
 prompts (the SFT loss on the `data.val_tasks` validation conversations). A pretrained run has no role
 markers yet: it is scored with the four marker embeddings an SFT run would start from (their mean
 embedding), so "after pretrain" is measured on the very model SFT begins with. Results go to the console
-and to <run>/evaluation.json.
+and to <run>/evaluation/<checkpoint>.json: one file per checkpoint (and per choice of tasks), never overwritten by
+the evaluation of another.
+
+The validation split is checked against the one the run recorded (its checkpoint's manifest, or val_windows.json):
+a split that changed since (a corpus edited, LLMLAB_DATA_DIR pointed elsewhere) is one line, not another loss;
+allow_data_change=true scores it anyway and says so in the result.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from omegaconf import DictConfig
 
 from llmlab.config.argv import quote_arguments
 from llmlab.config.commands import EvaluateConfig
-from llmlab.config.errors import exit_on_config_error
+from llmlab.config.errors import ConfigError, exit_on_config_error
 from llmlab.rundir import RunDir
 from llmlab.rundir.summary import perplexity
 from llmlab.store import CONF_DIR, to_dataclass
@@ -47,13 +52,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     device = pick_device(cfg.device)
     model, tokenizer, checkpoint = load_trained(cfg.run, device, cfg.checkpoint)
     config = run_config(checkpoint)
-    whole_split = split_of(model, tokenizer, config, device)
+    whole_split = split_of(model, tokenizer, config, device, recorded_split(checkpoint), cfg.allow_data_change)
     result = {"checkpoint": str(checkpoint), **whole_split}
+    out = result_path(checkpoint, cfg)
     kind = (config.get("data") or {}).get("kind")
     if not (cfg.tasks if cfg.tasks is not None else kind is None or kind in EMBEDDED_LANGUAGE):
         result["tasks_skipped"] = (f"the run trained on data.kind={kind}, not on llmlab's embedded language the "
                                    "tasks are written in (tasks=true scores them anyway)")
-        RunDir.of_checkpoint(checkpoint).evaluation.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(out, result)
         return result
     template = ChatTemplate(tokenizer)
     model.resize_vocab(template.vocab_size)  # a pretrained run: the markers SFT would add
@@ -72,8 +78,43 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
     result.update(eval_tasks=len(eval_tasks), task_accuracy=accuracy, answer_loss=total / count,
                   answer_ppl=perplexity(total / count))
-    RunDir.of_checkpoint(checkpoint).evaluation.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     return result
+
+
+def result_path(checkpoint: Path, cfg: EvaluateConfig) -> Path:
+    """<run>/evaluation/<checkpoint>.json; a choice of tasks other than the default adds a short hash of it, so
+    evaluations of other checkpoints or on other tasks never overwrite each other."""
+    import dataclasses
+    import hashlib
+
+    name = checkpoint.name
+    choice = {"data": dataclasses.asdict(cfg.data), "tasks": cfg.tasks}
+    if choice != {"data": dataclasses.asdict(EvaluateConfig().data), "tasks": None}:
+        name += "-" + hashlib.sha256(json.dumps(choice, sort_keys=True).encode()).hexdigest()[:8]
+    return RunDir.of_checkpoint(checkpoint).evaluation(name)
+
+
+def write_result(path: Path, result: dict) -> None:
+    from llmlab.files import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
+    print(f"written: {path}")
+
+
+def recorded_split(checkpoint: Path) -> str | None:
+    """The fingerprint of the validation split the run scored: its checkpoint's manifest's, else val_windows.json's
+    (runs from before the manifests recorded it); None when neither says."""
+    from llmlab.train import checkpoint as ckpt
+
+    recorded = (ckpt.read_manifest(checkpoint).get("data") or {}).get("val_split")
+    if recorded:
+        return recorded
+    try:
+        return json.loads(RunDir.of_checkpoint(checkpoint).val_windows.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 EMBEDDED_LANGUAGE = ("synthetic", "tasks", "task_prefs")  # the data kinds drawn from llmlab's own language
@@ -87,18 +128,26 @@ def run_config(checkpoint: Path) -> dict:
     return RunDir.of_checkpoint(checkpoint).verified_config(recorded, checkpoint)
 
 
-def split_of(model, tokenizer, config: dict, device) -> dict:
-    """{val_loss_full, val_tokens_scored} of a pretraining run (config: its resolved config); {} for a chat run."""
+def split_of(model, tokenizer, config: dict, device, recorded: str | None = None, allow_change: bool = False) -> dict:
+    """{val_loss_full, val_tokens_scored} of a pretraining run (config: its resolved config); {} for a chat run.
+    recorded: the fingerprint of the split the run scored; another split is refused unless allow_change."""
     from llmlab.data.validation import validation_streams
-    from llmlab.train.split_eval import split_loss
+    from llmlab.train.split_eval import split_fingerprint, split_loss
 
     if not config:
         return {}
     streams = validation_streams(config.get("data") or {}, tokenizer, Path(config.get("cache_dir", ".")))
     if not streams:
         return {}
+    now = split_fingerprint(streams, model.cfg.context_length)
+    changed = recorded is not None and now != recorded
+    if changed and not allow_change:
+        raise ConfigError(f"the validation split is not the one this run scored (fingerprint {now} now, {recorded} "
+                          "recorded): its data changed since; restore it, or allow_data_change=true to score the "
+                          "data as it is now")
     scored = split_loss(model, streams, model.cfg.context_length, 32, device)
-    return {"val_loss_full": scored.loss, "val_tokens_scored": scored.tokens}
+    return {"val_loss_full": scored.loss, "val_tokens_scored": scored.tokens, "val_split_fingerprint": now,
+            **({"data_changed": f"scored on a split other than the run's ({recorded})"} if changed else {})}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -157,6 +158,8 @@ def export_run(cfg: ExportConfig) -> Path:
         if cfg.card:
             info = read_run_info(checkpoint, manifest)
             (tmp / CARD).write_text(model_card(info, cfg, family, chat), encoding="utf-8")
+            for problem in info.problems:  # the card says so too; a reader of the console should not miss it
+                print(f"warning: the model card cannot vouch for the run: {problem}", file=sys.stderr)
             if info.base and not cfg.base_model:
                 print(f"note: the card names no base_model: {info.base} is a local directory; give "
                       "base_model=<its Hub id> once it is on the Hub")

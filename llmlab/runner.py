@@ -18,8 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from llmlab import run_checks
-from llmlab.config.schema import RunConfig
+from llmlab.config.schema import RunConfig, TrainerConfig
 from llmlab.data.batch import ShowFirstBatch
+from llmlab.data.fingerprint import check_same_data
 from llmlab.monitors.base import MonitorSet
 from llmlab.monitors.build import MonitorSource, monitor_set
 from llmlab.rundir import RunDir
@@ -33,8 +34,9 @@ from llmlab.train.checkpointer import Checkpointer, check_same_processes, resume
 from llmlab.train.device import peak_memory_mb, pick_device
 from llmlab.train.evaluators import Samples
 from llmlab.train.run_dir import AlreadyCompleted, RunDirLock, check_run_dir, completed_summary
+from llmlab.train.schedule import rewarmed
 from llmlab.train.signals import Interrupted, StopRequested
-from llmlab.train.split_eval import split_loss, write_windows
+from llmlab.train.split_eval import split_fingerprint, split_loss, write_windows
 from llmlab.train.summary import final_summary, log_hparams, write_run_record
 from llmlab.train.tb_layout import custom_scalars_layout, pinned_keys
 from llmlab.train.threads import default_threads
@@ -55,6 +57,18 @@ def last_logged(path: Path, key: str) -> float | None:
             if isinstance(row, dict) and isinstance(row.get(key), int | float):
                 return float(row[key])
     return None
+
+
+def warn_if_rewarmed(run_dir: RunDir, step: int, trainer: TrainerConfig) -> None:
+    """A warning line when a changed schedule lifts the learning rate of a resumed run (an extended wsd run whose
+    decay had begun goes back to its peak); nothing when the saved config cannot be read (it was allowed to go)."""
+    try:
+        saved = OmegaConf.load(run_dir.config).get("trainer")
+        before = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), saved))
+    except Exception:  # noqa: BLE001  an unreadable or older config: nothing to compare with
+        return
+    if message := rewarmed(step, before, trainer):
+        log.warning(f"warning: {message}")
 
 
 class Run:
@@ -100,16 +114,24 @@ class Run:
         resume_from, manifest = self.claim_run_dir()
         parts = self.parts = self.build_parts(StageContext(self.cfg, self.device, self.place, self.out_dir,
                                                            resume_from))
+        self.fingerprint_data(resume_from, manifest)
         run_checks.after_build(self.cfg, parts)  # the gate: the record, the logs and checkpoints come after it
         self.pinned = pinned_keys(parts.text_bytes is not None, self.stage.pinned)
+        trainer = self.trainer(self.checkpointer(resume_from), parts.evaluators)
+        if resume_from is not None:
+            trainer.resume(resume_from)
+        # from here on the run directory is written: the resume will proceed. A refused resume (an optimizer of
+        # another shape, a state of another run) has left it as it was, its logs uncut
         # logs past the checkpoint are redone by this run; an attempt that never checkpointed is redone whole
         resume_step = manifest["step"] if manifest else (0 if self.run_dir.metrics_log.exists() else None)
         if self.place.is_main:  # rank 0 alone writes the record, logs, TensorBoard and monitors
+            if manifest is not None and self.cfg.trainer.allow_config_change:
+                warn_if_rewarmed(self.run_dir, manifest["step"], self.cfg.trainer)
             write_run_record(self.out_dir, self.cfg, parts.stats, parts.model, self.device, self.place)
             self.open_sinks(resume_step)
-        trainer = self.trainer(self.checkpointer(resume_from), self.evaluators(resume_step))
+            trainer.sinks, trainer.monitors = self.sinks, self.monitors
+        trainer.evaluators[:0] = self.samples(resume_step)  # the samples come first at each evaluation
         if resume_from is not None:
-            trainer.resume(resume_from)
             if self.place.is_main:
                 log.info(f"resumed from {resume_from} (step {trainer.state.step})")
         else:
@@ -160,6 +182,19 @@ class Run:
         self.active_params = parts.model.active_params() if parts.model.inactive_params() else None  # MoE
         return parts
 
+    def fingerprint_data(self, resume_from: Path | None, manifest: dict | None) -> None:
+        """Record what the run trains and validates on (dataset_stats.json and every checkpoint's manifest), and
+        refuse to resume on other data unless trainer.allow_data_change."""
+        cfg, parts = self.cfg, self.parts
+        if parts.data_fingerprint is not None:
+            if parts.val_split:  # the whole validation split's tokens, as val_windows.json and evaluate know them
+                parts.data_fingerprint["val_split"] = split_fingerprint(parts.val_split, cfg.model.context_length)
+            parts.stats = {**parts.stats, "data_fingerprint": parts.data_fingerprint}
+            parts.manifest = {**parts.manifest, "data": parts.data_fingerprint}
+        if manifest is not None and not cfg.trainer.allow_data_change:
+            check_same_data(manifest.get("data"), parts.data_fingerprint, f"checkpoint {resume_from}",
+                            "resume with trainer.allow_data_change=true")
+
     def open_sinks(self, resume_step: int | None) -> None:
         """metrics.jsonl, TensorBoard (with the layout its Custom Scalars tab opens on) and the monitors."""
         parts, run_dir = self.parts, self.run_dir
@@ -183,12 +218,11 @@ class Run:
             checkpointer.load_weights(resume_from, model)
         return checkpointer
 
-    def evaluators(self, resume_step: int | None) -> list:
-        """What each evaluation asks besides the loss: the samples (samples.txt), then the stage's own."""
+    def samples(self, resume_step: int | None) -> list:
+        """The periodic samples (samples.txt), evaluated before the stage's own evaluators."""
         parts = self.parts
-        samples = [Samples(parts.sample, self.sinks, self.run_dir.samples, self.place, resume_step)] if parts.sample \
+        return [Samples(parts.sample, self.sinks, self.run_dir.samples, self.place, resume_step)] if parts.sample \
             else []
-        return [*samples, *parts.evaluators]
 
     def trainer(self, checkpointer: Checkpointer, evaluators: list) -> Trainer:
         cfg, parts, place = self.cfg, self.parts, self.place
@@ -222,7 +256,7 @@ class Run:
         try:
             result = trainer.fit(stop)
             if result.train_loss is None:  # resumed at its last step (to score the split): nothing trained here
-                result = dataclasses.replace(result, train_loss=last_logged(self.out_dir / "metrics.jsonl",
+                result = dataclasses.replace(result, train_loss=last_logged(self.run_dir.metrics_log,
                                                                             "train/loss"))
             if result.status == "completed":
                 result = self.score_split_or_stop(trainer, result, stop)
@@ -263,7 +297,8 @@ class Run:
             record["val_bytes_scored"] = split_bytes(streams, self.parts.text_bytes)
             record["val_bpb_full"] = bits_per_byte(float(result.sums.sum()), record["val_bytes_scored"])
         if self.place.is_main:
-            record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}")
+            record["val_windows_sha256"] = write_windows(self.out_dir, result, f"step_{trainer.state.step}",
+                                                         self.parts.data_fingerprint)
             self.sinks.log_summary(trainer.state.step, {"val/loss_full": result.loss, **(
                 {"val/bpb_full": record["val_bpb_full"]} if record.get("val_bpb_full") is not None else {})})
         return record

@@ -271,7 +271,7 @@ def test_a_run_scores_its_whole_split_and_evaluate_gives_the_same_figure_for_any
     evaluated = run_cli("llmlab.evaluate", [f"run={run}", "checkpoint=step_6", "data.eval_tasks=1", "device=cpu"],
                         cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    result = json.loads((run / "evaluation.json").read_text())
+    result = json.loads(next((run / "evaluation").glob("step_6-*.json")).read_text())
     assert result["val_loss_full"] == pytest.approx(summary["val_loss_full"], rel=1e-5)
     assert result["val_tokens_scored"] == summary["val_tokens_scored"]
 

@@ -132,6 +132,8 @@ class EvaluateConfig:
     """score those tasks; None = only a run trained on llmlab's embedded language"""
     device: str = "auto"
     """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+    allow_data_change: bool = False
+    """score a validation split that differs from the one the run recorded (refused otherwise)"""
 
 
 @dataclass
@@ -143,8 +145,9 @@ class AnalyzeConfig:
     """a run directory or checkpoint directory ..."""
     model: ModelConfig | None = None
     """... or model=hf model.path=<transformers model directory>"""
-    text: str = ""
-    """run through one forward and backward (after a bos token)"""
+    text: str = "The cat sat on the mat and the dog sat on the log. The cat sat on the mat and the dog sat on the log."
+    """run through one forward and backward (after a bos token); the default repeats itself, so induction and
+    copying heads have something to find"""
     layers: list[int] | None = None
     """null = all blocks plus embeddings, final norm and head; negative from the end"""
     out: str | None = None

@@ -8,8 +8,8 @@ llmlab.store). Hydra's own keys (hydra.*) say only where the files go, and are f
 from __future__ import annotations
 
 FREE_KEYS = ("out_dir", "device", "cache_dir", "tokenizer.cache_dir", "trainer.progress", "trainer.threads",
-             "trainer.resume", "trainer.allow_config_change", "trainer.peak_flops", "trainer.compile",
-             "trainer.activation_checkpointing", "monitors", "sweep", "logger")
+             "trainer.resume", "trainer.allow_config_change", "trainer.allow_data_change", "trainer.peak_flops",
+             "trainer.compile", "trainer.activation_checkpointing", "monitors", "sweep", "logger")
 
 
 def is_free(key: str) -> bool:

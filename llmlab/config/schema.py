@@ -200,6 +200,10 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.d_ff is not None:
             check_positive("model.d_ff", self.d_ff)
+        if self.moe.experts and self.moe.every > self.n_layers and self.path is None:
+            raise ConfigError(f"model.moe.every={self.moe.every} > model.n_layers={self.n_layers}: no block would be "
+                              "a mixture of experts (blocks every, 2*every, ... are); use model.moe.every <= "
+                              f"{self.n_layers}, or model.moe.experts=0 for a dense model")
         if self.mlp == "none" and self.moe.experts:
             raise ConfigError(f"model.mlp=none (attention-only blocks) leaves no MLP for model.moe.experts="
                               f"{self.moe.experts} to replace; use model.moe.experts=0 or an MLP")
@@ -423,6 +427,10 @@ class HFSourceConfig:
                               "(parquet, json, csv, text, arrow) with data.files, or a hub dataset name")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_split is not None and self.val_split.strip() == self.split.strip():
+            raise ConfigError(f"data.val_split={self.val_split} is data.split: the run would validate on the rows it "
+                              "trains on; name a held-out split (validation, test), or null to hold out every "
+                              "round(1/data.val_fraction)-th training row")
         self.files = [self.files] if isinstance(self.files, str) else list(self.files)
         if not all(isinstance(f, str) for f in self.files):
             raise ConfigError(f"data.files: expected file names or globs, got {self.files!r}")
@@ -670,6 +678,8 @@ class TrainerConfig:
     """auto | never | <checkpoint or run dir>"""
     allow_config_change: bool = False
     """resume a run directory whose config differs (changed keys are listed)"""
+    allow_data_change: bool = False
+    """resume a checkpoint whose data has changed since (the sources that differ are listed)"""
     peak_flops: float = 1e12
     """per device, for MFU; set it to your hardware's figure"""
     progress: bool = True

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import HFDataConfig, HFSourceConfig, MixDataConfig
 from llmlab.data.hf import OpenedSource, check_field, open_source
@@ -162,6 +164,25 @@ def read_manifest(directory: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+UNKNOWN_WARNING = 0.05  # a source more unknown than this was mostly unseen by the tokenizer's sample
+
+
+def unknown_warnings(prepared: list[PreparedSource], unk_id: int | None) -> list[str]:
+    """A line per source whose first training tokens are more than UNKNOWN_WARNING the tokenizer's unknown token
+    (its text is not in what the tokenizer learnt from: another script, rows unlike the first ones)."""
+    if unk_id is None:
+        return []
+    lines = []
+    for p in prepared:
+        sample = np.asarray(p.train[:STATS_TOKENS])
+        share = float((sample == unk_id).mean()) if len(sample) else 0.0
+        if share > UNKNOWN_WARNING:
+            lines.append(f"{p.name}: {share:.0%} of its tokens are the tokenizer's unknown token (of the first "
+                         f"{len(sample):,}); the tokenizer learnt from too little of its text: raise "
+                         "data.sample_chars, give it more weight, or use tokenizer=bpe (byte fallback: no unknowns)")
+    return lines
 
 
 def combined_stats(prepared: list[PreparedSource], tokenizer: Tokenizer, from_cache: bool) -> dict:

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 
 from llmlab.config.errors import ConfigError
-from llmlab.config.schema import ModelConfig
+from llmlab.config.schema import ModelConfig, MoEConfig
 from llmlab.data.tokenizers import PretrainedTokenizer
 from llmlab.interop.hf import config_from_hf, hf_tensors, load_hf_state
 from llmlab.weights import MAX_HEADER_BYTES, check_memory, check_tensors, read_header
@@ -98,8 +98,27 @@ def check_weight_files(cfg: ModelConfig, source: str, arch: ModelConfig) -> None
     check_tensors(found, hf_tensors(arch), f"{directory / 'config.json'}", str(listing), prefix, strict=False)
 
 
+ROUTER_TRAINING = ("aux_loss_coef", "z_loss_coef", "bias_rate")  # model.moe's fields that shape no weight
+
+
+def check_moe_applies(cfg: ModelConfig, arch: ModelConfig) -> None:
+    """ConfigError naming a model.moe architecture field set to other than its default and the imported model's."""
+    default = MoEConfig()
+    for field in dataclasses.fields(MoEConfig):
+        if field.name in ROUTER_TRAINING:
+            continue
+        asked, there = getattr(cfg.moe, field.name), getattr(arch.moe, field.name)
+        if asked != getattr(default, field.name) and asked != there:
+            what = f"{arch.moe.experts} experts" if arch.moe.experts else "dense"
+            raise ConfigError(f"model.moe.{field.name}={asked} cannot apply to model.path={cfg.path}: its config.json "
+                              f"decides the architecture ({what}, moe.{field.name}={there}); leave model.moe.* "
+                              "but its router training (aux_loss_coef, z_loss_coef, bias_rate) unset")
+
+
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
-    """cfg with the architecture of the model at cfg.path; its name, path, context_length and dropout stay.
+    """cfg with the architecture of the model at cfg.path; every option that is not architecture stays (name, path,
+    context_length, dropout, LoRA adapters, a mixture's router loss weights). An architecture option set to something
+    the model at cfg.path is not (model.moe.experts=4 on a dense model) is refused: it cannot apply.
 
     Before anything is built from it: the weight files' headers must hold what config.json declares, and the
     model (at the run's context) must fit in memory in fp32."""
@@ -110,8 +129,11 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         raise ConfigError(f"model.context_length={length} exceeds the {arch.context_length} positions of {cfg.path}")
     check_weight_files(cfg, source, arch)
     # context_length is the run's sequence length: RoPE tables and GPT-2's position table stop there
+    check_moe_applies(cfg, arch)
+    router = {f: getattr(cfg.moe, f) for f in ROUTER_TRAINING}  # how the router trains, not what it is
     resolved = dataclasses.replace(arch, name=cfg.name, path=cfg.path, local_files_only=cfg.local_files_only,
-                                   context_length=length, dropout=cfg.dropout)
+                                   context_length=length, dropout=cfg.dropout, lora=cfg.lora,
+                                   moe=dataclasses.replace(arch.moe, **router))
     check_memory(resolved, f"model.path={cfg.path}")
     return resolved
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import threading
 import time
 import traceback
@@ -170,6 +171,10 @@ class Monitor:
     name = "monitor"
 
     def __init__(self, schedule: Schedule, door: Door | None = None, probe_cfg: ProbeConfig | None = None):
+        if door is not None and getattr(multiprocessing.current_process(), "_inheriting", False):
+            # a figure process importing a script that has no `if __name__ == "__main__":` guard: it would train
+            # the whole script again. It stops here; the run draws its figures itself and says why (FigurePool)
+            raise SystemExit(0)
         self.schedule = schedule
         self.ctx: MonitorContext | None = None
         self.door = door

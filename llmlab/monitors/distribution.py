@@ -84,12 +84,14 @@ class DistributionMonitor(Monitor):
         self.cfg = cfg
         self.activation_filter = activation_filter
         self._hooks: list = []
+        self._first_step = 0  # the first step whose forward the hooks can see (on_train_start sets it)
         self._captures: dict[str, TensorCapture] = {}
         self._before_step: dict[str, torch.Tensor] = {}
         self.track_updates = True  # update-to-weight ratios need an optimizer step (analyze takes none)
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
+        self._first_step = step + 1
         model, cfg, view = ctx.model, self.cfg, ctx.view
         if cfg.layers is not None and view.prefix is None:
             raise ValueError(f"layers: {type(model).__name__} has no decoder layers llmlab knows; choose with modules")
@@ -138,7 +140,13 @@ class DistributionMonitor(Monitor):
     def on_after_backward(self, step: int) -> None:
         if not self.schedule.due(step):
             return
+        hooked = bool(self._hooks) and step > self._first_step  # any loop: the first step's forward came before
+        # its hooks could go on (the door starts at the first after_backward)
         self._remove_hooks()  # the forward of this step is done
+        if hooked and self._captures and not self._captures["activations"].stats:
+            self.ctx.alerts.alert(step, "no_activations", self.name, "no training-mode forward ran this step, so no "
+                                  "activation was recorded (a model in eval mode, as from_pretrained returns it? call "
+                                  "model.train() before the loop: eval-mode forwards are probes, never counted)")
         if not self._captures:  # resumed onto a capture step: hooks were never registered
             self._captures = {kind: TensorCapture(self.cfg) for kind in ("weights", "activations", "gradients")}
         if self.cfg.gradients:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,25 @@ class FigurePool:
         """Draw (figure, path, want_image, kwargs) jobs in parallel; blocks, so call it from a worker thread."""
         if self.processes == 0 or self._hurry.is_set():
             return [draw(*job) for job in jobs]
-        futures: list[Future] = [self._pool().submit(draw, *job) for job in jobs]
-        return [self._result(future, job) for future, job in zip(futures, jobs, strict=True)]
+        try:
+            futures: list[Future] = [self._pool().submit(draw, *job) for job in jobs]
+            return [self._result(future, job) for future, job in zip(futures, jobs, strict=True)]
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:  # the processes could not start or died
+            self._give_up(exc)
+            return [draw(*job) for job in jobs]
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Draw inline from now on, and say why once: the figures go on, only not in processes of their own."""
+        if self.processes == 0:
+            return
+        self.processes = 0
+        executor, self._executor = self._executor, None
+        if executor is not None:  # broken already: its futures fail by themselves (cancelling them races its thread)
+            executor.shutdown(wait=False)
+        print(f"warning: figures are drawn in this process from now on: their worker processes failed "
+              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}). A script that "
+              "trains at its top level needs an `if __name__ == \"__main__\":` guard, as every script that starts "
+              "processes does", file=sys.stderr, flush=True)
 
     def _result(self, future: Future, job: tuple) -> np.ndarray | None:
         while True:
@@ -77,7 +96,8 @@ class FigurePool:
                 return future.result(timeout=0.2)
             except FutureTimeout:
                 if self._hurry.is_set():  # a process of the idle class may not get the CPU for minutes
-                    future.cancel()
+                    # not cancelled: a cancelled future the pool then fails (a process that died) makes the pool's
+                    # own thread raise InvalidStateError (Python 3.11); close() stops the processes anyway
                     return draw(*job)  # writes the same file; render replaces files whole
 
     def close(self) -> None:
@@ -85,7 +105,7 @@ class FigurePool:
             return
         if self._hurry.is_set():  # what the idle processes still hold was drawn by the waiting threads
             processes = list(getattr(self._executor, "_processes", {}).values())
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=False)
             for process in processes:
                 process.terminate()
         else:

@@ -13,7 +13,7 @@
   tokenizer/, checkpoints/                   the run's tokenizer; step_N/, best/, latest (llmlab.train.checkpoint)
   monitors/<name>/history.jsonl              each monitor's record, beside its figures
   plots/<name>.png, tb/                      the figures drawn at the end; TensorBoard's event files
-  analysis/, evaluation.json                 what `llmlab.analyze` and `llmlab.evaluate` add
+  analysis/, evaluation/<checkpoint>.json    what `llmlab.analyze` and `llmlab.evaluate` add
   generations.json                           a sweep report's cache of the job's samples
 ```
 
@@ -139,9 +139,9 @@ class RunDir:
     def analysis(self) -> Path:
         return self.root / "analysis"
 
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation.json"
+    def evaluation(self, name: str) -> Path:
+        """One result per checkpoint (and choice of data): evaluating another never overwrites it."""
+        return self.root / "evaluation" / f"{name}.json"
 
     @property
     def generations(self) -> Path:

@@ -68,6 +68,10 @@ class MetricSinks(Sink):
     def __init__(self, sinks: list[Sink]):
         self.sinks = sinks
 
+    def add(self, sink: Sink) -> None:
+        """One more sink (the run adds its files once nothing can refuse it any more)."""
+        self.sinks.append(sink)
+
     @property
     def tensorboard(self):
         return next((s.tensorboard for s in self.sinks if s.tensorboard is not None), None)

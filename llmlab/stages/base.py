@@ -61,6 +61,8 @@ class StageParts:
     # stage's loss is not per token (DPO, GRPO)
     text_bytes: Callable[[list[int]], int] | None = None
     modular_task: ModularTask | None = None  # data=modular: the task and its split, for the progress monitor
+    # the data's sources and checksums (llmlab.data.fingerprint); None: the stage reports none, and is not checked
+    data_fingerprint: dict | None = None
 
 
 class Stage(ABC):

@@ -17,6 +17,7 @@ from llmlab.config.stages import DPOConfig, SFTConfig
 from llmlab.data.batch import Batch
 from llmlab.data.chat_batches import ChatBatches, fixed_batches
 from llmlab.data.chat_template import ChatTemplate
+from llmlab.data.fingerprint import fingerprint, source_record
 from llmlab.data.post_training import prepare_chat_items
 from llmlab.data.tokenizers import Tokenizer
 from llmlab.load import load_trained
@@ -62,6 +63,7 @@ class ChatStage(Stage):
             steps_per_epoch=train_batches.batches_per_epoch / trainer.grad_accum_steps, stats=items.stats,
             sample=task_sampler(model, template, shown, ctx.device), describe_batch=describer(template),
             decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True},
+            data_fingerprint=fingerprint([source_record(cfg.data.kind, items.train, items.val)]),
             text_bytes=utf8_bytes(lambda ids: tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])))
 
 

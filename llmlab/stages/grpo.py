@@ -42,6 +42,7 @@ from llmlab.data.batch import IGNORE, Batch
 from llmlab.data.chat import Message, expand, parse_conversation, read_records
 from llmlab.data.chat_batches import fixed_batches
 from llmlab.data.chat_template import ChatTemplate
+from llmlab.data.fingerprint import fingerprint, source_record
 from llmlab.data.post_training import prepare_chat_items, tasks_of
 from llmlab.data.tasks import Task, is_correct
 from llmlab.model.generation import SamplingConfig, generate, pad_prompts
@@ -354,4 +355,5 @@ class GRPO(Stage):
             steps_per_epoch=train_batches.batches_per_epoch / (trainer.grad_accum_steps / stage.updates_per_batch),
             stats=stats, sample=task_sampler(model, template, items.eval_tasks[:1] if tasks else [], ctx.device),
             describe_batch=lambda b: f"first batch: {len(b.index)} prompts; row 0: {records[b.index[0]].prompt}",
-            decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True})
+            decode=template.render, evaluators=evaluators, manifest={"base": base, "chat": True},
+            data_fingerprint=fingerprint([source_record(cfg.data.kind, records, items.val)]))

@@ -12,6 +12,7 @@ import math
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import ModularDataConfig
 from llmlab.data.batch import Batch
+from llmlab.data.fingerprint import fingerprint, source_record
 from llmlab.data.modular import ModularBatches, ModularTask, modular_task
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import StageContext, StageParts
@@ -48,7 +49,8 @@ def modular_parts(ctx: StageContext, data: ModularDataConfig) -> StageParts:
         [task.batch(task.heldout_pairs)],
         steps_per_epoch=len(task.train_pairs) / (per_step * trainer.grad_accum_steps), stats=stats,
         sample=None, describe_batch=describer(task), decode=task.decode, manifest={"base": None},
-        evaluators=[ModularAccuracy(model, task, ctx.device)], modular_task=task)
+        evaluators=[ModularAccuracy(model, task, ctx.device)], modular_task=task,
+        data_fingerprint=fingerprint([source_record("modular", task.train_pairs, task.heldout_pairs)]))
 
 
 def describer(task: ModularTask):

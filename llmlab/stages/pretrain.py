@@ -23,10 +23,11 @@ from llmlab.config.stages import PretrainConfig
 from llmlab.data.batch import Batch
 from llmlab.data.copy_probe import CopyProbe, copy_probe
 from llmlab.data.dataset import TrainBatches, validation_batches
+from llmlab.data.fingerprint import fingerprint, shard_record, source_record
 from llmlab.data.induction import span_probe
 from llmlab.data.mixture import MixtureBatches, mixed_validation_batches
 from llmlab.data.pipeline import decode_documents, token_streams
-from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample
+from llmlab.data.prepared import combined_stats, prepare_sources, tokenizer_sample, unknown_warnings
 from llmlab.data.sources import annotated_validation, induction_validation, load_corpus, span_generator
 from llmlab.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from llmlab.model.generation import SamplingConfig, generate
@@ -66,6 +67,7 @@ class Pretrain(Stage):
                                          warn=ctx.place.is_main)
         parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, len(streams.train), streams.stats,
                            [streams.val])
+        parts.data_fingerprint = fingerprint(source_record(s.name, s.train_docs, s.val_docs) for s in corpus.sources)
         if isinstance(cfg.data, InductionDataConfig):
             self.add_in_context_score(ctx, parts, tokenizer)
         return parts
@@ -104,8 +106,13 @@ class Pretrain(Stage):
             val_batches = mixed_validation_batches([p.val for p in prepared], weights, batch * ranks, seq_len,
                                                    trainer.eval_batches)
         stats = combined_stats(prepared, tokenizer, from_cache)
-        return self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
-                          [p.val for p in prepared])
+        if ctx.place.is_main:
+            for line in unknown_warnings(prepared, getattr(tokenizer, "unk_id", None)):
+                log.warning(f"warning: {line}")
+        parts = self.parts(ctx, model, tokenizer, train_batches, val_batches, stats["train_tokens"], stats,
+                           [p.val for p in prepared])
+        parts.data_fingerprint = fingerprint(shard_record(p.name, p.directory) for p in prepared)
+        return parts
 
     def parts(self, ctx: StageContext, model: Transformer, tokenizer: Tokenizer, train_batches, val_batches,
               train_tokens: int, stats: dict, val_split: list) -> StageParts:

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 
 from llmlab.config.errors import ConfigError
-from llmlab.sweep.report import write_sweep_report
+from llmlab.sweep.report import check_choices, write_sweep_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": args.prompt or [""], "max_new_tokens": args.max_new_tokens, "seed": args.seed,
         "num_samples": args.num_samples, "checkpoint": args.checkpoint}
     try:
+        check_choices(args.sweep_dir, args.reference, None if args.no_generations else args.checkpoint)
         report = write_sweep_report(args.sweep_dir, plots=not args.no_plots, generations=generations,
                                     reference=args.reference)
     except OSError as err:  # no such directory, no jobs in it, or it cannot be written

@@ -319,6 +319,28 @@ def present(rows: list[dict], columns) -> list[str]:
     return [c for c in columns if any(r.get(c) is not None for r in rows)]
 
 
+def check_choices(sweep_dir: str | Path, reference: str | None, checkpoint: str | None) -> None:
+    """ConfigError, before anything is rebuilt, when the reference names no setting of the sweep's jobs or no job
+    has the checkpoint asked for (the command line's choices: a typo must not rewrite the report without a word)."""
+    jobs = find_jobs(Path(sweep_dir))
+    if not jobs:
+        return  # write_sweep_report says so
+    reference = reference if reference is not None else declared_reference(Path(sweep_dir))
+    if reference:
+        others = [k for k in swept_keys(jobs, Path(sweep_dir)) if k != SEED]
+        settings = {setting_label(job.overrides, others): {k: job.overrides.get(k, "") for k in others}
+                    for job in jobs}
+        find_reference(list(settings), settings, reference)
+    if checkpoint and checkpoint != "latest":
+        from llmlab.train import checkpoint as ckpt
+
+        have = sorted({c.name for job in jobs for c in (job.path / "checkpoints").glob("*")
+                       if (c / ckpt.MANIFEST).is_file()})
+        if checkpoint not in have:
+            raise ConfigError(f"--checkpoint {checkpoint}: no job of this sweep has it (the jobs have: "
+                              f"{', '.join(have) or 'no checkpoint'}); nothing was rewritten")
+
+
 def write_sweep_report(sweep_dir: str | Path, plots: bool = True, generations: dict | None = None,
                        reference: str | None = None) -> dict:
     """Write sweep_summary.{csv,md,json} (+ plots, generation comparison) into sweep_dir; the JSON content.

@@ -60,7 +60,8 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, 
             save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         files = {name: file_record(tmp / name) for name in ("model.safetensors", "state.pt")}
-        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(RunDir(root.parent)), **meta}
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **run_files(RunDir(root.parent)), **meta,
+                    **({"trainer_state": False} if name == BEST else {})}
         write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
     if name is not None:
         return Checkpoint(final, step)
@@ -123,6 +124,11 @@ def verify_checkpoint(path: Path) -> dict:
     for name, expected in manifest.get("tokenizer_files", {}).items():  # older checkpoints record none
         check_file(run_dir / name, expected, "the run's tokenizer file")
     return manifest
+
+
+def holds_trainer_state(path: Path, manifest: dict) -> bool:
+    """Whether a checkpoint can be resumed: best holds the weights alone (older manifests do not say so)."""
+    return manifest.get("trainer_state", path.name != BEST) is not False
 
 
 def list_checkpoints(root: Path) -> list[Checkpoint]:

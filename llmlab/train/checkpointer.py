@@ -34,7 +34,12 @@ def resume_point(root: Path, resume: str) -> Path | None:
     found = ckpt.find_checkpoint(Path(resume))
     if found is None:
         raise ConfigError(f"trainer.resume={resume}: no complete checkpoint found there")
-    ckpt.verify_checkpoint(found)  # an explicit choice is never swapped for another: a bad one stops the run
+    manifest = ckpt.verify_checkpoint(found)  # an explicit choice is never swapped for another: a bad one stops it
+    if not ckpt.holds_trainer_state(found, manifest):  # refused before anything in the run directory is touched
+        raise ConfigError(f"trainer.resume={resume}: {found} holds the weights alone (no optimizer, data position or "
+                          "step), so a run cannot continue from it; resume from a step_<N> checkpoint "
+                          "(trainer.resume=auto takes the latest), or start a new run from these weights "
+                          "(stage.init_from for a chat stage, python -m llmlab.export to share them)")
     return found
 
 

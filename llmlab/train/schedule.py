@@ -35,6 +35,18 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int, min_lr_r
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def rewarmed(step: int, before: TrainerConfig, now: TrainerConfig) -> str | None:
+    """What a resume at `step` under a changed schedule does to a learning rate the old one had brought down (an
+    extended run whose decay had begun climbs back towards the peak), or None when it does not rise."""
+    old, new = scheduled_lr(step, now.lr, before), scheduled_lr(step, now.lr, now)
+    if new <= old * 1.25:
+        return None
+    return (f"trainer.max_steps={now.max_steps}: the {before.schedule} schedule of the run resumed at step {step} "
+            f"had brought the learning rate down to {old:.3g} (its end was step {before.max_steps}); it now steps at "
+            f"{new:.3g}, back towards the peak trainer.lr={now.lr:g}. To extend a run without warming it again, "
+            "resume from a checkpoint taken before its decay began")
+
+
 def scheduled_lr(step: int, peak_lr: float, cfg: TrainerConfig) -> float:
     """lr_at with the trainer config's schedule, for a parameter group whose peak is peak_lr."""
     return lr_at(step, peak_lr, cfg.warmup_steps, cfg.max_steps, cfg.floor_ratio, cfg.schedule,

@@ -105,10 +105,12 @@ def split_loss(model: torch.nn.Module, streams: Sequence[np.ndarray], seq_len: i
                      split_fingerprint(streams, seq_len))
 
 
-def write_windows(out: Path, result: SplitLoss, checkpoint: str) -> str:
-    """val_windows.json in the run directory; its sha256 (metrics.json records it, so a reader can verify it)."""
+def write_windows(out: Path, result: SplitLoss, checkpoint: str, data: dict | None = None) -> str:
+    """val_windows.json in the run directory; its sha256 (metrics.json records it, so a reader can verify it).
+    data: the run's data fingerprint (llmlab.data.fingerprint), its sources and their checksums."""
     path = RunDir(out).val_windows
     write_atomic(path, json.dumps({"fingerprint": result.fingerprint, "checkpoint": checkpoint,
+                                   **({"data": data} if data else {}),
                                    "loss": result.loss, "tokens": result.tokens,
                                    "sums": [round(float(s), 6) for s in result.sums],
                                    "counts": result.counts.tolist()}))
