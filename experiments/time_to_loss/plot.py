@@ -15,7 +15,7 @@ summary = result["summary"]
 fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
 for i, (seed, curve) in enumerate(result["reference_curves"].items()):
     ax.plot([p["wall_s"] for p in curve], [p["loss"] for p in curve], "o-", color="tab:gray", alpha=0.9, ms=4,
-            label="reference: nanoGPT recipe, AdamW + cosine, 2,000 steps (checkpoints)" if i == 0 else None)
+            label=f"reference: nanoGPT recipe, AdamW + cosine, 2,000 steps ({seed.replace('_', ' ')}, its checkpoints)")
 colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 for color, (name, table) in zip(colors, summary["contenders"].items()):
     rows = table["by_steps"]
