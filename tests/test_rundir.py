@@ -82,7 +82,8 @@ def test_rundir_names_the_files_the_old_layout_has():
              run.val_windows: "val_windows.json", run.dataset_stats: "dataset_stats.json", run.tensorboard: "tb",
              run.alerts: "alerts.jsonl", run.monitor_history("attention"): "monitors/attention/history.jsonl",
              run.plot("grokking"): "plots/grokking.png", run.analysis: "analysis",
-             run.evaluation: "evaluation.json", run.generations: "generations.json",
+             run.evaluation("best"): "evaluation/best.json", run.generations: "generations.json",
+             run.monitors_log: "monitors.jsonl",
              run.hydra_overrides: ".hydra/overrides.yaml", run.lock: ".lock"}
     for path, name in named.items():
         assert path == Path("r") / name

@@ -32,9 +32,10 @@ def one_line_error(result: subprocess.CompletedProcess, expected: str, code: int
 
 
 def files_of(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run directory but Hydra's record of the latest command and the lock."""
+    """Every file of a run directory but Hydra's record of the latest command, the lock, and run.log (the console
+    log every command run there appends to: a refused command adds its error line)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and p.name != RunDir(run_dir).lock.name}
+            if p.is_file() and ".hydra" not in p.parts and p.name not in (RunDir(run_dir).lock.name, "run.log")}
 
 
 @pytest.fixture(scope="module")
