@@ -14,8 +14,8 @@ Accuracy: greedy replies to the held-out embedded tasks (the ones a chat run sco
 prompts (the SFT loss on the `data.val_tasks` validation conversations). A pretrained run has no role
 markers yet: it is scored with the four marker embeddings an SFT run would start from (their mean
 embedding), so "after pretrain" is measured on the very model SFT begins with. Results go to the console
-and to <run>/evaluation/<checkpoint>.json: one file per checkpoint (and per choice of tasks), never overwritten by
-the evaluation of another.
+and to <run>/evaluation/<checkpoint>.json: one file per checkpoint (and per choice of tasks, and per validation
+split), never overwritten by the evaluation of another.
 
 The validation split is checked against the one the run recorded (its checkpoint's manifest, or val_windows.json):
 a split that changed since (a corpus edited, LLMLAB_DATA_DIR pointed elsewhere) is one line, not another loss;
@@ -54,7 +54,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     config = run_config(checkpoint)
     whole_split = split_of(model, tokenizer, config, device, recorded_split(checkpoint), cfg.allow_data_change)
     result = {"checkpoint": str(checkpoint), **whole_split}
-    out = result_path(checkpoint, cfg)
+    out = result_path(checkpoint, cfg, whole_split["val_split_fingerprint"] if "data_changed" in whole_split else None)
     kind = (config.get("data") or {}).get("kind")
     if not (cfg.tasks if cfg.tasks is not None else kind is None or kind in EMBEDDED_LANGUAGE):
         result["tasks_skipped"] = (f"the run trained on data.kind={kind}, not on llmlab's embedded language the "
@@ -82,9 +82,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     return result
 
 
-def result_path(checkpoint: Path, cfg: EvaluateConfig) -> Path:
-    """<run>/evaluation/<checkpoint>.json; a choice of tasks other than the default adds a short hash of it, so
-    evaluations of other checkpoints or on other tasks never overwrite each other."""
+def result_path(checkpoint: Path, cfg: EvaluateConfig, other_split: str | None = None) -> Path:
+    """<run>/evaluation/<checkpoint>.json; a choice of tasks other than the default adds a short hash of it, and a
+    validation split other than the run's (allow_data_change) its fingerprint, so evaluations of other checkpoints,
+    on other tasks or on other data never overwrite each other."""
     import dataclasses
     import hashlib
 
@@ -92,6 +93,8 @@ def result_path(checkpoint: Path, cfg: EvaluateConfig) -> Path:
     choice = {"data": dataclasses.asdict(cfg.data), "tasks": cfg.tasks}
     if choice != {"data": dataclasses.asdict(EvaluateConfig().data), "tasks": None}:
         name += "-" + hashlib.sha256(json.dumps(choice, sort_keys=True).encode()).hexdigest()[:8]
+    if other_split:
+        name += f"-data-{other_split[:8]}"
     return RunDir.of_checkpoint(checkpoint).evaluation(name)
 
 

@@ -66,8 +66,9 @@ def test_evaluate_on_changed_data_is_one_line_and_keeps_one_result_per_checkpoin
     assert files_of(run_dir) == before
     done = run_cli("llmlab.evaluate", [f"run={run_dir}", "device=cpu", "allow_data_change=true"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    changed = json.loads((run_dir / "evaluation" / "step_6.json").read_text())
+    changed = json.loads(next((run_dir / "evaluation").glob("step_6-data-*.json")).read_text())
     assert "data_changed" in changed and changed["val_loss_full"] != summary["val_loss_full"]
+    assert json.loads((run_dir / "evaluation" / "best.json").read_text()) == results["best.json"]  # kept
 
 
 # ---- 9. a validation split that is the training split -------------------------------------------------------------
