@@ -114,3 +114,52 @@ def test_a_samples_file_with_a_missing_answer_is_one_line_naming_the_record(tmp_
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answer": None}) + "\n")
     with pytest.raises(ConfigError, match=rf"{path}:2: the record has no 'answer'"):
         read_task_samples(path)
+
+
+@pytest.mark.slow
+def test_on_policy_pipeline_sample_then_rft_and_dpo_then_pass_at_k_with_a_paired_comparison(tmp_path):
+    """A tiny base, SFT on sum with eval/pass@k, its own samples, rejection sampling and DPO on them, and
+    llmlab.evaluate's pass@k with a paired comparison (about 40 s on one thread)."""
+    from conftest import FAST, compose_config
+
+    from llmlab.evaluate import evaluate
+    from llmlab.runner import Run
+    from llmlab.sample_tasks import SampleTasksConfig, sample_tasks
+    from llmlab.store import to_dataclass
+
+    def config(name: str, overrides: list[str]):
+        given = {o.split("=")[0] for o in overrides}
+        fast = [o for o in FAST if not o.startswith("data.") and o.split("=")[0] not in given]
+        cfg = compose_config([*fast, f"cache_dir={tmp_path / 'cache'}", "trainer.batch_size=8",
+                              "trainer.eval_batches=1", "trainer.warmup_steps=2", *overrides])
+        cfg.out_dir = str(tmp_path / name)
+        return to_dataclass(cfg)
+
+    tasks = ["data.families=[sum]", "data.levels=[2]", "data.eval_tasks=6", "data.val_tasks=8",
+             "data.train_tasks=64"]
+    base = config("base", ["data.train_docs=200", "data.val_docs=20", "trainer.max_steps=20"])
+    Run(base).execute()
+    sft = config("sft", [*tasks, "stage=sft", "data=tasks", f"stage.init_from={base.out_dir}", "data.pass_k=2",
+                         "trainer.max_steps=10", "trainer.eval_every=10"])
+    Run(sft).execute()
+    last = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"eval/pass@1", "eval/pass@2", "eval/pass@2/sum/2"} <= set(last)
+    assert last["eval/pass@1"] == last["eval/task_accuracy"]
+    samples = tmp_path / "samples.jsonl"
+    found = sample_tasks(SampleTasksConfig(run=sft.out_dir, out=str(samples), data=sft.data, samples=4,
+                                           device="cpu"))
+    assert found["sampled_completions"] == 64 * 4 and len(read_task_samples(samples)) == 64
+    # whatever the tiny model got right or wrong, write a file with both kinds so both stages have data
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    for r in records[:16]:
+        r["replies"] = [r["answer"], r["wrong"]]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for stage, kind in (("sft", "tasks"), ("dpo", "task_prefs")):
+        run = config(f"on_policy_{stage}", [*tasks, f"stage={stage}", f"data={kind}", f"data.samples={samples}",
+                                            f"stage.init_from={sft.out_dir}", "trainer.max_steps=2"])
+        assert Run(run).execute().status == "completed"
+    scored = evaluate(EvaluateConfig(run=str(tmp_path / "on_policy_dpo"), data=sft.data, k=2, samples=3,
+                                     compare=sft.out_dir, device="cpu"))["pass_at_k"]
+    assert scored["sampled_completions"] == 6 * 3 and len(scored["per_prompt"]["pass@2"]) == 6
+    assert set(scored["compare"]) == {"checkpoint", "pass@1", "pass@2"}
+    assert scored["groups"]["pass@1"]["sum/2"][0] == scored["groups"]["pass@1"]["all"][0]
