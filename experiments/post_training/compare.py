@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from llmlab.sweep.intervals import compare_scores, score_interval  # noqa: E402
@@ -71,27 +72,40 @@ def main(out: Path, start: str, methods: list[str]) -> None:
 
 
 def plot(path: Path, rows: list[dict], names: list[str], meta: dict) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    """Left: pass@1 (filled) and pass@k (hollow) against the completions sampled to train, methods spread a little
+    sideways so none hides another. Right: each method's paired pass@1 difference from the start with its 95%
+    interval, the +0.05 target dashed."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.1, 1]})
+    spread = 0.02 * max(r["sampled_completions"] for r in rows) or 1.0
     for i, row in enumerate(rows):
-        x, y = row["sampled_completions"], row[names[0]]
-        if "pass@1 diff" in row:
-            err = [[row["pass@1 diff"] - row["pass@1 low"]], [row["pass@1 high"] - row["pass@1 diff"]]]
-        else:
-            _, low, high = meta["start_intervals"][names[0]]
-            err = [[y - low], [high - y]]
-        color = f"C{i}"
-        ax.errorbar([x], [y], yerr=err, fmt="o", color=color, capsize=4, label=f"{row['method']} pass@1")
-        ax.plot([x], [row[names[1]]], marker="^", color=color, linestyle="none", markerfacecolor="none")
-    ax.plot([], [], marker="^", color="gray", linestyle="none", markerfacecolor="none",
-            label=f"{names[1]} (same color)")
-    ax.set_xlabel("completions sampled to train (sampling compute)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"pass@1 (95% paired interval vs the start) on {meta['tasks']} held-out tasks", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        x = row["sampled_completions"] + (i - (len(rows) - 1) / 2) * spread
+        left.plot([x], [row[names[0]]], "o", color=f"C{i}", label=row["method"])
+        left.plot([x], [row[names[1]]], "^", color=f"C{i}", markerfacecolor="none")
+    left.plot([], [], "o", color="gray", label=names[0])
+    left.plot([], [], "^", color="gray", markerfacecolor="none", label=names[1])
+    left.set_xlabel("completions sampled to train (sampling compute)")
+    left.set_ylabel(f"held-out accuracy ({meta['tasks']} tasks)")
+    left.set_ylim(0, 1.02)
+    left.set_title(f"{names[0]} (filled) and {names[1]} (hollow)", fontsize=10)
+    left.grid(alpha=0.3)
+    compared = [r for r in rows if f"{names[0]} diff" in r]
+    for j, row in enumerate(compared):
+        i = rows.index(row)
+        d, low, high = row[f"{names[0]} diff"], row[f"{names[0]} low"], row[f"{names[0]} high"]
+        right.errorbar([d], [j], xerr=[[d - low], [high - d]], fmt="o", color=f"C{i}", capsize=4)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.axvline(0.05, color="gray", linestyle="--", linewidth=0.8)
+    right.set_title("gain over the SFT start (dashed: the +0.05 target)", fontsize=10)
+    right.set_yticks(range(len(compared)), [f"{r['method']}\n({r['seeds']} seed{'s' * (r['seeds'] > 1)})"
+                                            for r in compared], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel(f"{names[0]} minus the SFT start's (paired, 95% interval)")
+    right.grid(alpha=0.3, axis="x")
+    right.xaxis.set_major_locator(matplotlib.ticker.MultipleLocator(0.05))
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METRICS = (("dpo/chosen_logp", "chosen reply: log-prob (nats)"), ("dpo/rejected_logp", "rejected reply: log-prob (nats)"),
+METRICS = (("dpo/chosen_logp", "chosen reply: log-prob (nats)"),
+           ("dpo/rejected_logp", "rejected reply: log-prob (nats)"),
            ("dpo/reward_accuracy", "reward accuracy (train pairs)"))
 
 
