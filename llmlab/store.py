@@ -91,7 +91,7 @@ def register_configs() -> None:
     for name, schema in STAGE_SCHEMAS.items():
         cs.store(group="stage", name=f"base_{name}", node=schema)
     for name, node in (("generate", commands.GenerateConfig), ("chat", commands.ChatConfig),
-                       ("evaluate", commands.EvaluateConfig),
+                       ("evaluate", commands.EvaluateConfig), ("sample_tasks", commands.SampleTasksConfig),
                        ("analyze", commands.AnalyzeConfig), ("export", commands.ExportConfig),
                        ("merge_lora", commands.MergeConfig)):
         cs.store(name=f"base_{name}", node=node)

@@ -173,7 +173,7 @@ def test_a_user_reward_gets_the_prompt_the_completion_and_the_record():
     assert rewards(record, "three", ended=True) == pytest.approx(1.0 + 0.1 + 0.5)
     assert rewards(record, "four", ended=False) == pytest.approx(0.5)
     assert CALLS[0] == ("Say how many words. the ripe pear", "three",
-                        {"family": "count", "prompt": task.prompt, "answer": "three", "wrong": "two"})
+                        {"family": "count", "prompt": task.prompt, "answer": "three", "wrong": "two", "level": 0})
 
 
 def test_a_reward_that_raises_or_cannot_be_imported_is_one_line_naming_the_record():

@@ -105,6 +105,19 @@ def test_dpo_starts_at_ln2():
     assert record["dpo/reward_margin"][0].item() == 0.0
 
 
+def test_dpo_with_an_nll_weight_adds_the_chosen_replies_loss_per_token():
+    from llmlab.train.objectives import NextTokenObjective
+
+    model = tiny_model(TEMPLATE.vocab_size)
+    prompt = [Message("user", "Sum the digits. #12")]
+    pairs = [(TEMPLATE.reply(prompt, "3"), TEMPLATE.reply(prompt, "4")),
+             (TEMPLATE.reply(prompt, "13"), TEMPLATE.reply(prompt, "2"))]
+    batch = collate(pairs, pad_id=0)
+    loss = DPOObjective(copy.deepcopy(model), beta=0.1, nll_weight=0.5).loss(model, batch)
+    per_row = [NextTokenObjective().loss(model, collate([(chosen,)], pad_id=0)).item() for chosen, _ in pairs]
+    assert loss.item() == pytest.approx(math.log(2) + 0.5 * sum(per_row) / 2, rel=1e-5)
+
+
 def test_chat_stages_need_a_start_and_matching_data(tmp_path):
     with pytest.raises(ConfigError, match="stage=sft starts from a trained model: give stage.init_from"):
         make_config(tmp_path, ["stage=sft", "data=tasks"])

@@ -43,9 +43,13 @@ class DPOConfig(StageConfig):
     """preference loss against the frozen starting model (the reference)"""
     beta: float = 0.1
     """how far the policy may move from the reference (larger: less far)"""
+    nll_weight: float = 0.0
+    """> 0: plus this times the chosen reply's next-token loss per token (iterative RPO), so DPO cannot lower it"""
 
     def __post_init__(self) -> None:
         check_positive("stage.beta", self.beta)
+        if not (self.nll_weight >= 0 and self.nll_weight < float("inf")):
+            raise ConfigError(f"stage.nll_weight must be a finite number >= 0, got {self.nll_weight}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from llmlab.rundir import RunDir
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
 from llmlab.train.dpo import DPOObjective
-from llmlab.train.evaluators import TaskAccuracy
+from llmlab.train.evaluators import task_evaluators
 from llmlab.train.objectives import NextTokenObjective, Objective
 from llmlab.train.task_eval import task_replies
 
@@ -56,7 +56,8 @@ class ChatStage(Stage):
         train_batches = ChatBatches(items.train, trainer.batch_size, pad, cfg.seed, place.rank, place.world_size)
         # every rank evaluates the whole validation set, batched as one process with the global batch would
         val_batches = fixed_batches(items.val, trainer.batch_size * place.world_size, pad, trainer.eval_batches)
-        evaluators = [TaskAccuracy(model, template, items.eval_tasks, ctx.device)] if items.eval_tasks else []
+        evaluators = task_evaluators(model, template, items.eval_tasks, ctx.device,
+                                     getattr(cfg.data, "pass_k", 0))
         shown = items.eval_tasks[:1] if isinstance(cfg.data, TasksDataConfig) else []
         return StageParts(
             model, objective, train_batches, val_batches,
@@ -84,7 +85,8 @@ class DPO(ChatStage):
     pinned = ["dpo/reward_margin", "dpo/reward_accuracy"]
 
     def objective(self, model: Transformer) -> Objective:
-        return DPOObjective(copy.deepcopy(model), self.cfg.beta)  # the reference: frozen, without adapters
+        # the reference: frozen, without adapters
+        return DPOObjective(copy.deepcopy(model), self.cfg.beta, self.cfg.nll_weight)
 
 
 def chat_policy(ctx: StageContext, model: Transformer, tokenizer: Tokenizer) -> tuple[Transformer, ChatTemplate]:

@@ -49,7 +49,7 @@ from llmlab.model.generation import SamplingConfig, generate, pad_prompts
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.stages.chat import add_adapters, chat_policy, starting_model, task_sampler
 from llmlab.train import distributed
-from llmlab.train.evaluators import TaskAccuracy
+from llmlab.train.evaluators import task_evaluators
 from llmlab.train.objectives import Objective
 
 ADVANTAGE_EPS = 1e-4  # keeps a group of nearly equal rewards from dividing by ~0
@@ -348,7 +348,8 @@ class GRPO(Stage):
                                       stage.updates_per_batch, place.rank, place.world_size)
         val_batches = fixed_batches(items.val, trainer.batch_size * place.world_size, tokenizer.eos_id,
                                     trainer.eval_batches)
-        evaluators = [TaskAccuracy(model, template, items.eval_tasks, ctx.device)] if items.eval_tasks else []
+        evaluators = task_evaluators(model, template, items.eval_tasks, ctx.device,
+                                     getattr(cfg.data, "pass_k", 0))
         stats = {**items.stats, "train_prompts": len(records)}
         return StageParts(
             model, objective, train_batches, val_batches,

@@ -5,6 +5,10 @@ a frozen reference model does.
 
 log pi(y) is the summed log-probability of the reply's tokens (the loss mask) given the prompt. At the start
 the policy is the reference, every term is zero and the loss is exactly ln 2.
+
+DPO can raise the margin by lowering both replies, the chosen one less: the right answer then loses probability
+and greedy accuracy falls. `nll_weight` adds the chosen reply's next-token loss (per token), as iterative RPO
+does (Pang et al. 2024, "Iterative Reasoning Preference Optimization"), which keeps the chosen reply likely.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
 class DPOObjective(Objective):
     """Batches hold the chosen rows, then the rejected rows (llmlab.data.chat_batches.collate of pairs)."""
 
-    def __init__(self, reference: nn.Module, beta: float):
-        self.reference, self.beta = reference.eval(), beta
+    def __init__(self, reference: nn.Module, beta: float, nll_weight: float = 0.0):
+        self.reference, self.beta, self.nll_weight = reference.eval(), beta, nll_weight
         for p in self.reference.parameters():
             p.requires_grad_(False)
 
@@ -42,6 +46,12 @@ class DPOObjective(Objective):
         rejected_reward = self.beta * (rejected - ref_rejected)
         margin = chosen_reward - rejected_reward
         loss = -F.logsigmoid(margin).mean()
+        if self.nll_weight:
+            chosen_tokens = (batch.targets != IGNORE).sum(-1).chunk(2)[0].clamp(min=1)
+            nll = -(chosen / chosen_tokens).mean()
+            loss = loss + self.nll_weight * nll
+            if record is not None:
+                record.setdefault("dpo/chosen_nll", []).append(nll.detach())
         if record is not None:
             for name, value in (("dpo/loss", loss), ("dpo/reward_margin", margin.mean()),
                                 ("dpo/reward_accuracy", (margin > 0).float().mean()),

@@ -30,7 +30,7 @@ def training_section(per_token: bool) -> dict:
             "gradient norm (before clipping)": [M, [r"^train/grad_norm$"]]}
 
 
-EVALUATIONS = {"task accuracy": [M, [r"^eval/task_accuracy"]]}
+EVALUATIONS = {"task accuracy, pass@1, pass@k": [M, [r"^eval/task_accuracy", r"^eval/pass@"]]}
 
 # monitor name -> its charts; layers (or tensors) of one statistic share a chart
 MONITORS = {
