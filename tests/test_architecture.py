@@ -26,7 +26,7 @@ def test_every_rule_of_the_design_is_a_contract():
     assert {c["id"]: c["type"] for c in CONTRACTS} == {
         "model": "forbidden", "data": "forbidden", "config": "forbidden", "files": "forbidden",
         "monitors": "forbidden", "commands": "forbidden", "acyclic": "acyclic_siblings",
-        "config-no-torch": "forbidden"}
+        "config-no-torch": "forbidden", "rundir": "forbidden"}
     acyclic = next(c for c in CONTRACTS if c["id"] == "acyclic")
     assert acyclic["ancestors"] == ["llmlab"]
 
