@@ -141,7 +141,8 @@ class Run:
             else []
         trained = distributed.prepare(model, cfg.trainer, place, self.device, cfg.cache_dir)
         trainer = Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place,
-                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes)
+                          self.sinks, checkpointer, [*evaluators, *parts.evaluators], self.monitors, parts.text_bytes,
+                          parts.val_objective)
         if resume_from is not None:
             trainer.resume(resume_from)
             if place.is_main:

@@ -42,7 +42,7 @@ class StageParts:
 
     model: Transformer  # on the context's device, not yet wrapped or compiled (build() saves its tokenizer)
     objective: Objective
-    train_batches: BatchSource
+    train_batches: BatchSource  # GRPO's yields RolloutBatches: whatever its objective takes
     val_batches: list[Batch]  # the same every evaluation
     steps_per_epoch: float  # optimizer steps per pass over the training data
     stats: dict  # dataset_stats.json
@@ -60,6 +60,9 @@ class StageParts:
     # stage's loss is not per token (DPO, GRPO)
     text_bytes: Callable[[list[int]], int] | None = None
     modular_task: ModularTask | None = None  # data=modular: the task and its split, for the progress monitor
+    # the loss of the validation batches when it is not the training objective's (GRPO trains on rollouts and
+    # validates on the held-out replies' next-token loss); None: the objective's own
+    val_objective: Objective | None = None
 
 
 class Stage(ABC):
