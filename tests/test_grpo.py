@@ -336,3 +336,97 @@ def test_two_processes_sample_their_own_prompts_and_train_one_model(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["grpo/kl"] == 0.0 and "eval/task_accuracy" in rows[-1]
     assert (tmp_path / "ddp" / "checkpoints" / "step_3" / "model.safetensors").is_file()
+
+
+# ---- through the command line: bad inputs are one line, nothing trains silently wrong -----------------------
+
+REWARD_MODULES = {
+    "nan_reward": "def f(prompts, completions, records):\n    return [float('nan')] * len(completions)\n",
+    "huge_reward": "def f(prompts, completions, records):\n    return [1e40] * len(completions)\n",
+    "exiting_reward": "import sys\ndef f(prompts, completions, records):\n    sys.exit(3)\n",
+    "word_reward": "def f(prompts, completions, records):\n    return ['good'] * len(completions)\n",
+    "syntax_reward": "def f(prompts, completions, records)\n    return 1\n",
+    "raising_reward": "raise RuntimeError('no GPU here')\n",
+}
+
+
+@pytest.fixture(scope="module")
+def cli_start(tmp_path_factory):
+    """A byte-tokenizer start (as a pretrain run leaves it) and the reward modules, in one directory."""
+    root = tmp_path_factory.mktemp("grpo_cli")
+    for name, text in REWARD_MODULES.items():
+        (root / f"{name}.py").write_text(text)
+    return root, a_start(root)
+
+
+def grpo_cli(root, start, name: str, extra: list[str], steps: int = 2):
+    from conftest import run_cli
+
+    args = ["+debug=fast", "device=cpu", "stage=grpo", *TASKS, f"stage.init_from={start}", "trainer.eval_batches=1",
+            "trainer.batch_size=2", "stage.group_size=2", "stage.max_new_tokens=8", f"trainer.max_steps={steps}",
+            "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=2", "trainer.threads=1",
+            "monitors=none", "trainer.progress=false", f"cache_dir={root / 'cache'}",
+            f"hydra.run.dir={root / name}", *extra]
+    return run_cli("llmlab.run", args, root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,expected", [
+    ("nan_reward", "stage.rewards[0] (nan_reward.f) returned nan (a reward must be a finite float32) on train task"),
+    ("huge_reward", "stage.rewards[0] (huge_reward.f) returned 1e+40 (a reward must be a finite float32) on train"),
+    ("exiting_reward", "stage.rewards[0] (exiting_reward.f) raised SystemExit: 3 on a batch of 4 completions, the "
+                       "first train task"),
+    ("word_reward", "stage.rewards[0] (word_reward.f) returned list"),
+    ("syntax_reward", "stage.rewards[0]._target_=syntax_reward.f: cannot import it (SyntaxError: "),
+    ("raising_reward", "stage.rewards[0]._target_=raising_reward.f: cannot import it (RuntimeError: no GPU here)"),
+])
+def test_a_reward_that_fails_in_any_way_is_one_line_naming_it(cli_start, module, expected):
+    from test_trust import one_line_error
+
+    root, start = cli_start
+    result = grpo_cli(root, start, module, [f"stage.rewards=[{{name:r,_target_:{module}.f}}]"])
+    line = one_line_error(result, expected)
+    if "train task" in expected:
+        assert "(completion '" in line or "completion " in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,expected", [
+    ("stage.beta=nan", "stage.beta must be a finite number, got nan"),
+    ("stage.format_reward=nan", "stage.format_reward must be a finite number, got nan"),
+    ("stage.temperature=1e-50", "stage.temperature must be >= 0.001 (smaller overflows the logits"),
+    ("stage.group_size=200000", "stage.group_size must be in [2, 4096]"),
+    ("stage.group_size=4096", "need about"),
+])
+def test_grpo_fields_that_cannot_train_are_one_line(cli_start, override, expected):
+    from test_trust import one_line_error
+
+    root, start = cli_start
+    extra = [override] + (["trainer.batch_size=200", "data.train_tasks=200"] if "4096" in override else [])
+    one_line_error(grpo_cli(root, start, override.replace("=", "_"), extra), expected)
+
+
+@pytest.mark.slow
+def test_prompts_too_long_for_the_context_are_left_out_with_one_warning_never_cut(cli_start):
+    root, start = cli_start
+    result = grpo_cli(root, start, "long", ["stage.max_new_tokens=40"], steps=1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("warning: ")
+               and "training prompts are longer than" in line]
+    assert len(warning) == 1 and "model.context_length - stage.max_new_tokens = 56 tokens" in warning[0], warning
+    dropped, total = (int(w) for w in warning[0].split()[1:4:2])
+    stats = json.loads((root / "long" / "dataset_stats.json").read_text())
+    assert 0 < dropped < total == 40 and stats["train_prompts"] == total - dropped
+
+
+@pytest.mark.slow
+def test_a_grpo_resume_whose_prompts_shrank_is_one_line(cli_start):
+    from test_trust import one_line_error
+
+    root, start = cli_start
+    assert grpo_cli(root, start, "shrunk", [], steps=2).returncode == 0
+    result = grpo_cli(root, start, "shrunk", ["data.train_tasks=20", "trainer.allow_config_change=true"], steps=4)
+    line = one_line_error(result, "prompts and this config gives")
+    before, after = (int(w) for w in line.split("trained on ")[1].split(":")[0].split(" prompts and this config "
+                                                                                      "gives "))
+    assert after < before and "the GRPO data changed" in line
