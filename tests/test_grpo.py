@@ -220,6 +220,24 @@ def test_the_health_monitor_alerts_on_policy_entropy_collapse(tmp_path):
     assert [(a["step"], a["kind"], a["subject"]) for a in alerts] == [(10, "policy_entropy_collapse", "grpo/entropy")]
 
 
+def test_the_loss_spike_rule_leaves_a_policy_gradient_loss_near_zero_alone(tmp_path):
+    """GRPO's loss is a surrogate of either sign near 0: a z-score over it is noise (it fired on every run). Its
+    gradient norm is still watched."""
+    from llmlab.monitors.base import StepInfo
+
+    monitor = HealthMonitor(HealthMonitorConfig(enabled=True, window=20, z_threshold=5.0, every=0))
+    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+                         alerts=AlertLog(tmp_path / "alerts.jsonl"))
+    monitor.on_train_start(ctx, 0)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 50):
+        loss = 0.02 if step == 30 else 1e-4 * torch.randn((), generator=gen).item()
+        norm = 30.0 if step == 40 else 1.0 + 0.01 * torch.randn((), generator=gen).item()
+        monitor.on_step_end(StepInfo(step, loss, norm, 1e-3, step))
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["step"], a["kind"], a["subject"]) for a in alerts] == [(40, "spike", "grad_norm")]
+
+
 def a_start(tmp_path):
     """A chat-ready start as a pretrain run leaves it (untrained weights: the user's reward gives the signal)."""
     tokenizer = ByteTokenizer()
