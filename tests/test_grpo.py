@@ -105,6 +105,24 @@ def test_one_update_with_an_inactive_clip_is_the_plain_policy_gradient():
     assert any(g.abs().sum() > 0 for g in ours)
 
 
+def test_clip_higher_lets_a_right_token_grow_past_the_symmetric_bound():
+    """A ratio of 1.25 on positive advantages: clip_eps=0.2 cuts its gradient, clip_eps_high=0.28 does not; a
+    negative advantage is clipped below alike in both."""
+    policy = tiny_policy()
+    batch = hand_rollouts(policy, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logp, _ = completion_logps(policy, batch.ids, batch.mask, 3)
+    batch = batch._replace(advantages=torch.ones(4), old_logp=logp - torch.log(torch.tensor(1.25)))
+
+    def grad_norm(objective: GRPOObjective) -> float:
+        policy.zero_grad()
+        objective.loss(policy, batch, {}).backward()
+        return sum(p.grad.abs().sum().item() for p in policy.parameters() if p.grad is not None)
+
+    assert grad_norm(GRPOObjective(0.0, 0.2)) == 0.0
+    assert grad_norm(GRPOObjective(0.0, 0.2, 0.28)) > 0.0
+
+
 def test_the_kl_to_the_reference_is_zero_at_the_first_step_and_grows_after():
     policy = tiny_policy()
     grpo = objective(policy, beta=0.1)
@@ -163,15 +181,29 @@ def test_a_resume_whose_prompts_changed_is_one_line():
         rollout_source(tiny_policy(), TWO_TASKS).load_state_dict(state)
 
 
+def by_prompt(prompts, completions, records):
+    """1 for every completion of prompt 'a' (a group with no spread); the completion's place for the others."""
+    return [1.0 if p == "a" else float(i) for i, p in enumerate(prompts)]
+
+
 def test_dynamic_sampling_replaces_zero_spread_groups_while_it_may_draw():
-    """A reward that is 1 for one prompt's completions whatever they say, and varies on the other's: dynamic
-    sampling keeps only the groups with a spread."""
     policy = tiny_policy()
     tasks = [Task("count", "a", "zzzz", "y"), Task("pattern", "b", "zzzz", "y")] * 4
-    plain = rollout_source(policy, tasks).next()
-    dynamic = rollout_source(policy, tasks, dynamic_sampling=True, max_draws=1).next()
-    # the built-in format reward varies with whether a completion ended: some groups have no spread at all
-    assert plain.metrics["grpo/zero_spread_groups"] >= dynamic.metrics["grpo/zero_spread_groups"]
+    rewards = Rewards([RewardFunction("by_prompt", by_prompt, 1.0, "test")], 0.0)
+
+    def first_batch(**cfg) -> RolloutBatch:
+        source = rollout_source(policy, tasks, **cfg)
+        source.rewards = rewards
+        return source.next()
+
+    plain = first_batch()
+    assert plain.metrics["grpo/zero_spread_groups"] > 0  # some of its two prompts are "a"
+    dynamic = first_batch(dynamic_sampling=True, max_draws=8)
+    assert dynamic.metrics["grpo/zero_spread_groups"] == 0 and dynamic.ids.shape[0] == 8
+    assert dynamic.metrics["grpo/zero_spread_share"] > 0  # the "a" groups drawn and dropped on the way
+    assert (dynamic.advantages.view(2, 4) != 0).any(1).all()  # every group kept has something to teach
+    once = first_batch(dynamic_sampling=True, max_draws=1)  # no second draw allowed: what came is kept
+    assert torch.equal(once.ids, plain.ids)
 
 
 def _saved(state: dict):
