@@ -15,6 +15,12 @@ prompts (the SFT loss on the `data.val_tasks` validation conversations). A pretr
 markers yet: it is scored with the four marker embeddings an SFT run would start from (their mean
 embedding), so "after pretrain" is measured on the very model SFT begins with. Results go to the console
 and to <run>/evaluation.json.
+
+pass@k (`k=8`): pass@1 is the greedy reply's exact match, pass@k the unbiased estimate from `samples` (default k)
+replies per task at `temperature` (llmlab.train.pass_at_k), each with a 95% bootstrap interval over the prompts,
+for all tasks, per family and per graded family's level (`sum/3`). `compare=<run>` scores another checkpoint on
+the same prompts with the same draws and gives the paired differences (the sweep report's bootstrap,
+llmlab.sweep.intervals). The per-prompt scores go to evaluation.json too, for comparisons across seeds.
 """
 
 from __future__ import annotations
@@ -70,8 +76,53 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     accuracy = task_accuracy(model, template, eval_tasks, device) if eval_tasks else {}
     result.update(eval_tasks=len(eval_tasks), task_accuracy=accuracy, answer_loss=total / count,
                   answer_ppl=math.exp(total / count))
+    if cfg.k:
+        result["pass_at_k"] = pass_at_k_of(cfg, model, template, eval_tasks, device)
     (checkpoint.parent.parent / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def pass_at_k_of(cfg: EvaluateConfig, model, template, tasks: list, device) -> dict:
+    """pass@1 and pass@k with intervals (all, per family, per level), the per-prompt scores, and the paired
+    differences against cfg.compare's checkpoint."""
+    from llmlab.sweep.intervals import compare_scores, score_interval
+    from llmlab.train.pass_at_k import pass_scores
+
+    if not tasks:
+        raise ConfigError("k > 0 needs held-out tasks to sample: data.eval_tasks is 0")
+
+    def scores_of(a_model):
+        return pass_scores(a_model, template, tasks, device, cfg.k, cfg.samples, cfg.temperature, cfg.seed)
+
+    ours = scores_of(model)
+    names = {"pass@1": ours.greedy, f"pass@{cfg.k}": ours.sampled}
+    found = {"k": cfg.k, "samples": ours.n, "temperature": cfg.temperature, "seed": cfg.seed,
+             "sampled_completions": ours.n * len(tasks),
+             "groups": {name: {g: score_interval([values[i] for i in idx])
+                               for g, idx in groups_of(tasks).items()} for name, values in names.items()},
+             "per_prompt": {**names, "right": ours.right}}
+    if cfg.compare:
+        from llmlab.load import load_trained
+
+        other, _, other_checkpoint = load_trained(cfg.compare, device, cfg.checkpoint)
+        other.resize_vocab(template.vocab_size)
+        theirs = scores_of(other.to(device).eval())
+        found["compare"] = {"checkpoint": str(other_checkpoint), **{
+            name: vars(compare_scores([names[name]], [values]))
+            for name, values in (("pass@1", theirs.greedy), (f"pass@{cfg.k}", theirs.sampled))}}
+    return found
+
+
+def groups_of(tasks: list) -> dict[str, list[int]]:
+    """Indices of the tasks of "all", of each family and of each graded family's level."""
+    from llmlab.data.tasks import group_of
+
+    groups: dict[str, list[int]] = {"all": list(range(len(tasks)))}
+    for i, task in enumerate(tasks):
+        groups.setdefault(task.family, []).append(i)
+        if task.level:
+            groups.setdefault(group_of(task), []).append(i)
+    return groups
 
 
 EMBEDDED_LANGUAGE = ("synthetic", "tasks", "task_prefs")  # the data kinds drawn from llmlab's own language
@@ -123,6 +174,24 @@ def main(cfg: DictConfig) -> None:
     for family, value in acc.items():
         if family != "all":
             print(f"  {family:8s} {value:.3f}")
+    if "pass_at_k" in result:
+        print_pass_at_k(result["pass_at_k"])
+
+
+def print_pass_at_k(found: dict) -> None:
+    from llmlab.sweep.intervals import Difference, describe_score
+
+    print(f"pass@k: {found['samples']} replies per task at temperature {found['temperature']} "
+          f"({found['sampled_completions']} sampled), 95% intervals over the prompts")
+    names = list(found["groups"])
+    print(f"  {'group':10s} " + " ".join(f"{name:>22s}" for name in names))
+    for group in found["groups"][names[0]]:
+        cells = [found["groups"][name][group] for name in names]
+        print(f"  {group:10s} " + " ".join(f"{m:6.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in cells))
+    if "compare" in found:
+        print(f"paired against {found['compare']['checkpoint']} (this run minus it, same prompts and draws):")
+        for name in names:
+            print("  " + describe_score(name, Difference(**found["compare"][name])))
 
 
 if __name__ == "__main__":

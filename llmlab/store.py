@@ -89,7 +89,7 @@ def register_configs() -> None:
     for name, stage in all_stages().items():
         cs.store(group="stage", name=f"base_{name}", node=stage.config)
     for name, node in (("generate", commands.GenerateConfig), ("chat", commands.ChatConfig),
-                       ("evaluate", commands.EvaluateConfig),
+                       ("evaluate", commands.EvaluateConfig), ("sample_tasks", commands.SampleTasksConfig),
                        ("analyze", commands.AnalyzeConfig), ("export", commands.ExportConfig),
                        ("merge_lora", commands.MergeConfig)):
         cs.store(name=f"base_{name}", node=node)

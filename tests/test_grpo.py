@@ -226,7 +226,7 @@ def test_user_rewards_get_the_batch_and_add_up_with_their_weights():
     assert {k: v.tolist() for k, v in terms.items()} == {"correct": [1.0, 0.0], "half": [0.5, 0.5],
                                                            "format": [1.0, 0.0]}
     assert CALLS[0] == (["Say how many words. the ripe pear"] * 2, ["three", "four"],
-                        [{"family": "count", "prompt": task.prompt, "answer": "three", "wrong": "two"}] * 2)
+                        [dataclasses.asdict(task)] * 2)
 
 
 def test_a_reward_that_raises_or_cannot_be_imported_is_one_line_naming_the_record():

@@ -144,7 +144,7 @@ def test_accuracy_per_family_and_overall():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"split": "val"}, "split must be one of"),
-    ({"families": ("copy", "sort")}, "families must be"),
+    ({"families": ("copy", "shuffle")}, "families must be"),
     ({"n": -1}, "n must be"),
 ])
 def test_bad_arguments_are_named(kwargs, match):

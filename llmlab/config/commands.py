@@ -131,6 +131,53 @@ class EvaluateConfig:
     """score those tasks; None = only a run trained on llmlab's embedded language"""
     device: str = "auto"
     """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+    k: int = 0
+    """> 0: also pass@1 (greedy) and pass@k (of `samples` replies per task at `temperature`), with intervals"""
+    samples: int | None = None
+    """replies drawn per task for pass@k (null = k); more than k lowers the estimate's variance"""
+    temperature: float = 1.0
+    """the sampling temperature of pass@k's replies"""
+    seed: int = 0
+    """the sampling generator's"""
+    compare: str | None = None
+    """another run or checkpoint scored on the same prompts and draws: paired differences (this run minus it)"""
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ConfigError(f"k must be >= 0 (0 = task accuracy only), got {self.k}")
+        if self.samples is not None and self.samples < self.k:
+            raise ConfigError(f"k={self.k} is larger than samples={self.samples}, the replies drawn per task: "
+                              "draw at least k (samples=null draws k)")
+        check_positive("temperature", self.temperature)
+        if self.compare is not None and not self.k:
+            raise ConfigError("compare needs k > 0: the paired comparison is of pass@1 and pass@k")
+
+
+@dataclass
+class SampleTasksConfig:
+    """`python -m llmlab.sample_tasks`: a run's own replies to train-split tasks, verified, written for on-policy
+    post-training (data.samples=<out>: rejection sampling with data=tasks, preference pairs with data=task_prefs)."""
+
+    run: str = "???"
+    """a run directory or checkpoint directory"""
+    out: str = "???"
+    """the JSONL file written"""
+    checkpoint: str = "latest"
+    """which of the run's checkpoints: latest | best | step_<N>"""
+    data: TasksDataConfig = field(default_factory=TasksDataConfig)
+    """which tasks: data.train_tasks of the train split, data.families, data.levels"""
+    samples: int = 8
+    """replies drawn per prompt (sampled completions = data.train_tasks x samples)"""
+    temperature: float = 1.0
+    """the sampling temperature"""
+    seed: int = 0
+    """the sampling generator's"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+
+    def __post_init__(self) -> None:
+        check_positive("samples", self.samples)
+        check_positive("temperature", self.temperature)
 
 
 @dataclass

@@ -477,7 +477,7 @@ class MixDataConfig:
         check_sharding(self.shard_docs, self.num_proc, self.sample_chars)
 
 
-TASK_FAMILIES = ("copy", "reverse", "count", "recall", "pattern")  # llmlab/data/tasks.py generates each
+TASK_FAMILIES = ("copy", "reverse", "count", "recall", "pattern", "sum", "sort")  # llmlab/data/tasks.py makes each
 
 
 @dataclass
@@ -496,12 +496,26 @@ class TasksDataConfig:
     seed: int = 0
     """the task generator's, not the run's"""
     families: list[str] | None = None
-    """null = all: copy, reverse, count, recall, pattern"""
+    """null = copy, reverse, count, recall, pattern; the graded digit families sum and sort are asked by name"""
+    levels: list[int] | None = None
+    """digits per prompt of the graded families (their difficulty), taken in turn; null = 2, 3, 4, 5"""
+    samples: str | None = None
+    """a file of a run's own replies to train tasks (python -m llmlab.sample_tasks) to train on instead of the
+    generated tasks: tasks = its right replies (rejection sampling), task_prefs = right over wrong (on-policy)"""
+    pass_k: int = 0
+    """> 0: also eval/pass@1 (greedy) and eval/pass@<k> (k replies per eval task at temperature 1); 0 = off"""
 
     def __post_init__(self) -> None:
         check_choice("data.kind", self.kind, ("tasks", "task_prefs"))
         for family in self.families or ():
             check_choice("data.families", family, TASK_FAMILIES)
+        for level in self.levels or ():
+            if not 2 <= level <= 10:
+                raise ConfigError(f"data.levels: each is a number of distinct digits from 2 to 10, got {level}")
+        if self.pass_k < 0:
+            raise ConfigError(f"data.pass_k must be >= 0 (0 = off), got {self.pass_k}")
+        if self.levels is not None and not self.levels:
+            raise ConfigError("data.levels is empty: give e.g. [2,3] or null for 2 to 5")
         for name in ("train_tasks", "val_tasks"):
             check_positive(f"data.{name}", getattr(self, name))
         if self.eval_tasks < 0:

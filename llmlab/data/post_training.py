@@ -25,6 +25,7 @@ from llmlab.data.chat import (
 from llmlab.data.chat_batches import Item, truncate
 from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.hf import open_source, records
+from llmlab.data.task_samples import on_policy_pairs, read_task_samples, rejection_sampled
 from llmlab.data.tasks import Task, make_tasks
 
 
@@ -37,7 +38,10 @@ class ChatItems:
 
 
 def tasks_of(data: TasksDataConfig, split: str, n: int) -> list[Task]:
-    return make_tasks(n, split, seed=data.seed, **({"families": tuple(data.families)} if data.families else {}))
+    chosen = {"families": tuple(data.families)} if data.families else {}
+    if data.levels:
+        chosen["levels"] = tuple(data.levels)
+    return make_tasks(n, split, seed=data.seed, **chosen)
 
 
 def held_out_tasks(data: TasksDataConfig) -> tuple[list[Task], list[Task]]:
@@ -82,10 +86,17 @@ def prepare_chat_items(data, template: ChatTemplate, max_len: int, cache_dir: Pa
     kind = data.kind  # RunConfig has checked it fits the stage
     eval_tasks: list[Task] = []
     if isinstance(data, TasksDataConfig):
-        train_tasks = tasks_of(data, "train", data.train_tasks)
         val_tasks, eval_tasks = held_out_tasks(data)
         convert = task_preference if kind == "task_prefs" else task_conversation
-        train_records, val_records = [convert(t) for t in train_tasks], [convert(t) for t in val_tasks]
+        val_records = [convert(t) for t in val_tasks]
+        if data.samples:  # on-policy: the model's own verified replies (llmlab/data/task_samples.py)
+            samples = read_task_samples(data.samples)
+            train_records = on_policy_pairs(samples) if kind == "task_prefs" else rejection_sampled(samples)
+            if not train_records:
+                raise ConfigError(f"data.samples={data.samples}: no prompt has a right reply"
+                                  f"{' and a wrong one' if kind == 'task_prefs' else ''}: nothing to train on")
+        else:
+            train_records = [convert(t) for t in tasks_of(data, "train", data.train_tasks)]
     elif isinstance(data, HFDataConfig):  # kind hf_chat | hf_prefs: rows of a Hugging Face dataset
         train_rows, val_rows = records(open_source(data, cache_dir))
         parse = parse_preference if kind == "hf_prefs" else parse_conversation

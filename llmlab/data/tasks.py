@@ -10,15 +10,23 @@ match, with nothing to download. Five families, each short and regular:
            (or "Name who got the map." -> "Bako", "Name who ate the ripe pear.", "Name the place." -> "the lake")
 - pattern: "Keep going. pear lake pear lake pear"                      -> "lake"
 
+and two graded families over the digits of the language's typed code, opt-in (`data.families=[sum]`), whose
+difficulty is the number of digits (`data.levels`), for post-training that needs a task the model is sometimes
+right on (pass@k, GRPO, on-policy DPO):
+
+- sum:     "Sum the digits. #352"                                      -> "10"
+- sort:    "Sort the digits. #7294"                                    -> "2479"
+
 Sentences and phrases come from documents the language itself generates, so a pretrained model has
 seen every word and construction. Each task also carries a plausible wrong reply of the same form (the
 copy with one word swapped for one of its kind, another order of the words, a count off by one, the
 other character or another place, another word of the cycle) for preference pairs.
 
 Every character must be one the language produces, or a character tokenizer trained on its corpus turns
-it into <unk>: letters of its words, the capitals that start names (B D G K L M N P R S T V), space and
-period. Hence no digits, '?' or ':', instructions that start with one of those capitals, questions
-phrased as "Name ...", and counts from one to five ("six" has an x, which the language never writes).
+it into <unk>: letters of its words, the capitals that start names (B D G K L M N P R S T V), space,
+period, and the code's '#' and digits. Hence no '?' or ':', instructions that start with one of those
+capitals, questions phrased as "Name ...", and counts in words from one to five ("six" has an x, which the
+language never writes); the graded families write digits after a '#', as the language's code does.
 
 Train and test never share a prompt, by construction: a prompt's split is a pure function of its text
 (a SHA-256 bucket, ``split_of``) and each split draws until it has prompts of its own. Unlike disjoint
@@ -51,6 +59,7 @@ class Task:
     prompt: str  # the user's instruction, with its context
     answer: str  # the one correct reply
     wrong: str  # a plausible wrong reply of the same form, never equal to answer
+    level: int = 0  # a graded family's difficulty (digits in the prompt); 0 for the language's own families
 
 
 def split_of(prompt: str) -> str:
@@ -146,17 +155,42 @@ def _pattern(language: Language, rng: random.Random) -> Task:
     return Task("pattern", f"Keep going. {' '.join(cycle[i % period] for i in range(shown))}", answer, wrong)
 
 
+def _digits(language: Language, rng: random.Random, level: int) -> list[str]:
+    """`level` distinct digits in a random order, as the language's code draws them."""
+    return rng.sample(language.digits, level)
+
+
+def _sum(language: Language, rng: random.Random, level: int) -> Task:
+    digits = _digits(language, rng, level)
+    total = sum(map(int, digits))
+    wrong = str(total + rng.choice([d for d in (-1, 1) if total + d >= 0]))
+    return Task("sum", f"Sum the digits. #{''.join(digits)}", str(total), wrong, level)
+
+
+def _sort(language: Language, rng: random.Random, level: int) -> Task:
+    digits = _digits(language, rng, level)
+    answer = sorted(digits)
+    i = rng.randrange(level - 1)  # two neighbours swapped: right digits, wrong order
+    wrong = answer[:i] + [answer[i + 1], answer[i]] + answer[i + 2:]
+    return Task("sort", f"Sort the digits. #{''.join(digits)}", "".join(answer), "".join(wrong), level)
+
+
 _GENERATORS: dict[str, Callable[[Language, random.Random], Task]] = {
     "copy": _copy, "reverse": _reverse, "count": _count, "recall": _recall, "pattern": _pattern,
 }
-FAMILIES: tuple[str, ...] = tuple(_GENERATORS)
-assert FAMILIES == TASK_FAMILIES, "the config's task families (llmlab/config/schema.py) are the generated ones"
+_GRADED: dict[str, Callable[[Language, random.Random, int], Task]] = {"sum": _sum, "sort": _sort}
+FAMILIES: tuple[str, ...] = tuple(_GENERATORS)  # the default mix
+GRADED_FAMILIES: tuple[str, ...] = tuple(_GRADED)
+LEVELS = (2, 3, 4, 5)  # digits per prompt of a graded family, unless data.levels says otherwise
+assert FAMILIES + GRADED_FAMILIES == TASK_FAMILIES, "the config's task families (llmlab/config/schema.py)"
 
 
 def make_tasks(
-    n: int, split: str, seed: int = 0, language: Language | None = None, families: tuple[str, ...] = FAMILIES
+    n: int, split: str, seed: int = 0, language: Language | None = None, families: tuple[str, ...] = FAMILIES,
+    levels: tuple[int, ...] = LEVELS,
 ) -> list[Task]:
-    """n tasks of `split`, families in turn (so every prefix is balanced), deterministic in (n, split, seed).
+    """n tasks of `split`, families in turn (so every prefix is balanced), deterministic in (n, split, seed);
+    a graded family takes `levels` in turn too (each of its rounds the next level).
 
     Draws are sequential, so make_tasks(n) is the first n tasks of make_tasks(m) for any m >= n.
     Prompts may repeat within a split (small families have few distinct prompts); never across splits.
@@ -165,17 +199,20 @@ def make_tasks(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    unknown = [f for f in families if f not in _GENERATORS]
+    unknown = [f for f in families if f not in TASK_FAMILIES]
     if unknown or not families:
-        raise ValueError(f"families must be a non-empty tuple drawn from {FAMILIES}, got {families!r}")
+        raise ValueError(f"families must be a non-empty tuple drawn from {TASK_FAMILIES}, got {families!r}")
+    if not levels or any(not 2 <= level <= 10 for level in levels):
+        raise ValueError(f"levels must be a non-empty tuple of digit counts from 2 to 10, got {levels!r}")
     # The tasks draw on the language's sentences; its code is pretraining's test of copying, not a task.
     language = replace(language or Language(), code_digits=0)
     rng = random.Random(f"llmlab.tasks/{seed}/{split}")  # str seeds are hashed with SHA-512: stable
     tasks = []
     for j in range(n):
         family = families[j % len(families)]
+        level = levels[j // len(families) % len(levels)]
         for _ in range(MAX_DRAWS):
-            task = _GENERATORS[family](language, rng)
+            task = _GRADED[family](language, rng, level) if family in _GRADED else _GENERATORS[family](language, rng)
             if split_of(task.prompt) == split:
                 tasks.append(task)
                 break
@@ -188,6 +225,11 @@ def is_correct(task: Task, completion: str) -> bool:
     """Exact match of the completion's first line, surrounding whitespace stripped."""
     lines = completion.strip().splitlines()
     return bool(lines) and lines[0].strip() == task.answer
+
+
+def group_of(task: Task) -> str:
+    """The family, and for a graded family its level too ("sum/3"): what per-difficulty figures group by."""
+    return f"{task.family}/{task.level}" if task.level else task.family
 
 
 def accuracy(tasks: list[Task], completions: list[str]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from llmlab.model.lora import apply_lora, count_parameters
 from llmlab.model.transformer import Transformer
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
-from llmlab.train.evaluators import TaskAccuracy
+from llmlab.train.evaluators import task_evaluators
 from llmlab.train.objectives import DPOObjective, NextTokenObjective, Objective
 from llmlab.train.task_eval import task_replies
 
@@ -51,7 +51,8 @@ class ChatStage(Stage):
         train_batches = ChatBatches(items.train, trainer.batch_size, pad, cfg.seed, place.rank, place.world_size)
         # every rank evaluates the whole validation set, batched as one process with the global batch would
         val_batches = fixed_batches(items.val, trainer.batch_size * place.world_size, pad, trainer.eval_batches)
-        evaluators = [TaskAccuracy(model, template, items.eval_tasks, ctx.device)] if items.eval_tasks else []
+        evaluators = task_evaluators(model, template, items.eval_tasks, ctx.device,
+                                     getattr(cfg.data, "pass_k", 0))
         shown = items.eval_tasks[:1] if isinstance(cfg.data, TasksDataConfig) else []
         return StageParts(
             model, objective, train_batches, val_batches,

@@ -27,7 +27,7 @@ from llmlab.data.chat_template import ChatTemplate
 from llmlab.data.post_training import prepare_chat_items, tasks_of
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.stages.chat import add_adapters, chat_policy, starting_model, task_sampler
-from llmlab.train.evaluators import TaskAccuracy
+from llmlab.train.evaluators import task_evaluators
 from llmlab.train.objectives import GRPOObjective, NextTokenObjective
 from llmlab.train.rewards import PromptRecord, RewardFunction, Rewards, locate, task_correct
 from llmlab.train.rollouts import PromptOrder, RolloutConfig, RolloutSource
@@ -203,7 +203,8 @@ class GRPO(Stage):
                                  trainer.grad_accum_steps, cfg.seed * 1_000_003 + place.rank, ctx.device)
         val_batches = fixed_batches(items.val, trainer.batch_size * place.world_size, tokenizer.eos_id,
                                     trainer.eval_batches)
-        evaluators = [TaskAccuracy(model, template, items.eval_tasks, ctx.device)] if items.eval_tasks else []
+        evaluators = task_evaluators(model, template, items.eval_tasks, ctx.device,
+                                     getattr(cfg.data, "pass_k", 0))
         stats = {**items.stats, "train_prompts": len(records)}
 
         def describe(b) -> str:

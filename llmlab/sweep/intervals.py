@@ -86,3 +86,42 @@ def describe(label: str, difference: Difference) -> str:
         return f"{label}: indistinguishable ({difference.diff:+.4f} {interval})"
     lo, hi = sorted((abs(difference.low), abs(difference.high)))
     return f"{label}: {difference.verdict} by {abs(difference.diff):.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+# --- per-prompt scores (pass@1, pass@k): the same resampling, prompts in the place of windows ---------------------
+
+
+def _as_split(scores: Sequence[float], fingerprint: str) -> SplitLoss:
+    values = np.asarray(scores, dtype=np.float64)
+    return SplitLoss(values, np.ones(len(values), dtype=np.int64), fingerprint)
+
+
+def score_interval(scores: Sequence[float], seed: int = 0, replicates: int = REPLICATES,
+                   level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): a percentile bootstrap interval over the prompts of a mean per-prompt score."""
+    values = np.asarray(scores, dtype=np.float64)
+    weights = window_weights(len(values), np.random.default_rng(seed), replicates)
+    means = weights @ values / len(values)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def compare_scores(setting: Sequence[Sequence[float]], reference: Sequence[Sequence[float]], seed: int = 0,
+                   replicates: int = REPLICATES, level: float = LEVEL) -> Difference:
+    """Mean per-prompt score of `setting`'s runs (one list per seed) minus `reference`'s, all scored on the same
+    prompts in the same order: the paired bootstrap of `compare`, resampling prompts (and seeds). Here a
+    positive difference is the better one (a score, not a loss): `describe_score` says so."""
+    lengths = {len(s) for s in (*setting, *reference)}
+    if len(lengths) != 1:
+        raise ValueError(f"paired scores need the same prompts: got lists of lengths {sorted(lengths)}")
+    return compare([_as_split(s, "prompts") for s in setting], [_as_split(s, "prompts") for s in reference],
+                   seed, replicates, level)
+
+
+def describe_score(label: str, difference: Difference) -> str:
+    """'DPO: higher by 0.06 [0.02, 0.10]' or 'DPO: indistinguishable (+0.010 [-0.020, +0.040])'."""
+    interval = f"[{difference.low:+.3f}, {difference.high:+.3f}]"
+    if difference.low <= 0.0 <= difference.high:
+        return f"{label}: indistinguishable ({difference.diff:+.3f} {interval})"
+    return f"{label}: {'higher' if difference.diff > 0 else 'lower'} by {abs(difference.diff):.3f} {interval}"

@@ -58,6 +58,35 @@ class TaskAccuracy:
         return {f"eval/task_accuracy{'' if k == 'all' else '/' + k}": v for k, v in scores.items()}
 
 
+class PassAtK:
+    """pass@1 (greedy) and pass@k (k replies per held-out task at temperature 1, the same seeded draws at every
+    evaluation) by exact match: eval/pass@1 and eval/pass@<k>, per family and per graded family's level."""
+
+    def __init__(self, model: torch.nn.Module, template: ChatTemplate, tasks: list[Task], device: torch.device,
+                 k: int, temperature: float = 1.0):
+        self.model, self.template, self.tasks, self.device = model, template, tasks, device
+        self.k, self.temperature = k, temperature
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        from llmlab.train.pass_at_k import pass_scores
+
+        means = pass_scores(self.model, self.template, self.tasks, self.device, self.k,
+                            temperature=self.temperature).means()
+        return {f"eval/{name}{'' if group == 'all' else '/' + group}": value
+                for name, by_group in means.items() for group, value in by_group.items()}
+
+
+def task_evaluators(model: torch.nn.Module, template: ChatTemplate, tasks: list[Task], device: torch.device,
+                    pass_k: int = 0) -> list[Evaluator]:
+    """What a chat run scores its held-out tasks with: task accuracy, and pass@k when pass_k > 0."""
+    if not tasks:
+        return []
+    found: list[Evaluator] = [TaskAccuracy(model, template, tasks, device)]
+    if pass_k:
+        found.append(PassAtK(model, template, tasks, device, pass_k))
+    return found
+
+
 class InContextScore:
     """In-context learning on documents with a repeated span (data=induction), in nats per token:
     eval/first_loss on the span's first occurrence, eval/repeat_loss on its copy later in the document, and
