@@ -156,6 +156,7 @@ class RolloutSource:
             old_logp, _ = completion_logps(self.policy, seq, mask, width)
             self.policy.train(was_training)
         metrics = self.measure(index, rewards, terms, flat, completion_mask, ended, zero / drawn)
+        metrics["grpo/groups_drawn"] = torch.tensor(float(drawn))  # dynamic sampling: more than the batch's
         return RolloutBatch(seq, mask, completion_mask, advantages.to(self.device), ref_logp, old_logp, metrics,
                             True)
 
