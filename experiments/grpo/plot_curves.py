@@ -14,8 +14,8 @@ from llmlab.monitors.plots import render
 from llmlab.plots import metric_panels, read_metrics
 
 PANELS = [
-    ("reward (mean over samples)", ["grpo/reward_mean"]),
-    ("held-out pass@1 (greedy, 100 tasks)", ["eval/pass@1", "eval/task_accuracy"]),
+    ("reward (mean over the samples trained on)", ["grpo/reward_mean"]),
+    ("held-out pass@1 (greedy, the run's 100 eval tasks)", ["eval/pass@1"]),
     ("share of groups drawn with zero spread", ["grpo/zero_spread_share"]),
     ("KL to the start (k3, per token)", ["grpo/kl"]),
     ("policy entropy (nats per sampled token)", ["grpo/entropy"]),

@@ -89,7 +89,7 @@ def plot(path: Path, rows: list[dict], names: list[str], meta: dict) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_title(f"pass@1 (95% paired interval vs the start) on {meta['tasks']} held-out tasks", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.74), ncol=2)  # between pass@1 and pass@8
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
