@@ -99,7 +99,8 @@ def objective_panels(rows: list[dict]) -> list[tuple[str, list[str], str]] | Non
     if "dpo/reward_margin" in keys:
         return DPO_PANELS
     if "grpo/reward_mean" in keys:
-        families = sorted(k for k in keys if k.startswith("grpo/reward/"))
+        # each reward function's term and each task family's reward
+        families = sorted(k for k in keys if k.startswith(("grpo/reward/", "grpo/family/")))
         return [(GRPO_PANELS[0][0], [*GRPO_PANELS[0][1], *families], GRPO_PANELS[0][2]), *GRPO_PANELS[1:]]
     return None
 

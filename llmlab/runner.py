@@ -231,7 +231,7 @@ class Run:
             batches = ShowFirstBatch(batches, parts.describe_batch)
         trained = distributed.prepare(parts.model, cfg.trainer, place, self.device, cfg.cache_dir)
         return Trainer(trained, parts.objective, batches, parts.val_batches, cfg.trainer, place, self.sinks,
-                       checkpointer, evaluators, self.monitors, parts.text_bytes)
+                       checkpointer, evaluators, self.monitors, parts.text_bytes, parts.val_objective)
 
     def execute(self) -> TrainResult:
         stop = StopRequested()

@@ -40,7 +40,7 @@ def test_the_committed_reference_is_a_fresh_generation(pages):
 def test_the_pages_reach_every_kind_of_node(pages):
     config = pages["config.md"]
     for key in ("seed", "model.lora.rank", "model.moe.experts", "data.train_docs", "data.sources[].weight",
-                "stage.beta", "stage.reward._target_", "trainer.muon.lr", "trainer.early_stopping.patience",
+                "stage.beta", "stage.rewards[]._target_", "trainer.muon.lr", "trainer.early_stopping.patience",
                 "monitors.probe.tokens", "monitors.circuits.threshold", "sweep.reference"):
         assert f"| `{key}` |" in config, key
     assert "`stage=grpo`: `40`" in config  # a preset's value beside the schema's default

@@ -21,7 +21,7 @@ from llmlab.data.tokenizers import ByteTokenizer
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
 from llmlab.store import to_dataclass
-from llmlab.train.dpo import DPOObjective
+from llmlab.train.objectives import DPOObjective
 
 TEMPLATE = ChatTemplate(ByteTokenizer())
 CONVERSATION = (Message("system", "Be brief."), Message("user", "Say <|assistant|> hi"), Message("assistant", "hi"),

@@ -68,7 +68,7 @@ def test_each_registered_stage_builds_parts_that_train(tmp_path, name):
     (tmp_path / "run").mkdir()
     parts = get_stage(name)(cfg.stage).build(StageContext(cfg, torch.device("cpu"), SINGLE, tmp_path / "run", None))
 
-    batch = parts.train_batches.next()  # a Batch, or what the stage's objective takes (GRPO: prompts to sample from)
+    batch = parts.train_batches.next()  # a Batch, or what the stage's objective takes (GRPO: a RolloutBatch)
     assert isinstance(batch, Batch) and batch.input_ids.shape == batch.targets.shape or hasattr(batch, "to")
     assert parts.val_batches and all(isinstance(b, Batch) for b in parts.val_batches)
     loss = parts.objective.loss(parts.model, batch)
@@ -80,7 +80,7 @@ def test_each_registered_stage_builds_parts_that_train(tmp_path, name):
     state = parts.train_batches.state_dict()
     following = parts.train_batches.next()
     parts.train_batches.load_state_dict(state)
-    assert torch.equal(parts.train_batches.next().input_ids, following.input_ids)  # the position resumes
+    assert torch.equal(parts.train_batches.next()[0], following[0])  # the position resumes (the ids come first)
 
 
 def test_no_stage_is_named_outside_the_stages_package():

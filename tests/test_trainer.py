@@ -10,6 +10,7 @@ import torch
 from conftest import run_config
 
 from llmlab.config.schema import ModelConfig, TrainerConfig
+from llmlab.data.batch import IGNORE, Batch
 from llmlab.data.dataset import TrainBatches, validation_batches
 from llmlab.model.transformer import Transformer
 from llmlab.runner import Run
@@ -120,3 +121,50 @@ def test_debug_first_batch_shows_the_first_batch_once_in_pretraining_too(tmp_pat
     shown = capsys.readouterr().out
     assert shown.count("first batch: input_ids (8, 32), targets (8, 32)") == 1
     assert "row 0 text: " in shown and "row 0 ids: [" in shown
+
+
+class ListedBatches:
+    """The given batches in turn (a BatchSource without a position worth saving)."""
+
+    def __init__(self, batches: list[Batch]):
+        self.batches, self.i = batches, 0
+
+    def next(self) -> Batch:
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def step_gradients(batches: list[Batch], accum: int) -> list[torch.Tensor]:
+    """The gradients one train_step applies to a fresh model, with the batch split into `accum` micro-batches."""
+    model, _, val = parts()
+    trainer = Trainer(model, NextTokenObjective(), ListedBatches(batches), val,
+                      config(batch_size=8 // accum, grad_accum_steps=accum, grad_clip=0.0))
+    captured = []
+    trainer.optimizer.step = lambda: captured.append([p.grad.clone() for p in model.parameters()])
+    trainer.train_step()
+    return captured[0]
+
+
+def test_one_batch_of_8_and_4_micro_batches_of_2_give_the_same_update():
+    """SFT rows score unequal numbers of targets (the rest IGNORE): the step's loss is the mean over every scored
+    target of the step, so splitting the batch changes nothing (a mean of micro-batch means would)."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, VOCAB, (8, SEQ), generator=gen)
+    targets = torch.randint(0, VOCAB, (8, SEQ), generator=gen)
+    scored = torch.tensor([1, 8, 2, 7, 3, 3, 8, 1])  # targets each row scores: micro-batches of 2 differ
+    targets[torch.arange(SEQ)[None, :] >= scored[:, None]] = IGNORE
+    whole = step_gradients([Batch(ids, targets)], 1)
+    split = step_gradients([Batch(ids[i:i + 2], targets[i:i + 2]) for i in range(0, 8, 2)], 4)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # what the plain mean of micro-batch means would have given: not the same update
+    model, _, _ = parts()
+    losses = [NextTokenObjective().loss(model, Batch(ids[i:i + 2], targets[i:i + 2])) / 4 for i in range(0, 8, 2)]
+    torch.stack(losses).sum().backward()
+    assert not all(torch.allclose(a, p.grad, rtol=1e-3) for a, p in zip(whole, model.parameters(), strict=True))

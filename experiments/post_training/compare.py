@@ -3,7 +3,7 @@
     python experiments/post_training/compare.py OUT_DIR START METHOD=SAMPLES=RUN[,RUN...] ...
 
 START and every RUN are run directories that `python -m llmlab.evaluate run=<dir> data=tasks k=8 ...` has scored
-with the same data, k and seed (so the same prompts and draws): their evaluation.json holds per-prompt scores.
+with the same data, k and seed (so the same prompts and draws): their evaluation holds per-prompt scores.
 SAMPLES is the number of completions the method sampled to train (its sampling compute). One RUN per seed; the
 paired bootstrap resamples the prompts and the seeds (llmlab.sweep.intervals.compare_scores). Writes
 OUT_DIR/results.json, results.csv and pass_at_1.png (pass@1 against the completions sampled).
@@ -27,10 +27,16 @@ from llmlab.sweep.intervals import compare_scores, score_interval  # noqa: E402
 
 
 def scores(run: str) -> dict:
-    found = json.loads(Path(run, "evaluation.json").read_text())
-    if "pass_at_k" not in found:
-        raise SystemExit(f"{run}/evaluation.json has no pass@k: run python -m llmlab.evaluate run={run} k=8 first")
-    return found["pass_at_k"]
+    """The pass@k scores of a run's newest evaluation that has them (<run>/evaluation/*.json; evaluation.json in
+    run directories evaluated before one result was kept per checkpoint), or of an evaluation file itself."""
+    path = Path(run)
+    files = [path] if path.is_file() else [*path.glob("evaluation/*.json"), path / "evaluation.json"]
+    newest_last = sorted((f for f in files if f.is_file()), key=lambda f: f.stat().st_mtime)
+    found = [record["pass_at_k"] for record in map(json.loads, (f.read_text() for f in newest_last))
+             if "pass_at_k" in record]
+    if not found:
+        raise SystemExit(f"{run}: no evaluation with pass@k: run python -m llmlab.evaluate run={run} k=8 first")
+    return found[-1]
 
 
 def main(out: Path, start: str, methods: list[str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from llmlab.config.errors import ConfigError, check_positive
+from llmlab.config.errors import ConfigError, check_finite, check_positive
 from llmlab.config.schema import StageConfig
 
 
@@ -52,12 +52,20 @@ class DPOConfig(StageConfig):
             raise ConfigError(f"stage.nll_weight must be a finite number >= 0, got {self.nll_weight}")
 
 
-@dataclass
-class RewardConfig:
-    """The user's reward function, added to the built-in rewards."""
+MAX_GROUP_SIZE = 4096  # completions per prompt; a group of more says nothing a smaller one does not
+MIN_TEMPERATURE = 1e-3  # below it the logits / temperature overflow float32 and sampling has no distribution
 
-    _target_: str | None = None
-    """the user's module.function(prompt, completion, record) -> float, added in"""
+
+@dataclass
+class RewardFunctionConfig:
+    """One of the user's reward functions."""
+
+    name: str = "user"
+    """logged as grpo/reward/<name>"""
+    _target_: str = ""
+    """module.function(prompts, completions, records) -> one number per completion"""
+    weight: float = 1.0
+    """its term in a completion's reward: the sum of weight x value over the functions"""
 
 
 @dataclass
@@ -76,23 +84,42 @@ class GRPOConfig(StageConfig):
     max_new_tokens: int = 48
     """a completion stops at <|end|> or after this many tokens"""
     clip_eps: float = 0.2
-    """the policy ratio is clipped to [1 - clip_eps, 1 + clip_eps]"""
+    """the policy ratio is clipped below at 1 - clip_eps (and above at 1 + clip_eps unless clip_eps_high is set)"""
+    clip_eps_high: float | None = None
+    """the upper clip, 1 + clip_eps_high (DAPO's clip-higher, e.g. 0.28; null = clip_eps, symmetric)"""
     updates_per_batch: int = 1
     """optimizer steps on each batch of samples (1: plain policy gradient)"""
     beta: float = 0.04
     """weight of the KL penalty (k3 estimator) to the frozen starting model"""
     format_reward: float = 0.1
-    """reward for a completion that ends with <|end|>"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """stage.reward._target_: the user's reward"""
+    """weight of the built-in format reward: 1 for a completion that ends with <|end|>"""
+    rewards: list[RewardFunctionConfig] = field(default_factory=list)
+    """the user's reward functions, added to the built-ins: [{name: vowels, _target_: my_rewards.vowels}]"""
+    dynamic_sampling: bool = False
+    """drop groups whose rewards all agree and draw further prompts in their place (DAPO)"""
+    max_draws: int = 4
+    """dynamic_sampling: prompt batches drawn at most for one micro-batch, then zero-spread groups are kept"""
 
     def __post_init__(self) -> None:
-        if self.group_size < 2:
-            raise ConfigError(f"stage.group_size must be >= 2 (advantages compare a group), got {self.group_size}")
-        for name in ("temperature", "max_new_tokens", "clip_eps", "updates_per_batch"):
+        if not 2 <= self.group_size <= MAX_GROUP_SIZE:
+            raise ConfigError(f"stage.group_size must be in [2, {MAX_GROUP_SIZE}] (advantages compare a group), "
+                              f"got {self.group_size}")
+        for name in ("max_new_tokens", "clip_eps", "updates_per_batch", "max_draws"):
             check_positive(f"stage.{name}", getattr(self, name))
+        check_positive("stage.temperature", self.temperature)
+        if self.temperature < MIN_TEMPERATURE:
+            raise ConfigError(f"stage.temperature must be >= {MIN_TEMPERATURE} (smaller overflows the logits; GRPO "
+                              f"needs completions that differ), got {self.temperature}")
+        if self.clip_eps_high is not None:
+            check_positive("stage.clip_eps_high", self.clip_eps_high)
+        for name in ("beta", "format_reward"):
+            check_finite(f"stage.{name}", getattr(self, name))
         if self.beta < 0:
             raise ConfigError(f"stage.beta must be >= 0, got {self.beta}")
+        for i, r in enumerate(self.rewards):
+            if not r._target_:
+                raise ConfigError(f"stage.rewards[{i}]._target_: expected module.function, got nothing")
+            check_finite(f"stage.rewards[{i}].weight", r.weight)
 
 
 # stage=<name> -> its schema, registered in Hydra's ConfigStore as stage/base_<name> (llmlab/store.py); each

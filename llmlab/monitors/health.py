@@ -2,7 +2,8 @@
 
 - non-finite loss or gradients: the step and the first module (in forward order) whose gradient is
   not finite; what happens next is the trainer's policy (`trainer.on_nonfinite`);
-- spikes: loss or gradient norm more than `z_threshold` standard deviations above a moving window;
+- spikes: loss or gradient norm more than `z_threshold` standard deviations above a moving window (a loss that
+  takes negative values, as GRPO's policy-gradient surrogate, is not watched for spikes: its gradient norm is);
 - attention entropy collapse: a layer's mean attention entropy falling below `entropy_collapse` nats;
 - dead MLP units: units whose activation never reaches 1% of the layer's typical peak on the probe;
 - policy entropy collapse: a logged `*/entropy` metric (the entropy of a policy over the tokens it sampled, as
@@ -36,6 +37,7 @@ class HealthMonitor(Monitor):
         super().__init__(Schedule(cfg.every))
         self.cfg = cfg
         self.history = {"loss": deque(maxlen=cfg.window), "grad_norm": deque(maxlen=cfg.window)}
+        self.signed_loss = False
 
     def on_train_start(self, ctx: MonitorContext, step: int) -> None:
         super().on_train_start(ctx, step)
@@ -55,7 +57,11 @@ class HealthMonitor(Monitor):
     def on_step_end(self, info: StepInfo) -> None:
         if info.finite:
             for key, value in (("loss", info.loss), ("grad_norm", info.grad_norm)):
-                z = self._zscore(self.history[key], value)
+                # a signed loss (a policy gradient's surrogate, near zero by construction) has no spikes to speak
+                # of: its z-score over a window of values near zero is noise, so only cross-entropy-like losses
+                # (never negative) are watched: once a loss below 0 was seen, the loss is not
+                self.signed_loss = self.signed_loss or (key == "loss" and value < 0)
+                z = None if key == "loss" and self.signed_loss else self._zscore(self.history[key], value)
                 if z is not None and z > self.cfg.z_threshold:
                     self.ctx.alerts.alert(info.step, "spike", key,
                                           f"{key} spike at step {info.step}: {value:.4g} is {z:.1f} standard "

@@ -43,7 +43,7 @@ class StageParts:
 
     model: Transformer  # on the context's device, not yet wrapped or compiled (build() saves its tokenizer)
     objective: Objective
-    train_batches: BatchSource
+    train_batches: BatchSource  # GRPO's yields RolloutBatches: whatever its objective takes
     val_batches: list[Batch]  # the same every evaluation
     steps_per_epoch: float  # optimizer steps per pass over the training data
     stats: dict  # dataset_stats.json
@@ -63,6 +63,9 @@ class StageParts:
     modular_task: ModularTask | None = None  # data=modular: the task and its split, for the progress monitor
     # the data's sources and checksums (llmlab.data.fingerprint); None: the stage reports none, and is not checked
     data_fingerprint: dict | None = None
+    # the loss of the validation batches when it is not the training objective's (GRPO trains on rollouts and
+    # validates on the held-out replies' next-token loss); None: the objective's own
+    val_objective: Objective | None = None
 
 
 class Stage(ABC):

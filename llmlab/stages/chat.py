@@ -26,9 +26,8 @@ from llmlab.model.transformer import Transformer
 from llmlab.rundir import RunDir
 from llmlab.stages.base import Stage, StageContext, StageParts
 from llmlab.train.bits_per_byte import utf8_bytes
-from llmlab.train.dpo import DPOObjective
 from llmlab.train.evaluators import task_evaluators
-from llmlab.train.objectives import NextTokenObjective, Objective
+from llmlab.train.objectives import DPOObjective, NextTokenObjective, Objective
 from llmlab.train.task_eval import task_replies
 
 log = logging.getLogger(__name__)

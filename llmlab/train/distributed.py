@@ -100,6 +100,15 @@ def mean_over_ranks(value: torch.Tensor, place: Distributed) -> torch.Tensor:
     return value / place.world_size
 
 
+def sum_over_ranks(value: torch.Tensor, place: Distributed) -> torch.Tensor:
+    """The sum of a tensor over ranks (a copy; every rank gets it)."""
+    if not place.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def wrap(model: nn.Module, strategy: str, place: Distributed, device: torch.device) -> nn.Module:
     """DDP: a replica per rank, gradients averaged. FSDP2: each block's parameters sharded over ranks."""
     if not place.enabled:

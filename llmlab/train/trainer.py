@@ -87,8 +87,10 @@ class Trainer:
         evaluators: Sequence[Evaluator] = (),
         monitors: MonitorSet | None = None,
         text_bytes: TextBytes | None = None,
+        val_objective: Objective | None = None,
     ):
         self.model, self.objective, self.cfg, self.place = model, objective, cfg, place
+        self.val_objective = val_objective or objective
         self.train_batches, self.val_batches = train_batches, val_batches
         self.sinks, self.checkpointer = sinks or MetricSinks([]), checkpointer
         self.evaluators, self.monitors = list(evaluators), monitors or MonitorSet([])
@@ -106,7 +108,7 @@ class Trainer:
         self.last_val_bpb: float | None = None
         # per validation batch: (scored tokens, bytes of their text), counted once; None: no bits per byte
         self.val_text = [(int((b.targets != IGNORE).sum()), scored_bytes(b, text_bytes)) for b in val_batches
-                         ] if text_bytes is not None and objective.mean_over_tokens else None
+                         ] if text_bytes is not None and self.val_objective.mean_over_tokens else None
         self._val_losses: torch.Tensor | None = None  # the last evaluation's batch means
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
@@ -125,6 +127,8 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if objective_state := self.objective.state_dict():  # absent for the objectives that keep none
             state["objective"] = objective_state
+        if self.objective_metrics:  # what the objective reported since the last log: the next log's means need it
+            state["metrics"] = {k: [v.detach().cpu() for v in values] for k, values in self.objective_metrics.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -135,6 +139,8 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.objective.load_state_dict(state.get("objective", {}))
+        self.objective_metrics = {k: [v.to(self.device) for v in values]
+                                  for k, values in state.get("metrics", {}).items()}
         self.state = TrainState(**state["trainer"])
 
     def save(self) -> None:
@@ -148,6 +154,8 @@ class Trainer:
         state = self.checkpointer.restore(path, self.model, self.optimizer)
         try:
             self.load_state_dict(state)
+        except ConfigError:  # a part that says itself why it cannot continue (GRPO's prompts changed)
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ConfigError(f"checkpoint file {path / 'state.pt'} is not a trainer state of this run "
                               f"({type(e).__name__}: {e})") from None
@@ -169,11 +177,14 @@ class Trainer:
         lr = scheduled_lr(self.state.step, cfg.lr, cfg)  # AdamW's: the lr logged (train/lr)
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
-        for micro in range(cfg.grad_accum_steps):
-            batch = self.train_batches.next().to(self.device)
+        batches = [self.train_batches.next().to(self.device) for _ in range(cfg.grad_accum_steps)]
+        weights = self.micro_batch_weights(batches)
+        for micro, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
             with distributed.no_gradient_sync(self.model, micro == cfg.grad_accum_steps - 1):
                 with self.autocast():  # the forward only: backward runs in the forward's dtypes by itself
                     loss = self.objective.loss(self.model, batch, self.objective_metrics) / cfg.grad_accum_steps
+                    if weight != 1.0:
+                        loss = loss * weight
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.detach()
             # as if every rank's batch held as many tokens as this one: exact for token windows, near for chat
@@ -212,6 +223,19 @@ class Trainer:
         self.state.step, self.state.tokens_seen = step, info.tokens_seen
         return info
 
+    def micro_batch_weights(self, batches: list) -> list[float]:
+        """Each micro-batch's loss is a mean over its own targets (objective.targets_in); weighted by its share of
+        the step's targets, over every micro-batch and rank, the step's gradient is that of the mean over all of
+        them, however the batch was split. Equal counts (pretraining windows) weigh exactly 1."""
+        counts = [self.objective.targets_in(b) for b in batches]
+        total = sum(counts)
+        if self.place.enabled:  # the global count: one small collective per step
+            total = int(distributed.sum_over_ranks(torch.tensor(total, device=self.device), self.place))
+        if total == 0:
+            return [1.0] * len(batches)
+        parts = len(batches) * self.place.world_size
+        return [n * parts / total for n in counts]
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss; what the objective reports on the way is kept for eval_row."""
@@ -220,7 +244,8 @@ class Trainer:
         try:
             for batch in self.val_batches:
                 with self.autocast():
-                    losses.append(self.objective.loss(self.model, batch.to(self.device), self.val_metrics).float())
+                    losses.append(self.val_objective.loss(self.model, batch.to(self.device),
+                                                          self.val_metrics).float())
         finally:
             self.model.train()
         self._val_losses = torch.stack(losses)

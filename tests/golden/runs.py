@@ -42,25 +42,55 @@ RUNS: dict[str, tuple[str, list[str], str | None]] = {
                             "monitors=none"], "pretrain_llama"),
     # global batch 8 = 2 processes x 2 rows x 2 micro-batches
     "ddp": ("torchrun", [*TEXT, "trainer.batch_size=2", "trainer.grad_accum_steps=2", "monitors=none"], None),
+    # logged every 3 steps, so a resume at step 5 (RESUMED) lands inside a logging interval
+    "grpo": ("python", ["stage=grpo", "data=tasks", *TASKS, "trainer.batch_size=4", "trainer.grad_accum_steps=2",
+                        "stage.group_size=4", "stage.max_new_tokens=12", "stage.updates_per_batch=2",
+                        "trainer.lr=1e-3", "trainer.log_every=3", "monitors=none"], "sft"),
+    "moe": ("python", [*TEXT, "model.moe.experts=4", "model.moe.top_k=2", "model.moe.balance=bias",
+                       "trainer.log_every=3", "monitors=none"], None),
 }
 
+# runs that are also stopped by SIGTERM during this step and resumed by the same command: every logged value must
+# be the uninterrupted run's (the metrics being averaged for the next log are part of the resumed state)
+RESUMED = {"grpo": 5, "moe": 5}
 
-def launch(name: str, work: Path) -> Path:
-    """Run one golden run under work/<name>/; its run directory."""
+
+def arguments(overrides: list[str]) -> list[str]:
+    """COMMON, then a run's own overrides; a key given in both takes the run's value (Hydra refuses a key twice)."""
+    own = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in COMMON if o.split("=", 1)[0] not in own] + overrides
+
+
+def launch(name: str, work: Path, directory: str | None = None, stop_at: int | None = None) -> Path:
+    """Run one golden run under work/<directory or name>/; its run directory. stop_at: SIGTERM during that step
+    (tests/fault_driver.py), then the same command again, which resumes."""
     launcher, overrides, start = RUNS[name]
-    run_dir = work / name
-    args = [*COMMON, *overrides, f"cache_dir={work / 'cache'}", f"hydra.run.dir={run_dir}"]
+    run_dir = work / (directory or name)
+    args = [*arguments(overrides), f"cache_dir={work / 'cache'}", f"hydra.run.dir={run_dir}"]
     if start:
         args.append(f"stage.init_from={work / start}")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+    if stop_at is not None:
+        result = subprocess.run([sys.executable, str(GOLDEN.parent / "fault_driver.py"), "sigterm", str(stop_at),
+                                 *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        if result.returncode != 130:
+            raise RuntimeError(f"golden run {name} stopped at {stop_at}: exit {result.returncode}\n"
+                               f"{result.stderr[-4000:]}")
     prefix = [sys.executable, "-m", "llmlab.run"]
     if launcher == "torchrun":
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                   "-m", "llmlab.run"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run([*prefix, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"golden run {name} failed:\n{result.stderr[-4000:]}")
     return run_dir
+
+
+def made(name: str | None, work: Path) -> None:
+    """Make a run under work/<name>/ (and the runs it starts from) unless it is there."""
+    if name and not (work / name / "metrics.json").exists():
+        made(RUNS[name][2], work)
+        launch(name, work)
 
 
 def weights_digest(checkpoint: Path) -> str:

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.data.batch import IGNORE, Batch
-from llmlab.train.objectives import Objective, with_auxiliary
+from llmlab.train.objectives.base import Objective, with_auxiliary
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -37,6 +37,9 @@ class DPOObjective(Objective):
         self.reference, self.beta, self.nll_weight = reference.eval(), beta, nll_weight
         for p in self.reference.parameters():
             p.requires_grad_(False)
+
+    def targets_in(self, batch: Batch) -> int:
+        return batch.input_ids.shape[0] // 2  # the loss is a mean over pairs
 
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         chosen, rejected = sequence_logps(model, batch).chunk(2)

@@ -1,4 +1,4 @@
-"""Objectives: the loss a batch gives. The trainer is the same loop for every stage; a stage picks its objective."""
+"""What an objective is, and the next-token loss of pretraining and SFT."""
 
 from __future__ import annotations
 
@@ -20,7 +20,13 @@ class Objective:
         raise NotImplementedError
 
     def tokens_in(self, batch: Batch) -> int:
+        """Tokens the batch put through the model (throughput)."""
         return batch.input_ids.numel()
+
+    def targets_in(self, batch: Batch) -> int:
+        """What loss() is a mean over: the trainer weighs each micro-batch by its share of the step's global count
+        (every micro-batch and rank), so a gradient does not depend on how a batch was split."""
+        return batch.input_ids.shape[0]
 
     # An objective may own state the next steps depend on (GRPO: its sampling generator and the samples it still
     # trains on); the trainer checkpoints it with its own, so a resumed run continues exactly. Most own none.
@@ -50,6 +56,9 @@ class NextTokenObjective(Objective):
     non-assistant tokens) are left out."""
 
     mean_over_tokens = True
+
+    def targets_in(self, batch: Batch) -> int:
+        return int((batch.targets != IGNORE).sum())
 
     def loss(self, model: nn.Module, batch: Batch, record: dict | None = None) -> torch.Tensor:
         logits = model(batch.input_ids)  # (B, T, vocab)
