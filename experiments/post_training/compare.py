@@ -83,12 +83,14 @@ def plot(path: Path, rows: list[dict], names: list[str], meta: dict) -> None:
     interval, the +0.05 target dashed."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.1, 1]})
     spread = 0.02 * max(r["sampled_completions"] for r in rows) or 1.0
-    for i, row in enumerate(rows):
-        x = row["sampled_completions"] + (i - (len(rows) - 1) / 2) * spread
+    same_x = [[r for r in rows if r["sampled_completions"] == row["sampled_completions"]] for row in rows]
+    for i, row in enumerate(rows):  # methods at the same sampling compute are spread sideways, the others stay put
+        peers = same_x[i]
+        x = row["sampled_completions"] + (peers.index(row) - (len(peers) - 1) / 2) * spread
         left.plot([x], [row[names[0]]], "o", color=f"C{i}", label=row["method"])
         left.plot([x], [row[names[1]]], "^", color=f"C{i}", markerfacecolor="none")
-    left.plot([], [], "o", color="gray", label=names[0])
-    left.plot([], [], "^", color="gray", markerfacecolor="none", label=names[1])
+    left.plot([], [], "o", color="black", label=names[0])
+    left.plot([], [], "^", color="black", markerfacecolor="none", label=names[1])
     left.set_xlabel("completions sampled to train (sampling compute)")
     left.set_ylabel(f"held-out accuracy ({meta['tasks']} tasks)")
     left.set_ylim(0, 1.02)
