@@ -1,6 +1,8 @@
 """Whole-split loss against training wall-clock time, from a time-to-loss benchmark's JSON: the reference run's
 checkpoints (each seed) and each contender's complete-schedule runs (mean over seeds, the seeds' range as a bar).
-`python experiments/time_to_loss/plot.py bench/time_to_loss.json experiments/time_to_loss/loss_vs_time.png`"""
+A third argument, a follow-up JSON (followup.py), adds those runs in their own style: they were not run side by side
+with the reference.
+`python experiments/time_to_loss/plot.py bench/time_to_loss.json experiments/time_to_loss/loss_vs_time.png [F.json]`"""
 
 import json
 import sys
@@ -29,6 +31,19 @@ for color, (name, table) in zip(colors, summary["contenders"].items()):
     for r in rows:
         ax.annotate(f"N={r['steps']}", (r["wall_s_mean"], r["loss_mean"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=8, color=color)
+if len(sys.argv) > 3:
+    extra = json.loads(open(sys.argv[3]).read())
+    rows = extra["by_steps"]
+    ax.errorbar([r["wall_s_mean"] for r in rows], [r["loss_mean"] for r in rows],
+                yerr=[[r["loss_mean"] - min(r["losses"]) for r in rows],
+                      [max(r["losses"]) - r["loss_mean"] for r in rows]],
+                fmt="D--", color="tab:green", capsize=3, ms=5,
+                label=f"{extra['name']}: N = {', '.join(str(r['steps']) for r in rows)} "
+                      f"(mean of {'/'.join(str(len(r['losses'])) for r in rows)} seeds; after the benchmark, "
+                      "not side by side)")
+    for r in rows:
+        ax.annotate(f"N={r['steps']}", (r["wall_s_mean"], r["loss_mean"]), textcoords="offset points",
+                    xytext=(6, -12), fontsize=8, color="tab:green")
 ax.axhline(summary["l_ref"], color="black", ls="--", lw=1,
            label=f"L_ref = {summary['l_ref']:.3f} (reference's final, mean of its seeds)")
 ax.axvline(summary["ref_wall_s_mean"] / 6, color="tab:purple", ls=":", lw=1,
