@@ -12,9 +12,9 @@ figure not yet done themselves, at normal priority, and the idle processes are s
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,6 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _lower_priority() -> None:
@@ -85,10 +87,10 @@ class FigurePool:
         executor, self._executor = self._executor, None
         if executor is not None:  # broken already: its futures fail by themselves (cancelling them races its thread)
             executor.shutdown(wait=False)
-        print(f"warning: figures are drawn in this process from now on: their worker processes failed "
-              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}). A script that "
-              "trains at its top level needs an `if __name__ == \"__main__\":` guard, as every script that starts "
-              "processes does", file=sys.stderr, flush=True)
+        log.warning(f"warning: figures are drawn in this process from now on: their worker processes failed "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}). A script "
+                    "that trains at its top level needs an `if __name__ == \"__main__\":` guard, as every script "
+                    "that starts processes does")
 
     def _result(self, future: Future, job: tuple) -> np.ndarray | None:
         while True:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from llmlab.config.errors import ConfigError
 from llmlab.config.schema import TasksDataConfig
@@ -32,6 +32,9 @@ from llmlab.train.objectives import GRPOObjective, NextTokenObjective
 from llmlab.train.rewards import PromptRecord, RewardFunction, Rewards, locate, task_correct
 from llmlab.train.rollouts import PromptOrder, RolloutConfig, RolloutSource
 
+log = logging.getLogger(__name__)
+
+
 # ---- prompts ------------------------------------------------------------------------------------------------
 
 
@@ -44,9 +47,9 @@ def fitting(prompts: list[PromptRecord], limit: int, what: str) -> list[PromptRe
         if not kept:
             raise ConfigError(f"every {what} is longer than model.context_length - stage.max_new_tokens = {limit} "
                               f"tokens (the longest: {longest}): lower stage.max_new_tokens")
-        tqdm.write(f"warning: {len(prompts) - len(kept)} of {len(prompts)} {what}s are longer than "
-                   f"model.context_length - stage.max_new_tokens = {limit} tokens (the longest: {longest}) and are "
-                   "left out")
+        log.warning(f"warning: {len(prompts) - len(kept)} of {len(prompts)} {what}s are longer than "
+                    f"model.context_length - stage.max_new_tokens = {limit} tokens (the longest: {longest}) and "
+                    "are left out")
     return kept
 
 
