@@ -10,14 +10,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP)  ## create .venv and install llmlab with its dev tools and the chat page (Gradio)
+setup: $(STAMP)  ## create .venv and install llmlab with its dev tools, the chat page (Gradio) and the W&B sink
 
 # torch is pinned here, not in pyproject: an unpinned torch pulls several GB of CUDA wheels on CPU machines.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,chat]"
+	$(BIN)/pip install -q -e ".[dev,chat,wandb]"
 	touch $(STAMP)
 
 # Debian's chromium and its driver (apt, as root or through sudo) and selenium: the chat page's browser test

@@ -18,6 +18,8 @@ from llmlab.config.errors import ConfigError
 from llmlab.files import write_atomic
 from llmlab.monitors.circuit_history import circuit_summary, circuits_history
 from llmlab.monitors.progress_history import GROKKED, grokking_summary, seed_interval
+from llmlab.rundir import RunDir
+from llmlab.rundir.layout import MANIFEST
 from llmlab.rundir.summary import perplexity
 from llmlab.sweep.collect import SEED, STATUSES, JobRecord, declared_reference, find_jobs, is_number, swept_keys
 from llmlab.sweep.hparams import write_hparams_experiment
@@ -332,10 +334,8 @@ def check_choices(sweep_dir: str | Path, reference: str | None, checkpoint: str 
                     for job in jobs}
         find_reference(list(settings), settings, reference)
     if checkpoint and checkpoint != "latest":
-        from llmlab.train import checkpoint as ckpt
-
-        have = sorted({c.name for job in jobs for c in (job.path / "checkpoints").glob("*")
-                       if (c / ckpt.MANIFEST).is_file()})
+        have = sorted({c.name for job in jobs for c in RunDir(job.path).checkpoints.glob("*")
+                       if (c / MANIFEST).is_file()})
         if checkpoint not in have:
             raise ConfigError(f"--checkpoint {checkpoint}: no job of this sweep has it (the jobs have: "
                               f"{', '.join(have) or 'no checkpoint'}); nothing was rewritten")
