@@ -259,7 +259,7 @@ def test_the_loss_spike_rule_leaves_a_policy_gradient_loss_near_zero_alone(tmp_p
     from llmlab.monitors.base import StepInfo
 
     monitor = HealthMonitor(HealthMonitorConfig(enabled=True, window=20, z_threshold=5.0, every=0))
-    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, writer=None, worker=BackgroundWorker(0),
+    ctx = MonitorContext(model=tiny_policy(), out_dir=tmp_path, sinks=None, worker=BackgroundWorker(0),
                          alerts=AlertLog(tmp_path / "alerts.jsonl"))
     monitor.on_train_start(ctx, 0)
     gen = torch.Generator().manual_seed(0)
@@ -476,7 +476,10 @@ def test_a_grpo_resume_whose_prompts_shrank_is_one_line(cli_start):
 
     root, start = cli_start
     assert grpo_cli(root, start, "shrunk", [], steps=2).returncode == 0
-    result = grpo_cli(root, start, "shrunk", ["data.train_tasks=20", "trainer.allow_config_change=true"], steps=4)
+    shrunk = ["data.train_tasks=20", "trainer.allow_config_change=true"]
+    # the data's fingerprint refuses it first, before anything in the run directory is written
+    one_line_error(grpo_cli(root, start, "shrunk", shrunk, steps=4), "the data changed since checkpoint")
+    result = grpo_cli(root, start, "shrunk", [*shrunk, "trainer.allow_data_change=true"], steps=4)
     line = one_line_error(result, "prompts and this config gives")
     before, after = (int(w) for w in line.split("trained on ")[1].split(":")[0].split(" prompts and this config "
                                                                                       "gives "))

@@ -184,13 +184,17 @@ def test_a_real_sweep_run_again_keeps_its_finished_rows_and_files(tmp_path):
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "completed"]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    # what a job wrote itself (Hydra rewrites .hydra/ and the run lock on every launch)
-    kept = {p: {k: v[0] for k, v in snapshot(p).items() if not k.startswith(".hydra/") and k != ".lock"}
-            for p in jobs}
+    # what a job wrote itself (Hydra rewrites .hydra/ and the run lock on every launch, and run.log gains the
+    # launch's console lines)
+    def written(job: Path) -> dict:
+        return {k: v[0] for k, v in snapshot(job).items() if not k.startswith(".hydra/") and k not in (".lock",
+                                                                                                       "run.log")}
 
+    kept = {p: written(p) for p in jobs}
+    logs = {p: (p / "run.log").read_text() for p in jobs}
     run_cli("llmlab.run", args, cwd=tmp_path, timeout=600)  # the same command again, into the same sweep
-    assert {p: {k: v[0] for k, v in snapshot(p).items() if not k.startswith(".hydra/") and k != ".lock"}
-            for p in jobs} == kept
+    assert {p: written(p) for p in jobs} == kept
+    assert all((p / "run.log").read_text().startswith(logs[p]) for p in jobs)  # appended to, never cut
     assert list(csv.DictReader((sweep / "sweep_summary.csv").open())) == rows
 
     # a job killed since (its metrics.json gone) and a torn generations cache: the rebuild still reports all
