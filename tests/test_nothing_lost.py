@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, run_cli
-from test_trust import files_of, one_line_error
+from test_trust import files_of, finished_run, one_line_error
 
 SHORT = [*FAST, "trainer.max_steps=8", "trainer.checkpoint_every=4", "trainer.eval_every=2", "monitors=none"]
 
@@ -15,11 +15,7 @@ SHORT = [*FAST, "trainer.max_steps=8", "trainer.checkpoint_every=4", "trainer.ev
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, list[str]]:
     """A run that completed, with step_4, step_8 and best checkpoints: its directory and the command's arguments."""
-    root = tmp_path_factory.mktemp("finished")
-    args = [*SHORT, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"]
-    result = run_cli("llmlab.run", args, root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "run", args
+    return finished_run(tmp_path_factory, SHORT)
 
 
 # ---- 1. a refused resume touches nothing ---------------------------------------------------------------------

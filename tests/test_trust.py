@@ -38,14 +38,19 @@ def files_of(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and ".hydra" not in p.parts and p.name not in (RunDir(run_dir).lock.name, "run.log")}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A run that completed: its directory and the command's arguments."""
+def finished_run(tmp_path_factory, overrides: list[str]) -> tuple[Path, list[str]]:
+    """A run of `overrides` trained to completion: its directory and the command's arguments."""
     root = tmp_path_factory.mktemp("finished")
-    args = [*SHORT, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"]
+    args = [*overrides, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"]
     result = run_cli("llmlab.run", args, root)
     assert result.returncode == 0, result.stderr[-2000:]
     return root / "run", args
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A run that completed: its directory and the command's arguments."""
+    return finished_run(tmp_path_factory, SHORT)
 
 
 # ---- config: numbers must be finite, keys must exist --------------------------------------------------------
